@@ -1,0 +1,55 @@
+"""Shared test fixtures: tiny synthetic grids (fast on a 2-core CPU) and ../shared paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BIRDFLOW_SHARED", REPO.parent / "shared"))
+
+
+def shared_file(rel: str) -> Path:
+    """Path of a file in ../shared/data; skip the test with a reason when it is absent."""
+    path = SHARED / "data" / rel
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is only on the development/CI machines)")
+    return path
+
+
+@pytest.fixture
+def amewoo_tif() -> Path:
+    return shared_file("ebirdst/amewoo_2019_100km.tif")
+
+
+@pytest.fixture
+def sstspa_hdf5() -> Path:
+    return shared_file("birdflowr/sstspa_model.hdf5")
+
+
+def make_tiny_bfdata(n_rows: int = 4, n_cols: int = 5, n_weeks: int = 52, seed: int = 0,
+                     zero_frac: float = 0.2):
+    """A small BirdFlowData with random abundance and some cells masked per week."""
+    from birdflow.data.bfdata import make_bfdata
+    from birdflow.data.weeks import week_dates
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((n_weeks, n_rows, n_cols))
+    a[rng.random(a.shape) < zero_frac] = 0.0
+    a[:, 0, 0] = np.nan  # one no-data pixel outside the static mask
+    x = np.arange(n_cols) * 1e5 + 5e4
+    y = 3.5e6 - np.arange(n_rows) * 1e5
+    return make_bfdata(a, x, y, "ESRI:102008", np.arange(1, n_weeks + 1),
+                       week_dates(2022)[:n_weeks], species_code="tiny", version_year=2022,
+                       res_km=100.0, source="tiny")
+
+
+@pytest.fixture
+def tiny_bfdata():
+    return make_tiny_bfdata()
