@@ -24,7 +24,7 @@ def week_dates(version_year: int) -> pd.DatetimeIndex:
 def date_to_week(dates) -> np.ndarray:
     """S&T week (1..52) of each date (any year); NaT gives 0."""
     idx = pd.DatetimeIndex(pd.to_datetime(dates))
-    doy = np.asarray(idx.dayofyear, dtype=float)
+    doy = np.asarray(idx.day_of_year, dtype=float)
     week = np.clip(np.floor((doy - 0.5) / 7.0) + 1, 1, N_WEEKS)
     week = np.where(np.isnan(doy), 0, week)
     return week.astype(np.int64)
