@@ -127,7 +127,7 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
             f"dist {cfg.loss.dist_weight}, ent {cfg.loss.ent_weight}, dist_pow {cfg.loss.dist_pow}",
             *[f"- {n}: `{runs[n]}`" for n in names],
             f"- tracks scored: {results[names[0]].get('tracks') or 'none'}",
-            f"- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
+            "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
             "## Metrics", "", table, "", "## Figures", ""]
     head += [f"![{p.stem}]({p.name})" for p in figs]
     notes = [f"- {n}: {note}" for n in names for note in results[n].get("notes", [])]

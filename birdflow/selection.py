@@ -101,13 +101,13 @@ def plot_tuning(rows: list[dict], out_dir: Path, hyper: tuple[str, ...] | None =
     import matplotlib.pyplot as plt
 
     from birdflow.io import atomic_path
-    from birdflow.sweep import HYPER_COLUMNS, TAIL_COLUMNS
+    from birdflow.summary import HYPER_COLUMNS, TAIL_COLUMNS
 
     done = [r for r in rows if r.get("status") == "finished"]
     hyper = hyper or tuple(c for c in HYPER_COLUMNS if len({r.get(c) for r in done}) > 1)
     skip = {"run", "species", "loss", "status", *HYPER_COLUMNS, *TAIL_COLUMNS}
-    metrics = [k for k in dict.fromkeys(k for r in done for k in r) if k not in skip
-               and any(_has(r, k) for r in done)]
+    metrics = [k for k in dict.fromkeys(k for r in done for k in r) if k not in skip  # varying ones
+               and len({r[k] for r in done if _has(r, k)}) > 1]
     losses = sorted({str(r.get("loss")) for r in done})
     colours = {loss: f"C{i}" for i, loss in enumerate(losses)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def plot_tuning(rows: list[dict], out_dir: Path, hyper: tuple[str, ...] | None =
                 if pts:
                     ax.scatter(*zip(*pts, strict=True), s=18, color=colours[loss], label=loss, alpha=0.8)
             xs = [r[h] for r in done if h != "run" and _has(r, h) and r[h] > 0]
-            if xs and max(xs) / min(xs) > 20:
+            if xs and max(xs) / min(xs) >= 10:  # a decade or more
                 ax.set_xscale("log")
             ax.set_xlabel(h)
         axes[0][0].set_ylabel(m)

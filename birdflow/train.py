@@ -176,7 +176,14 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
                desc=f"{cfg.species.code}/{cfg.loss.location}", unit="step", dynamic_ncols=True)
     try:
         for step in bar:
-            state, terms, finite = update(state, problem)
+            try:
+                state, terms, finite = update(state, problem)
+            except jax.errors.JaxRuntimeError as e:  # e.g. a failed implicit-diff linear solve
+                raise TrainingDiverged(
+                    f"step {step}: the jitted update failed ({str(e).splitlines()[0][:200]}); "
+                    f"last good checkpoint: {latest_checkpoint(run_dir) or 'none'}; for W2 try "
+                    "loss.w2.grad_mode=danskin, a larger loss.w2.epsilon or loss.w2.max_iterations"
+                ) from e
             terms = {k: float(v) for k, v in jax.device_get(terms).items()}
             if not bool(finite):
                 ck = latest_checkpoint(run_dir)

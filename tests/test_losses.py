@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_tiny_bfdata
 from jax.test_util import check_grads
 from omegaconf import OmegaConf
 
@@ -17,7 +18,6 @@ from birdflow.losses.distance import distance_per_transition, transition_cost
 from birdflow.losses.entropy import entropy, entropy_term
 from birdflow.losses.location import l2
 from birdflow.model.markov import WeekIndex, init_params, marginals
-from conftest import make_tiny_bfdata
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,12 @@ from PIL import Image
 from birdflow.errors import ConfigError, DataError
 from birdflow.rundir import read_run_info
 from birdflow.selection import best_models, desirability
+from birdflow.summary import _expected_jobs, collect
 from birdflow.sweep import (
     RunDirTaken,
-    _expected_jobs,
+    SweepGuard,
     apply_hyper,
     check_fresh_run_dir,
-    collect,
     job_failure,
     main,
     summarize,
@@ -97,6 +98,17 @@ def test_check_fresh_run_dir_refuses_an_existing_run(tmp_path):
     assert isinstance(out, SystemExit) and read_run_info(tmp_path)["status"] == "finished"
     cfg.resume = True
     check_fresh_run_dir(cfg)  # resuming the same dir is the way to re-run a sweep
+
+
+def test_sweep_guard_needs_resume_for_an_existing_sweep(tmp_path):
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "resume": None})
+    SweepGuard().on_multirun_start(config=cfg)  # a new sweep dir: fine
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit, match="already holds a sweep; add resume=true"):
+        SweepGuard().on_multirun_start(config=cfg)
+    cfg.resume = True
+    SweepGuard().on_multirun_start(config=cfg)
+    SweepGuard().on_job_end(config=cfg, job_return=None)  # the other hooks do nothing
 
 
 # ---------------------------------------------------------------- summary on fabricated runs
@@ -240,7 +252,8 @@ def test_birdflow_grid_is_the_225_fit_pipeline_grid(tmp_path):
 
     job = compose_multirun(["experiment=birdflow_grid", *jobs[-1]])
     loss, _ = validate_train_config(job)
-    assert (loss.dist_weight, loss.ent_weight, loss.dist_pow) == (0.00090901, 9.0901e-05, 0.9)
+    # last job: de 10, op 0.9999 -> ent = 1e-4 / (0.9999 * 11) = 9.0918e-06 (5 significant digits)
+    assert (loss.dist_weight, loss.ent_weight, loss.dist_pow) == (9.0918e-05, 9.0918e-06, 0.9)
 
 
 def test_l2_vs_w2_and_launcher_configs():
@@ -252,19 +265,27 @@ def test_l2_vs_w2_and_launcher_configs():
     assert la._target_.endswith("SlurmLauncher") and (la.partition, la.timeout_min) == ("gpu", 5)
     assert la.gpus_per_node == 1 and any("EBIRDST_KEY" in line for line in la.setup)
     assert "${" not in " ".join(la.setup)  # the key is never interpolated into the job script
-    local = compose_multirun(["hydra/launcher=local", "hydra.launcher.n_jobs=3"]).hydra.launcher
-    assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 3
+    local = compose_multirun(["hydra/launcher=local", "hydra.launcher.n_jobs=3"])
+    assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 3
+    # a timestamp to the microsecond: two sweeps started in the same second do not share a folder
+    assert re.fullmatch(r"outputs/sweeps/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", local.hydra.sweep.dir)
+    assert local.hydra.callbacks.sweep_guard._target_ == "birdflow.sweep.SweepGuard"
 
 
 # ---------------------------------------------------------------- real multiruns (local launcher)
 
 
-def multirun(tmp_path: Path, sweep_dir: Path, *overrides: str, check: bool = True):
-    """``python -m birdflow.train -m ...`` on the synthetic species, outputs under tmp_path."""
-    cmd = [sys.executable, "-m", "birdflow.train", "-m", "species=synthetic", "optim.steps=20",
-           "checkpoint_every=10", "progress=false", "tensorboard=false", "maps=false",
-           f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep_dir}", *overrides]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HYDRA_FULL_ERROR": "1"}
+# a tiny synthetic species (59 cells at 300 km) and few steps: a job takes ~10 s of CPU
+TINY = ["species=synthetic", "species.res_km=300", "species.synthetic.n_tracks=20", "optim.steps=20",
+        "checkpoint_every=10", "progress=false", "tensorboard=false", "maps=false"]
+
+
+def multirun(data_root: Path, sweep_dir: Path, *overrides: str, check: bool = True,
+             env: dict | None = None):
+    """``python -m birdflow.train -m ...`` (real Hydra multirun); data and outputs under tmp."""
+    cmd = [sys.executable, "-m", "birdflow.train", "-m", *TINY,
+           f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    env = {**(env or os.environ), "JAX_PLATFORMS": "cpu", "HYDRA_FULL_ERROR": "1"}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"multirun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -275,7 +296,7 @@ def multirun(tmp_path: Path, sweep_dir: Path, *overrides: str, check: bool = Tru
 def test_failed_job_is_reported_and_resume_skips_finished(tmp_path):
     needs_training_config()
     s = tmp_path / "sweep"
-    p = multirun(tmp_path, s, "debug.raise_after_step=null,3", check=False)
+    p = multirun(tmp_path / "data", s, "debug.raise_after_step=null,3", check=False)
     assert p.returncode != 0  # Hydra re-raises the failed job's error after the others ran
     rows, best = summarize(s, plots=False)
     assert [r["status"] for r in rows] == ["finished", "failed"]
@@ -284,11 +305,11 @@ def test_failed_job_is_reported_and_resume_skips_finished(tmp_path):
     finished_model = s / "0_synthetic_l2" / "run.json"
     before = finished_model.read_text()
     # re-run the same sweep dir: the finished run is skipped, the failed one trains again
-    multirun(tmp_path, s, "debug.raise_after_step=null,1000", "resume=true")
+    multirun(tmp_path / "data", s, "debug.raise_after_step=null,1000", "resume=true")
     assert finished_model.read_text() == before
     rows, _ = summarize(s, plots=False)
     assert [r["status"] for r in rows] == ["finished", "finished"]
     # without resume=true a sweep refuses to write into another's run dirs
-    p = multirun(tmp_path, s, "seed=1,2", check=False)
-    assert p.returncode != 0 and "already holds a run" in p.stderr
+    p = multirun(tmp_path / "data", s, "seed=1,2", check=False)
+    assert p.returncode != 0 and "already holds a sweep" in p.stderr + p.stdout
     assert finished_model.read_text() == before

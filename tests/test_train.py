@@ -76,3 +76,21 @@ def test_kill_and_resume_gives_same_result(tmp_path, data):
     res = train(make_cfg(tmp_path / "killed", "resume=true"), data=data)
     np.testing.assert_array_equal(res.model.marginals, ref.model.marginals)
     np.testing.assert_array_equal(res.history["total"], ref.history["total"])
+
+
+def test_w2_implicit_mode_trains_when_sinkhorn_converges(tmp_path, data):
+    res = train(make_cfg(tmp_path, "loss=w2", "loss.w2.grad_mode=implicit", "loss.w2.epsilon=0.05",
+                         "optim.steps=10"), data=data)
+    assert np.all(np.isfinite(res.history["total"]))
+    assert max(res.history["sinkhorn_iterations"]) < 2000
+
+
+def test_divergence_guard_stops_with_clear_message(tmp_path, data):
+    from birdflow.train import TrainingDiverged
+
+    # a learning rate this large drives logits to overflow in float32 within a few steps
+    cfg = make_cfg(tmp_path, "optim.learning_rate=1e38", "optim.steps=20", "checkpoint_every=1")
+    with pytest.raises(TrainingDiverged, match=r"non-finite.*last good checkpoint.*step_"):
+        train(cfg, data=data)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "running" and (tmp_path / "checkpoints").exists()

@@ -38,7 +38,7 @@ def from_lonlat(lon, lat, crs) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x), np.asarray(y)
 
 
-def snap_to_cells(x, y, x_centres, y_centres, static_mask) -> np.ndarray:
+def snap_to_cells(x, y, x_centres, y_centres, static_mask, res_m: float | None = None) -> np.ndarray:
     """Cell index (0-based, row-major over the static mask) of projected points; -1 outside.
 
     ``x_centres``/``y_centres`` are the grid's column and row centres (y decreasing from the
@@ -46,8 +46,13 @@ def snap_to_cells(x, y, x_centres, y_centres, static_mask) -> np.ndarray:
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
-    xres = abs(float(x_centres[1] - x_centres[0])) if len(x_centres) > 1 else np.inf
-    yres = abs(float(y_centres[0] - y_centres[1])) if len(y_centres) > 1 else np.inf
+    xres = abs(float(x_centres[1] - x_centres[0])) if len(x_centres) > 1 else None
+    yres = abs(float(y_centres[0] - y_centres[1])) if len(y_centres) > 1 else None
+    # a one-row or one-column grid takes the other axis' resolution (cells are square), or res_m
+    xres = xres or yres or res_m
+    yres = yres or xres or res_m
+    if xres is None:
+        raise ValueError("snap_to_cells: a 1 x 1 grid needs res_m (the cell size in metres)")
     xmin = float(x_centres[0]) - xres / 2
     ymax = float(y_centres[0]) + yres / 2
     ncol, nrow = len(x_centres), len(y_centres)

@@ -3,7 +3,7 @@
 * L2 (BirdFlowPy): ``||mu_t - s_t||^2`` per marginal-week.
 * W2: entropic optimal-transport cost (OTT-JAX Sinkhorn ``reg_ot_cost``) between ``mu_t``
   and ``s_t`` over that week's slots, all weeks in one vmapped solve, optionally debiased
-  (Sinkhorn divergence ``W(mu, s) - W(mu, mu)/2 - W(s, s)/2``).
+  (Sinkhorn divergence ``W(mu, s) - W(mu, mu)/2 - W(s, s)/2``, one batched solve per term).
 
 W2 cost (see :func:`cell_cost`): squared Euclidean distance between projected cell centres
 divided by the squared diameter of the active cells (or, as in the W2 research code,
@@ -17,6 +17,8 @@ block decouples from the real cells and adds only an O(n_max * MASS_FLOOR) const
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +69,22 @@ def cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarray
     return c / top if top > 0 else c
 
 
+def one_cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+                  res_km: float, cost: str = "sqeuclidean", cost_pow: float = 0.4) -> float:
+    """Normalised cost (as :func:`cell_cost` returns it) of moving one cell, ``res_km``.
+
+    The W2 loss is divided by it, so it reads in "cell moves": moving all the mass of a week
+    by one cell costs 1 with the squared-Euclidean cost, whatever the grid's size or extent.
+    """
+    if cost == "sqeuclidean":
+        xy = np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3
+        top = float(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1).max())
+        return float(res_km) ** 2 / top if top > 0 else 1.0
+    d = great_circle_km(lon[:, None], lat[:, None], lon[None, :], lat[None, :])
+    top = float((np.minimum(d, np.pi * EARTH_RADIUS_KM) / 100.0).max() ** float(cost_pow))
+    return (float(res_km) / 100.0) ** float(cost_pow) / top if top > 0 else 1.0
+
+
 def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
     """Gather per-week (n_max, n_max) costs from a cell cost; padding blocks as documented.
 
@@ -80,11 +98,15 @@ def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
     return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
 
 
-def _solver(threshold: float, max_iterations: int, grad_mode: str) -> sinkhorn.Sinkhorn:
+def _solver(threshold: float, max_iterations: int, grad_mode: str,
+            linear_tol: float = 1e-6) -> sinkhorn.Sinkhorn:
     if grad_mode == "implicit":  # differentiate the optimality conditions (a linear solve)
+        # lineax (Normal)CG tolerance: OTT's 1e-6 stalls in float32 and then runs to its
+        # step cap (~30x slower); 1e-4 there matches the envelope gradient to ~1e-5.
+        implicit = implicit_differentiation.ImplicitDiff(
+            solver_kwargs={"rtol": linear_tol, "atol": linear_tol})
         return sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations,
-                                 implicit_diff=implicit_differentiation.ImplicitDiff(),
-                                 use_danskin=False)
+                                 implicit_diff=implicit, use_danskin=False)
     if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
         return sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations,
                                  implicit_diff=implicit_differentiation.ImplicitDiff(),
@@ -109,7 +131,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        cost: WeeklyCost, epsilon: float | jax.Array,
        init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False):
-    """Entropic OT cost per marginal-week, every week (and debiasing term) in one vmapped solve.
+    """Entropic OT cost per marginal-week, all weeks in one vmapped solve (3 when debiased).
 
     Args:
         mu, targets: (W, n_max) model and S&T distributions in slot layout (padding = 0).
@@ -124,22 +146,31 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         (values (W,), (f, g) potentials for the next warm start, iterations (n_solves * W,),
         converged (n_solves * W,) bool).
     """
-    a, b = _floor(mu), _floor(targets)
-    if debiased:
-        b_const = jax.lax.stop_gradient(b)
-        a, b = jnp.concatenate([a, a, b_const]), jnp.concatenate([b, a, b_const])
-        cost = jnp.concatenate([cost, cost, cost])
-    solver = _solver(threshold, max_iterations, grad_mode)
-    init = tuple(jax.lax.stop_gradient(p) for p in init)
+    a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
+    linear_tol = 1e-4 if jnp.finfo(mu.dtype).bits < 64 else 1e-6
+    solver = _solver(threshold, max_iterations, grad_mode, linear_tol)
+    f0, g0 = (jax.lax.stop_gradient(p) for p in init)
+    w = mu.shape[0]
 
-    def solve(a_w, b_w, cost_w, f0, g0):
+    def solve(a_w, b_w, cost_w, f0_w, g0_w, solver=solver):
         geom = geometry.Geometry(cost_matrix=cost_w, epsilon=epsilon)
-        out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f0, g0))
+        out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f0_w, g0_w))
         return out.reg_ot_cost, out.f, out.g, out.n_iters, out.converged
 
-    vals, f, g, iters, conv = jax.vmap(solve)(a, b, cost, *init)
-    if debiased:
-        w = mu.shape[0]
+    if not debiased:
+        vals, f, g, iters, conv = jax.vmap(solve)(a, b, cost, f0, g0)
+    else:
+        # Symmetric terms solved apart. W(s, s) has no gradient (a zero cotangent makes the
+        # implicit linear solve NaN); W(mu, mu) uses the envelope gradient when grad_mode is
+        # implicit: its float32 implicit system (a == b) fails in lineax, and at convergence
+        # both gradients are the same.
+        self_mode = "danskin" if grad_mode == "implicit" else grad_mode
+        sym = partial(solve, solver=_solver(threshold, max_iterations, self_mode))
+        main = jax.vmap(solve)(a, b, cost, f0[:w], g0[:w])
+        auto = jax.vmap(sym)(a, a, cost, f0[w:2 * w], g0[w:2 * w])
+        ref = jax.lax.stop_gradient(jax.vmap(sym)(b, b, jax.lax.stop_gradient(cost),
+                                                  f0[2 * w:], g0[2 * w:]))
+        out = [jnp.concatenate([x, y]) for x, y in zip(main, auto, strict=True)]
+        vals, f, g, iters, conv = (jnp.concatenate([x, y]) for x, y in zip(out, ref, strict=True))
         vals = vals[:w] - 0.5 * vals[w:2 * w] - 0.5 * vals[2 * w:]
-    potentials = (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g))
-    return vals, potentials, iters, conv
+    return vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv
