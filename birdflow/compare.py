@@ -26,9 +26,12 @@ DIRECTION = {
     "mean_l2": "lower", "mean_tv": "lower", "mean_w2": "lower", "max_w2": "lower",
     "mean_distr_cor": "higher", "min_distr_cor": "higher", "mean_step_cor": "higher",
     "min_step_cor": "higher", "st_traverse_cor": "higher", "md_traverse_cor": "higher",
-    "mean_ll": "higher", "weighted_mean_ll": "higher", "mean_ll_gain": "higher",
+    "mean_ll": "higher", "mean_ll_gain": "higher",
     "mean_win_distance": "higher", "mean_win_distance_fraction": "higher", "mean_win_prob": "higher",
     "mean_energy_improvement": "higher", "truth_transition_tv": "lower",
+    "mean_energy_score_bf": "lower", "weighted_mean_ll": "higher", "weighted_mean_ll_gain": "higher",
+    "weighted_mean_win_distance": "higher", "weighted_mean_win_distance_fraction": "higher",
+    "weighted_mean_win_prob": "higher", "weighted_energy_improvement": "higher",
 }
 
 

@@ -6,12 +6,14 @@ and every out-of-range value fails with a ConfigError naming its key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from omegaconf import DictConfig
+
 from birdflow.errors import ConfigError
 from birdflow.losses.objective import LossConfig
-from birdflow.sweep import apply_hyper
 
 SCHEDULES = ("constant", "cosine", "exponential")
 PRECISIONS = ("float32", "float64")
@@ -52,6 +54,49 @@ class OptimSettings:
 def _positive(key: str, value) -> None:
     if not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{key}={value!r}: must be a number > 0")
+
+
+def signif(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits (R's ``signif``)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+
+def apply_hyper(cfg: Mapping) -> Mapping:
+    """The loss settings with ``hyper: {de_ratio, obs_prop}`` turned into dist/ent weights.
+
+    BirdFlowPipeline's grid parameterisation: ``de_ratio`` = dist_weight / ent_weight and
+    ``obs_prop`` = obs_weight / (obs_weight + dist_weight + ent_weight), converted with 5
+    significant digits like ``refactor_hyperparams``: dist = obs·de(1−op)/(op(de+1)),
+    ent = obs·(1−op)/(op(de+1)) (obs_weight = 1 gives the reference formulas). When ``cfg`` is
+    a mutable DictConfig, ``cfg.loss`` is updated in place so the saved config shows the weights
+    actually used. Without a ``hyper`` node (or with both values null) ``cfg["loss"]`` is returned.
+
+    Raises:
+        ConfigError: only one of the two is set, or a value is out of range.
+    """
+    loss = cfg["loss"]
+    hyper = cfg.get("hyper") or {}
+    de, op = hyper.get("de_ratio"), hyper.get("obs_prop")
+    if de is None and op is None:
+        return loss
+    if de is None or op is None:
+        missing = "hyper.de_ratio" if de is None else "hyper.obs_prop"
+        raise ConfigError(f"{missing}: not set; the grid parameterisation needs both hyper.de_ratio "
+                          "and hyper.obs_prop (or set neither and use loss.dist_weight/ent_weight)")
+    if not isinstance(de, int | float) or not de > 0:
+        raise ConfigError(f"hyper.de_ratio={de!r}: must be a number > 0 (dist_weight / ent_weight)")
+    if not isinstance(op, int | float) or not 0 < op < 1:
+        raise ConfigError(f"hyper.obs_prop={op!r}: must be in (0, 1), e.g. 0.99")
+    obs = float(loss.get("obs_weight", 1.0))
+    ent = signif(obs * (1 - op) / (op * (de + 1)), 5)
+    dist = signif(obs * de * (1 - op) / (op * (de + 1)), 5)
+    if isinstance(loss, DictConfig) and not loss._get_flag("readonly"):
+        loss.dist_weight, loss.ent_weight = dist, ent
+        return loss
+    return {**loss, "dist_weight": dist, "ent_weight": ent}
 
 
 def validate_train_config(cfg: Mapping) -> tuple[LossConfig, OptimSettings]:

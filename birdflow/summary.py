@@ -17,19 +17,13 @@ from omegaconf import OmegaConf
 
 from birdflow.errors import DataError
 from birdflow.rundir import CONFIG_YAML, RUN_JSON, read_run_info
+from birdflow.settings import signif
 
 HYPER_COLUMNS = ("obs_weight", "dist_weight", "ent_weight", "dist_pow", "de_ratio", "obs_prop",
                  "learning_rate", "steps")
 ID_COLUMNS = ("run", "species", "loss", "status")
 TAIL_COLUMNS = ("runtime_s", "steps_done", "overrides", "error")
 TIMING_COLUMNS = ("runtime_s",)
-
-
-def signif(x: float, digits: int) -> float:
-    """``x`` rounded to ``digits`` significant digits (R's ``signif``)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
 def _num(x):

@@ -24,50 +24,15 @@ from omegaconf import DictConfig
 
 from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.rundir import RUN_JSON, read_run_info, write_run_info
+from birdflow.settings import apply_hyper  # noqa: F401  (re-exported: the grid parameterisation)
 from birdflow.summary import (
     HYPER_COLUMNS,
     ID_COLUMNS,
     collect,
     columns,
     markdown,
-    signif,
     write_table,
 )
-
-
-def apply_hyper(cfg: Mapping) -> Mapping:
-    """The loss settings with ``hyper: {de_ratio, obs_prop}`` turned into dist/ent weights.
-
-    BirdFlowPipeline's grid parameterisation: ``de_ratio`` = dist_weight / ent_weight and
-    ``obs_prop`` = obs_weight / (obs_weight + dist_weight + ent_weight), converted with 5
-    significant digits like ``refactor_hyperparams``: dist = obs·de(1−op)/(op(de+1)),
-    ent = obs·(1−op)/(op(de+1)) (obs_weight = 1 gives the reference formulas). When ``cfg`` is
-    a mutable DictConfig, ``cfg.loss`` is updated in place so the saved config shows the weights
-    actually used. Without a ``hyper`` node (or with both values null) ``cfg["loss"]`` is returned.
-
-    Raises:
-        ConfigError: only one of the two is set, or a value is out of range.
-    """
-    loss = cfg["loss"]
-    hyper = cfg.get("hyper") or {}
-    de, op = hyper.get("de_ratio"), hyper.get("obs_prop")
-    if de is None and op is None:
-        return loss
-    if de is None or op is None:
-        missing = "hyper.de_ratio" if de is None else "hyper.obs_prop"
-        raise ConfigError(f"{missing}: not set; the grid parameterisation needs both hyper.de_ratio "
-                          "and hyper.obs_prop (or set neither and use loss.dist_weight/ent_weight)")
-    if not isinstance(de, int | float) or not de > 0:
-        raise ConfigError(f"hyper.de_ratio={de!r}: must be a number > 0 (dist_weight / ent_weight)")
-    if not isinstance(op, int | float) or not 0 < op < 1:
-        raise ConfigError(f"hyper.obs_prop={op!r}: must be in (0, 1), e.g. 0.99")
-    obs = float(loss.get("obs_weight", 1.0))
-    ent = signif(obs * (1 - op) / (op * (de + 1)), 5)
-    dist = signif(obs * de * (1 - op) / (op * (de + 1)), 5)
-    if isinstance(loss, DictConfig) and not loss._get_flag("readonly"):
-        loss.dist_weight, loss.ent_weight = dist, ent
-        return loss
-    return {**loss, "dist_weight": dist, "ent_weight": ent}
 
 
 def _job_run_dir(cfg: Mapping) -> Path | None:

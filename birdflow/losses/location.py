@@ -19,6 +19,7 @@ block decouples from the real cells and adds only an O(n_max * MASS_FLOOR) const
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
-from ott.solvers.linear import implicit_differentiation, sinkhorn
+from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
 from birdflow.types import WeeklyDistr
@@ -98,22 +99,73 @@ def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
     return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
 
 
+@jax.tree_util.register_pytree_node_class
+class SlotGeometry(geometry.Geometry):
+    """One week's (n_max, n_max) slot cost, gathered from the shared cell cost on use.
+
+    Same costs as :func:`slot_cost` gives for that week, but nothing of size
+    (W, n_max, n_max) is stored: every Sinkhorn iteration reads the one shared
+    (n_cells, n_cells) matrix (memory: one cost matrix instead of one per week).
+    """
+
+    def __init__(self, cell_cost: jax.Array, slot_cell: jax.Array, epsilon=None):
+        super().__init__(epsilon=epsilon)
+        self.cell_cost, self.slot_cell = cell_cost, slot_cell
+
+    @property
+    def cost_matrix(self) -> jax.Array:
+        valid = self.slot_cell >= 0
+        idx = jnp.maximum(self.slot_cell, 0)
+        c = self.cell_cost[idx[:, None], idx[None, :]]
+        both, neither = valid[:, None] & valid[None, :], ~valid[:, None] & ~valid[None, :]
+        return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.slot_cell.shape[0], self.slot_cell.shape[0]
+
+    @property
+    def dtype(self):
+        return self.cell_cost.dtype
+
+    def tree_flatten(self):
+        return (self.cell_cost, self.slot_cell, self._epsilon_init), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, children):
+        return cls(*children)
+
+
+class SlotCost(NamedTuple):
+    """The W2 cost as one shared cell cost plus the slot table (see :class:`SlotGeometry`).
+
+    Attributes:
+        cell_cost: (n_cells, n_cells) normalised cost from :func:`cell_cost`.
+        slot_cell: (W, n_max) int32 cell of each slot per marginal-week (-1 = padding).
+    """
+
+    cell_cost: jax.Array
+    slot_cell: jax.Array
+
+
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
-            linear_tol: float = 1e-6) -> sinkhorn.Sinkhorn:
+            linear_tol: float = 1e-6, symmetric: bool = False,
+            inner_iterations: int = 10) -> sinkhorn.Sinkhorn:
+    kw = {"threshold": threshold, "max_iterations": max_iterations,
+          "inner_iterations": inner_iterations}
+    if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
+        kw.update(parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))
     if grad_mode == "implicit":  # differentiate the optimality conditions (a linear solve)
         # lineax (Normal)CG tolerance: OTT's 1e-6 stalls in float32 and then runs to its
         # step cap (~30x slower); 1e-4 there matches the envelope gradient to ~1e-5.
         implicit = implicit_differentiation.ImplicitDiff(
             solver_kwargs={"rtol": linear_tol, "atol": linear_tol})
-        return sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations,
-                                 implicit_diff=implicit, use_danskin=False)
+        return sinkhorn.Sinkhorn(implicit_diff=implicit, use_danskin=False, **kw)
     if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
-        return sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations,
-                                 implicit_diff=implicit_differentiation.ImplicitDiff(),
-                                 use_danskin=True)
+        return sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
+                                 use_danskin=True, **kw)
     if grad_mode == "unroll":  # backpropagate through every iteration
-        return sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations,
-                                 implicit_diff=None)
+        return sinkhorn.Sinkhorn(implicit_diff=None, **kw)
     raise ValueError(f"unknown grad_mode {grad_mode!r}; use one of {GRAD_MODES}")
 
 
@@ -127,20 +179,73 @@ def n_solves(debiased: bool) -> int:
     return 3 if debiased else 1
 
 
+def default_week_batch() -> int:
+    """``week_batch`` for -1 ("auto"): weeks one after another on CPU, all at once elsewhere.
+
+    On CPU a week's solve stops as soon as that week converges (a vmapped loop runs every
+    week until the slowest one has), and one week's cost stays in cache.
+    """
+    return 1 if jax.default_backend() == "cpu" else 0
+
+
+def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int):
+    """Solve W problems (a, b: (W, n_max)); ``week_batch`` 0 = one vmap, k = lax.map chunks of k."""
+    shared = isinstance(cost, SlotCost)
+    per_week = cost.slot_cell if shared else cost
+
+    def one(x):
+        a_w, b_w, c_w, f_w, g_w = x
+        geom = (SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon) if shared
+                else geometry.Geometry(cost_matrix=c_w, epsilon=epsilon))
+        out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))
+        return out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged
+
+    xs = (a, b, per_week, f0, g0)
+    week_batch = default_week_batch() if week_batch < 0 else week_batch
+    if week_batch == 0 or week_batch >= a.shape[0]:
+        return jax.vmap(one)(xs)
+    return jax.lax.map(one, xs, batch_size=None if week_batch == 1 else week_batch)
+
+
+def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
+              init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
+              max_iterations: int = 2000, symmetric: bool = True, inner_iterations: int = 10,
+              week_batch: int = 0):
+    """Regularised OT cost W(p, p) per week, no gradient (the debiasing term of a target).
+
+    Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,)).
+    """
+    p = jax.lax.stop_gradient(_floor(p))
+    solver = _solver(threshold, max_iterations, "danskin", symmetric=symmetric,
+                     inner_iterations=inner_iterations)
+    out = _batch_solve(solver, p, p, jax.lax.stop_gradient(cost), epsilon,
+                       *(jax.lax.stop_gradient(x) for x in init), week_batch)
+    return jax.lax.stop_gradient(out)
+
+
 def w2(mu: WeeklyDistr, targets: WeeklyDistr,
-       cost: WeeklyCost, epsilon: float | jax.Array,
+       cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
        init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
-       max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False):
-    """Entropic OT cost per marginal-week, all weeks in one vmapped solve (3 when debiased).
+       max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
+       target_self=None, symmetric: bool = False, inner_iterations: int = 10,
+       week_batch: int = 0):
+    """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
         mu, targets: (W, n_max) model and S&T distributions in slot layout (padding = 0).
-        cost: (W, n_max, n_max) ground cost from :func:`slot_cost` (max real cost 1).
+        cost: (W, n_max, n_max) ground cost from :func:`slot_cost` (max real cost 1), or a
+            :class:`SlotCost` (the same costs gathered on the fly from one shared matrix).
         epsilon: entropic regularisation in cost units (scalar, may be traced).
         init: warm-start potentials (f, g), each (n_solves * W, n_max) (zeros = cold start).
         threshold: L1 marginal error at which Sinkhorn stops; max_iterations: its cap.
         grad_mode: "implicit" | "danskin" | "unroll" (see module docs).
         debiased: return the Sinkhorn divergence instead of the regularised cost.
+        target_self: debiased only: the W(s, s) term already solved, as :func:`self_cost`
+            returns it (it does not depend on mu); None solves it here.
+        symmetric: solve the W(mu, mu) and W(s, s) terms with averaged parallel updates.
+        inner_iterations: Sinkhorn iterations between two convergence checks.
+        week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
+            week stopping at its own convergence); -1 = :func:`default_week_batch`.
 
     Returns:
         (values (W,), (f, g) potentials for the next warm start, iterations (n_solves * W,),
@@ -148,29 +253,29 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
     """
     a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
     linear_tol = 1e-4 if jnp.finfo(mu.dtype).bits < 64 else 1e-6
-    solver = _solver(threshold, max_iterations, grad_mode, linear_tol)
+    solver = _solver(threshold, max_iterations, grad_mode, linear_tol,
+                     inner_iterations=inner_iterations)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
-
-    def solve(a_w, b_w, cost_w, f0_w, g0_w, solver=solver):
-        geom = geometry.Geometry(cost_matrix=cost_w, epsilon=epsilon)
-        out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f0_w, g0_w))
-        return out.reg_ot_cost, out.f, out.g, out.n_iters, out.converged
+    solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch)
 
     if not debiased:
-        vals, f, g, iters, conv = jax.vmap(solve)(a, b, cost, f0, g0)
+        vals, f, g, iters, conv = solve(solver, a, b, cost, f0=f0, g0=g0)
     else:
-        # Symmetric terms solved apart. W(s, s) has no gradient (a zero cotangent makes the
-        # implicit linear solve NaN); W(mu, mu) uses the envelope gradient when grad_mode is
-        # implicit: its float32 implicit system (a == b) fails in lineax, and at convergence
-        # both gradients are the same.
+        # W(s, s) has no gradient (a zero cotangent makes the implicit linear solve NaN);
+        # W(mu, mu) uses the envelope gradient when grad_mode is implicit: its float32
+        # implicit system (a == b) fails in lineax, and at convergence both are the same.
         self_mode = "danskin" if grad_mode == "implicit" else grad_mode
-        sym = partial(solve, solver=_solver(threshold, max_iterations, self_mode))
-        main = jax.vmap(solve)(a, b, cost, f0[:w], g0[:w])
-        auto = jax.vmap(sym)(a, a, cost, f0[w:2 * w], g0[w:2 * w])
-        ref = jax.lax.stop_gradient(jax.vmap(sym)(b, b, jax.lax.stop_gradient(cost),
-                                                  f0[2 * w:], g0[2 * w:]))
-        out = [jnp.concatenate([x, y]) for x, y in zip(main, auto, strict=True)]
-        vals, f, g, iters, conv = (jnp.concatenate([x, y]) for x, y in zip(out, ref, strict=True))
+        sym = _solver(threshold, max_iterations, self_mode, symmetric=symmetric,
+                      inner_iterations=inner_iterations)
+        main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
+        auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
+        if target_self is None:
+            target_self = self_cost(targets, cost, epsilon, (f0[2 * w:], g0[2 * w:]),
+                                    threshold=threshold, max_iterations=max_iterations,
+                                    symmetric=symmetric, inner_iterations=inner_iterations,
+                                    week_batch=week_batch)
+        vals, f, g, iters, conv = (jnp.concatenate(x) for x in zip(main, auto, target_self,
+                                                                   strict=True))
         vals = vals[:w] - 0.5 * vals[w:2 * w] - 0.5 * vals[2 * w:]
     return vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv

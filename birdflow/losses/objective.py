@@ -41,6 +41,15 @@ class W2Config:
     and multiplied by ``scale``. Debiasing (the Sinkhorn divergence) is on by default: the
     plain entropic cost is not minimised at mu = s (it favours shrunken marginals) and fit
     the synthetic species badly (mean TV 0.57 vs 0.045 debiased, 600 steps, same scale).
+
+    Speed settings (they change how W2 is solved, not what it is; ``python -m
+    birdflow.bench`` measures each): ``cache_target_self`` solves the constant W(s, s)
+    once per epsilon value and keeps it in the loss state; ``symmetric`` solves the
+    W(mu, mu) and W(s, s) terms with averaged parallel updates; ``shared_cost`` gathers
+    each week's cost on the fly from one (n_cells, n_cells) matrix instead of storing a
+    (weeks, n_max, n_max) copy; ``inner_iterations`` is the number of Sinkhorn iterations
+    between convergence checks; ``week_batch`` how many weeks are solved together (0 all,
+    1 one after another, -1 auto: 1 on CPU, 0 on GPU).
     """
 
     cost: str = "sqeuclidean"
@@ -54,6 +63,11 @@ class W2Config:
     warm_start: bool = True
     debiased: bool = True
     scale: float = 1.0
+    cache_target_self: bool = True
+    symmetric: bool = True
+    shared_cost: bool = True
+    inner_iterations: int = 10
+    week_batch: int = -1
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,8 @@ class LossConfig:
         for key in ("epsilon", "threshold", "scale", "cost_pow"):
             _check(f"loss.w2.{key}", getattr(c, key), lambda v: v > 0, "> 0")
         _check("loss.w2.max_iterations", c.max_iterations, lambda v: v > 0, "> 0")
+        _check("loss.w2.inner_iterations", c.inner_iterations, lambda v: v > 0, "> 0")
+        _check("loss.w2.week_batch", c.week_batch, lambda v: v >= -1, ">= -1 (-1 = auto)")
         _check("loss.w2.epsilon_decay_steps", c.epsilon_decay_steps, lambda v: v >= 0, ">= 0")
         if c.epsilon_start is not None:
             _check("loss.w2.epsilon_start", c.epsilon_start, lambda v: v > 0, "> 0 (or null)")
@@ -154,12 +170,18 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
 
 
 def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
-    """Warm-start Sinkhorn potentials (zeros = cold start) for W2; ``{}`` for L2."""
+    """W2 loss state; ``{}`` for L2.
+
+    ``f``, ``g``: warm-start Sinkhorn potentials (zeros = cold start), (n_solves * W, n_max);
+    ``ref``: the cached W(s, s) per week (W,) and ``ref_eps`` the epsilon it was solved at
+    (-1: not yet solved).
+    """
     if cfg.location != "w2":
         return {}
-    shape = (location.n_solves(cfg.w2.debiased) * problem.targets.shape[0], index.n_max)
-    zeros = jnp.zeros(shape, problem.targets.dtype)
-    return {"f": zeros, "g": zeros}
+    w = problem.targets.shape[0]
+    dtype = problem.targets.dtype
+    zeros = jnp.zeros((location.n_solves(cfg.w2.debiased) * w, index.n_max), dtype)
+    return {"f": zeros, "g": zeros, "ref": jnp.zeros((w,), dtype), "ref_eps": jnp.asarray(-1.0, dtype)}
 
 
 def epsilon_at(cfg: W2Config, step) -> jax.Array:
@@ -187,20 +209,48 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     new_state = state
     if cfg.location == "w2":
         c = cfg.w2
-        slot_cell = index.slot_cell[index.week_of_marginal()]
-        cost = location.slot_cost(problem.w2_cell_cost, slot_cell)
         eps = epsilon_at(c, step)
-        init = (state["f"], state["g"])
-        if not c.warm_start:
-            init = tuple(jnp.zeros_like(p) for p in init)
-        vals, (f, g), iters, _ = location.w2(
-            mu, problem.targets, cost, eps, init, threshold=c.threshold,
-            max_iterations=c.max_iterations, grad_mode=c.grad_mode, debiased=c.debiased)
+        vals, iters, new_state = _w2_term(mu, problem, index, c, state, eps)
         terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps)
         obs = c.scale * terms["w2"]
-        new_state = {"f": f, "g": g}
     else:
         obs = l2
     total = cfg.obs_weight * obs + cfg.dist_weight * dist - cfg.ent_weight * ent
     terms.update(obs=obs, total=total)
     return total, (terms, new_state)
+
+
+def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, eps):
+    """Weekly W2 values, Sinkhorn iterations and the new loss state (see W2Config)."""
+    slot_cell = index.slot_cell[index.week_of_marginal()]
+    if c.shared_cost:
+        cost = location.SlotCost(problem.w2_cell_cost, jnp.asarray(slot_cell))
+    else:
+        cost = location.slot_cost(problem.w2_cell_cost, slot_cell)
+    init = (state["f"], state["g"])
+    if not c.warm_start:
+        init = tuple(jnp.zeros_like(p) for p in init)
+    solve_kw = {"threshold": c.threshold, "max_iterations": c.max_iterations,
+                "symmetric": c.symmetric, "inner_iterations": c.inner_iterations,
+                "week_batch": c.week_batch}
+    ref, ref_val, ref_eps = None, state.get("ref"), state.get("ref_eps")
+    if c.debiased and c.cache_target_self:
+        w = mu.shape[0]
+        ref_init = (init[0][2 * w:], init[1][2 * w:])
+
+        def fresh():
+            return location.self_cost(problem.targets, cost, eps, ref_init, **solve_kw)
+
+        def cached():
+            return (state["ref"].astype(mu.dtype), *ref_init, jnp.zeros((w,), jnp.int32),
+                    jnp.ones((w,), bool))
+
+        ref = jax.lax.cond(state["ref_eps"] == eps, cached, fresh)
+        ref_val, ref_eps = ref[0], jnp.asarray(eps, state["ref_eps"].dtype)
+    vals, (f, g), iters, _ = location.w2(
+        mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode, debiased=c.debiased,
+        target_self=ref, **solve_kw)
+    new_state = {"f": f, "g": g}
+    if ref_val is not None:
+        new_state.update(ref=ref_val, ref_eps=ref_eps)
+    return vals, iters, new_state
