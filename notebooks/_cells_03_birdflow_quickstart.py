@@ -203,17 +203,17 @@ plt.show()
 # The weights are `loss.obs_weight`, `loss.dist_weight` and `loss.ent_weight`. We fit three models:
 #
 # * **L2**: BirdFlowPy's defaults (`loss=l2`);
-# * **W2**: `loss=w2` with two options away from their defaults. `loss.w2.debiased=true` uses the Sinkhorn
-#   *divergence*, which is zero when the two distributions are equal (the plain entropic cost is smallest for a
-#   distribution more concentrated than the target, so it pulls the fit towards shrunken ranges);
-#   `loss.w2.scale=100` multiplies the W2 term so that it is not swamped by the distance term (section 5
-#   prints the size of each weighted term);
+# * **W2**: `loss=w2` with its defaults. It uses the Sinkhorn *divergence* (`loss.w2.debiased=true`), which
+#   is zero when the two distributions are equal (the plain entropic cost is smallest for a distribution more
+#   concentrated than the target, so it would pull the fit towards shrunken ranges), and measures W2 in
+#   one-cell moves: moving all of a week's birds by one cell costs 1, so the term is not swamped by the
+#   distance term whatever the grid (section 5 prints the size of each weighted term);
 # * **L2, ent_weight=0.01**: L2 again with a 100 times larger entropy weight, to see what that weight does.
 
 # %%
 MODELS = {
     "L2": ("l2", ["loss=l2"]),
-    "W2": ("w2", ["loss=w2", "loss.w2.debiased=true", "loss.w2.scale=100"]),
+    "W2": ("w2", ["loss=w2"]),
     "L2, ent_weight=0.01": ("l2_ent", ["loss=l2", "loss.ent_weight=0.01"]),
 }
 configs = {name: compose_train_cfg(folder, *overrides) for name, (folder, overrides) in MODELS.items()}
@@ -249,12 +249,12 @@ for name, res in results.items():
             "total": h["total"][step]}
 print()
 print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4g}"))
-print(f"\nW2 before scaling at the first step: {results['W2'].history['w2'][0]:.4g} (x 100 = the location term)")
+print(f"\nW2 at the first step, in one-cell moves summed over weeks: {results['W2'].history['w2'][0]:.4g} "
+      f"(x loss.w2.scale = {configs['W2'].loss.w2.scale} = the location term)")
 
 # %% [markdown]
 # The table splits the loss into its weighted terms at the first and the last step; they add up to the total.
-# It shows how strongly each term pulls: without `loss.w2.scale` the W2 location term would be the
-# printed unscaled value, next to the distance term of its first row.
+# It shows how strongly each term pulls; `loss.w2.scale` (default 1) strengthens or weakens the W2 term.
 #
 # The loss curves (`plot_loss`, also `loss_curve.png` in a run folder) show each term on a log scale;
 # the entropy enters the loss with a minus sign, so it is drawn as `-ent` when it is negative throughout.

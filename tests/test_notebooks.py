@@ -31,6 +31,7 @@ def test_notebooks_exist():
     names = {path.name for path in NOTEBOOKS}
     assert "01_implicit_differentiation_lasso.ipynb" in names
     assert "02_w2_vs_l2_location_loss.ipynb" in names
+    assert "03_birdflow_quickstart.ipynb" in names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

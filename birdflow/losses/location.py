@@ -150,9 +150,11 @@ class SlotCost(NamedTuple):
 
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
             linear_tol: float = 1e-6, symmetric: bool = False,
-            inner_iterations: int = 10) -> sinkhorn.Sinkhorn:
+            inner_iterations: int = 10, momentum: float = 1.0) -> sinkhorn.Sinkhorn:
     kw = {"threshold": threshold, "max_iterations": max_iterations,
           "inner_iterations": inner_iterations}
+    if momentum != 1.0:  # over-relaxation of the a != b solve
+        kw["momentum"] = acceleration.Momentum(start=0, value=momentum)
     if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
         kw.update(parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))
     if grad_mode == "implicit":  # differentiate the optimality conditions (a linear solve)
@@ -228,7 +230,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
        target_self=None, symmetric: bool = False, inner_iterations: int = 10,
-       week_batch: int = 0):
+       week_batch: int = 0, momentum: float = 1.0):
     """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
@@ -246,6 +248,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         inner_iterations: Sinkhorn iterations between two convergence checks.
         week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
             week stopping at its own convergence); -1 = :func:`default_week_batch`.
+        momentum: over-relaxation of the W(mu, s) Sinkhorn updates (1 = none).
 
     Returns:
         (values (W,), (f, g) potentials for the next warm start, iterations (n_solves * W,),
@@ -254,7 +257,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
     a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
     linear_tol = 1e-4 if jnp.finfo(mu.dtype).bits < 64 else 1e-6
     solver = _solver(threshold, max_iterations, grad_mode, linear_tol,
-                     inner_iterations=inner_iterations)
+                     inner_iterations=inner_iterations, momentum=momentum)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
     solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch)

@@ -1,0 +1,153 @@
+"""The benchmark command, and the W2 fast paths against the plain ones (no timing assertions)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_tiny_bfdata
+
+from birdflow import bench
+from birdflow.errors import ConfigError
+from birdflow.losses import LossConfig, W2Config, init_loss_state, make_problem, objective
+from birdflow.losses.location import SlotGeometry, slot_cost
+from birdflow.model.markov import WeekIndex, init_params
+
+# Tiny grid: epsilon large enough (relative to the largest cost) and threshold tight enough
+# that every Sinkhorn solve converges, so fast and plain paths must agree to solver accuracy.
+TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000)
+PLAIN = dataclasses.replace(TIGHT, cache_target_self=False, symmetric=False, shared_cost=False,
+                            week_batch=0)
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_bench_runs_tiny_and_prints_json_lines(capsys):
+    rows = bench.main(["--cells", "20", "--cases", "l2,danskin", "--repeats", "1", "--warmup", "1"])
+    lines = _json_lines(capsys.readouterr().out)
+    info = lines[0]["device_info"]
+    assert info["backend"] == jax.default_backend() and info["bandwidth_GBps"] > 0
+    by_case = {r["case"]: r for r in lines[1:]}
+    assert set(by_case) == {"l2", "w2-danskin"}
+    assert bench.cases([], ["plain"])[0][1].week_batch == 0  # variants switch settings off
+    assert [r["case"] for r in rows] == [r["case"] for r in lines[1:]]
+    for r in by_case.values():
+        assert r["weeks"] == 52 and r["n_max"] > 0
+        assert r["step_ms"] > 0 and r["compile_s"] > 0 and r["memory_bytes"] > 0
+        assert np.isfinite(r["terms"]["total"])
+    assert by_case["l2"]["ratio_vs_l2"] == 1.0 and by_case["l2"]["l2_byte_bound_ms"] > 0
+    w = by_case["w2-danskin"]
+    assert w["sinkhorn_iterations"] >= 1 and np.isfinite(w["w2_tight"]) and w["w2_rel_err"] >= 0
+
+
+@pytest.mark.slow
+def test_bench_reference_case_runs(capsys):
+    bench.main(["--cells", "12", "--cases", "danskin,reference", "--repeats", "1", "--warmup", "1",
+                "--no-accuracy"])
+    rows = {r["case"]: r for r in _json_lines(capsys.readouterr().out)[1:]}
+    ref = rows["reference"]
+    assert np.isfinite(ref["w2"]) and ref["sinkhorn_iterations"] >= 1
+    assert ref["ref_over_ours"] == pytest.approx(ref["step_ms"] / rows["w2-danskin"]["step_ms"])
+
+
+def test_unknown_case_or_variant_is_a_one_line_error():
+    with pytest.raises(SystemExit, match="--cases: unknown case 'l3'"):
+        bench.cases(["l3"], [])
+    with pytest.raises(SystemExit, match="--variants: unknown variant 'fast'"):
+        bench.cases([], ["fast"])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = make_tiny_bfdata(n_rows=3, n_cols=4, n_weeks=5, seed=4, zero_frac=0.3)
+    return ds, WeekIndex.from_bfdata(ds)
+
+
+def _value_grad(tiny, w2cfg: W2Config, steps=(0, 0)):
+    """Objective terms and gradient after calling it at each step in ``steps`` (state carried)."""
+    ds, index = tiny
+    cfg = LossConfig(location="w2", w2=w2cfg)
+    with jax.enable_x64(True):
+        problem = make_problem(ds, index, cfg)
+        params = init_params(jax.random.key(1), index, dtype=jnp.float64)
+        vg = jax.jit(jax.value_and_grad(
+            lambda p, prob, s, k: objective(p, prob, index, cfg, s, k), has_aux=True))
+        state = init_loss_state(problem, index, cfg)
+        for k in steps:
+            (_, (terms, state)), g = vg(params, problem, state, jnp.int32(k))
+    return {k: float(v) for k, v in terms.items()}, g, state
+
+
+@pytest.fixture(scope="module")
+def plain(tiny):
+    return _value_grad(tiny, PLAIN, steps=(0,))
+
+
+def _assert_same(fast, plain, rtol=1e-6):
+    (t_fast, g_fast, _), (t_plain, g_plain, _) = fast, plain
+    for k in ("w2", "total", "l2"):
+        np.testing.assert_allclose(t_fast[k], t_plain[k], rtol=rtol, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-9 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("change", [
+    {"cache_target_self": False},
+    {"symmetric": False},
+    {"shared_cost": False},
+    {"week_batch": 1},
+    {"week_batch": 2},
+    {"inner_iterations": 3},
+    {"momentum": 1.0},
+], ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_each_fast_path_matches_the_plain_solve(tiny, plain, change):
+    """Defaults (all fast paths) with one switched back give the plain loss and gradient."""
+    _assert_same(_value_grad(tiny, dataclasses.replace(TIGHT, **change)), plain)
+
+
+def test_cached_target_term_equals_recomputed_and_is_reused(tiny, plain):
+    first = _value_grad(tiny, TIGHT, steps=(0,))
+    again = _value_grad(tiny, TIGHT, steps=(0, 0))  # second call reads W(s, s) from the state
+    _assert_same(first, plain)
+    _assert_same(again, plain)
+    assert float(again[2]["ref_eps"]) == pytest.approx(TIGHT.epsilon)
+    w = again[2]["ref"].shape[0]
+    assert again[0]["sinkhorn_iterations"] > 0 and first[2]["f"].shape[0] == 3 * w
+
+
+def test_cache_is_refreshed_when_epsilon_changes(tiny):
+    sched = dataclasses.replace(TIGHT, epsilon_start=0.2, epsilon_decay_steps=4)
+    cached = _value_grad(tiny, sched, steps=(0, 1, 2))
+    fresh = _value_grad(tiny, dataclasses.replace(sched, cache_target_self=False), steps=(0, 1, 2))
+    _assert_same(cached, fresh)
+    assert float(cached[2]["ref_eps"]) == pytest.approx(float(cached[0]["epsilon"]))
+
+
+def test_warm_start_matches_cold_start(tiny):
+    warm = _value_grad(tiny, TIGHT, steps=(0, 0))
+    cold = _value_grad(tiny, dataclasses.replace(TIGHT, warm_start=False), steps=(0, 0))
+    _assert_same(warm, cold)
+
+
+def test_slot_geometry_cost_equals_gathered_cost(tiny):
+    ds, index = tiny
+    problem = make_problem(ds, index, LossConfig(location="w2"))
+    slots = index.slot_cell[index.week_of_marginal()]
+    gathered = slot_cost(problem.w2_cell_cost, slots)
+    for t in range(slots.shape[0]):
+        geom = SlotGeometry(problem.w2_cell_cost, jnp.asarray(slots[t]), epsilon=0.1)
+        np.testing.assert_array_equal(geom.cost_matrix, gathered[t])
+        assert geom.shape == gathered[t].shape
+
+
+def test_bad_week_batch_names_the_key():
+    with pytest.raises(ConfigError, match=r"loss\.w2\.week_batch"):
+        LossConfig.from_mapping({"location": "w2", "w2": {"week_batch": -2}})
+    with pytest.raises(ConfigError, match=r"loss\.w2\.inner_iterations"):
+        LossConfig.from_mapping({"location": "w2", "w2": {"inner_iterations": 0}})
