@@ -159,8 +159,8 @@ def train(cfg: DictConfig, data=None) -> RunResult:
              ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps, run_dir)
 
     update = make_update(index, loss_cfg, optimizer)
-    history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps, run_dir)
-    return _finish(cfg, run_dir, ds, index, history, loss_cfg, opt)
+    params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps, run_dir)
+    return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt)
 
 
 def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir):
@@ -171,7 +171,7 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start)
-    t0 = time.perf_counter() - float(history.get("time_s", [0.0])[-1] if history.get("time_s") else 0.0)
+    t0 = time.perf_counter() - (history["time_s"][-1] if history.get("time_s") else 0.0)  # resumed runs
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not cfg.progress,
                desc=f"{cfg.species.code}/{cfg.loss.location}", unit="step", dynamic_ncols=True)
     try:
@@ -210,12 +210,10 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
         bar.close()
         if writer is not None:
             writer.close()
-    history["final_params"] = state["params"]  # popped by _finish
-    return history
+    return state["params"], history
 
 
-def _finish(cfg, run_dir, ds, index, history, loss_cfg, opt) -> RunResult:
-    params = history.pop("final_params")
+def _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt) -> RunResult:
     _, M = markov.marginals(params, index)
     hyper = {"obs_weight": loss_cfg.obs_weight, "ent_weight": loss_cfg.ent_weight,
              "dist_weight": loss_cfg.dist_weight, "dist_pow": loss_cfg.dist_pow,

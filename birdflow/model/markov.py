@@ -104,9 +104,8 @@ def _masks(index: WeekIndex) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def log_transitions(params: dict, index: WeekIndex) -> jax.Array:
     """(n_transitions, n_max, n_max) row-wise log-softmax; padding columns ~ -1e9."""
-    _, valid_from, valid_to = _masks(index)
+    _, _, valid_to = _masks(index)
     z = jnp.where(valid_to[:, None, :], params["Z"], MASKED_LOGIT)
-    del valid_from
     return jax.nn.log_softmax(z, axis=-1)
 
 
