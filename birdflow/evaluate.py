@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from birdflow.cli import parse_key_values
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
 from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.io import write_text_atomic
@@ -162,13 +163,7 @@ USAGE = ("usage: python -m birdflow.evaluate run=<run dir> [tracks=<csv>] [truth
 
 
 def _parse_cli(argv: list[str]) -> dict:
-    opts = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in CLI_KEYS:
-            raise ConfigError(f"argument {arg!r}: expected one of {', '.join(CLI_KEYS)} as "
-                              f"key=value; {USAGE}")
-        opts[key] = value.strip()
+    opts = parse_key_values(argv, CLI_KEYS, USAGE)
     if "run" not in opts:
         raise ConfigError(f"no run dir given; {USAGE}")
     try:

@@ -36,6 +36,7 @@ from birdflow.basemap import (
 )
 from birdflow.errors import DataError
 from birdflow.io import atomic_path
+from birdflow.metrics import weekly_distr_cor
 from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.routes import parse_overrides, sample_routes
 
@@ -244,15 +245,6 @@ def plot_fit_per_week(per_week_metrics: dict[str, np.ndarray], path: str | os.Pa
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path, dpi)
-
-
-def weekly_distr_cor(model: BirdFlowModel) -> np.ndarray:
-    """(n_weeks,) Pearson correlation of model and S&T distributions over each dynamic mask."""
-    out = []
-    for t, (m, s) in enumerate(zip(model.distrs(), model.data["distr"].values, strict=True)):
-        dm = model.data["dynamic_mask"].values[t]
-        out.append(np.corrcoef(m[dm], s[dm])[0, 1] if dm.sum() > 1 else np.nan)
-    return np.asarray(out)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

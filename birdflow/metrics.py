@@ -49,6 +49,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((da * db).sum() / den) if den > 0 else float("nan")
 
 
+def weekly_distr_cor(model: BirdFlowModel, mu: np.ndarray | None = None) -> np.ndarray:
+    """(n_weeks,) Pearson correlation of model and S&T distributions over each dynamic mask."""
+    mu = model.distrs() if mu is None else mu
+    s = np.asarray(model.data["distr"].values, dtype=np.float64)
+    dyn = np.asarray(model.data["dynamic_mask"].values, dtype=bool)
+    return np.array([pearson(mu[t][dyn[t]], s[t][dyn[t]]) for t in range(model.index.n_weeks)])
+
+
 def week_sequence(model: BirdFlowModel, week_range: tuple[int, int] | None = None) -> list[int]:
     """Week indices start..end visited by BirdFlowR's timestep sequence.
 
@@ -148,7 +156,7 @@ def distribution_performance(model: BirdFlowModel,
     s = np.asarray(model.data["distr"].values, dtype=np.float64)
     dyn = np.asarray(model.data["dynamic_mask"].values, dtype=bool)
     n_weeks = model.index.n_weeks
-    distr_cor = np.array([pearson(mu[t][dyn[t]], s[t][dyn[t]]) for t in range(n_weeks)])
+    distr_cor = weekly_distr_cor(model, mu)
     step_cor = np.full(n_weeks, np.nan)
     for t, t_next in zip(seq[:-1], seq[1:], strict=True):
         pred = to_cells(model, t_next, to_slots(model, t, s[t]) @ P[t])

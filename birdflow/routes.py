@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from birdflow.cli import parse_key_values
 from birdflow.data.grid import from_lonlat, great_circle_km, snap_to_cells
 from birdflow.data.weeks import date_to_week
 from birdflow.errors import ConfigError, DataError
@@ -242,12 +243,7 @@ def forecast(model: BirdFlowModel, lon: float, lat: float, date, k_weeks: int) -
 
 def parse_overrides(argv: list[str], allowed: set[str]) -> dict[str, str]:
     """``key=value`` command-line arguments -> dict; ConfigError on anything else."""
-    out = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"argument {arg!r}: expected key=value with key in {sorted(allowed)}")
-        out[key] = value
+    out = parse_key_values(argv, allowed)
     if "run" not in out:
         raise ConfigError("missing run=<dir>: pass the run directory written by `python -m birdflow.train`")
     return out

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from birdflow.cli import parse_key_values
 from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.export.hdf5_read import import_birdflowr
 from birdflow.export.hdf5_write import export_birdflowr
@@ -28,13 +29,10 @@ USAGE = ("usage: python -m birdflow.export run=<run dir> [out=<file.hdf5>]  |  "
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """``key=value`` arguments -> dict; only ``run``, ``hdf5`` and ``out`` are known."""
-    args = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in ("run", "hdf5", "out") or not value:
-            raise ConfigError(f"argument {item!r} not understood; {USAGE}")
-        args[key] = value
+    args = parse_key_values(argv, ("run", "hdf5", "out"), USAGE)
+    empty = [k for k, v in args.items() if not v]
+    if empty:
+        raise ConfigError(f"argument {empty[0]}= not understood: it needs a value; {USAGE}")
     if ("run" in args) == ("hdf5" in args):
         raise ConfigError(f"give exactly one of run= or hdf5=; {USAGE}")
     if "hdf5" in args and "out" not in args:
