@@ -15,8 +15,8 @@
 #
 # | step | here | command line |
 # |---|---|---|
-# | generate the synthetic species (raster, tracks, true chain) | `ensure_synthetic` | `python -m birdflow.data.synthetic` |
-# | raster → BirdFlow data (grid, masks, distributions) | `load_or_preprocess` | `python -m birdflow.data.preprocess species=synthetic` |
+# | generate the synthetic species (raster, tracks, true chain) | `ensure_synthetic` | `python -m birdflow.synthetic` |
+# | raster → BirdFlow data (grid, masks, distributions) | `load_or_preprocess` | `python -m birdflow.preprocess species=synthetic` |
 # | fit with the L2 location loss | `train(cfg)` | `python -m birdflow.train species=synthetic loss=l2` |
 # | fit with the W2 location loss | `train(cfg)` | `python -m birdflow.train species=synthetic loss=w2` |
 # | evaluate | `evaluate_run` | `python -m birdflow.evaluate run=<run dir>` |
@@ -44,14 +44,15 @@ from IPython.display import Image, display
 from omegaconf import OmegaConf
 
 import birdflow
-from birdflow.data.preprocess import load_or_preprocess, summary
-from birdflow.data.synthetic import ensure_synthetic
+from birdflow.data.preprocess import summary
+from birdflow.synthetic import load_or_preprocess
+from birdflow.synthetic.species import ensure_synthetic
 from birdflow.data.weeks import date_to_week
-from birdflow.evaluate import evaluate_model, evaluate_run
-from birdflow.maps import plot_distributions, plot_loss, plot_routes
+from birdflow.evaluation.evaluate import evaluate_model, evaluate_run
+from birdflow.evaluation.maps import plot_distributions, plot_loss, plot_routes
 from birdflow.model.fitted import load_model
-from birdflow.routes import forecast, route_stats, sample_routes
-from birdflow.train import train
+from birdflow.evaluation.routes import forecast, route_stats, sample_routes
+from birdflow.training.loop import train
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm in a bare Jupyter kernel
 REPO = Path(birdflow.__file__).resolve().parents[1]  # the checkout holding conf/

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_bfdata
 
-from birdflow import bench
+from birdflow.bench import core as bench
 from birdflow.errors import ConfigError
 from birdflow.losses import LossConfig, W2Config, init_loss_state, make_problem, objective
 from birdflow.losses.location import SlotGeometry, slot_cost

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from birdflow.compare import compare, metrics_table
+from birdflow.evaluation.compare import compare, metrics_table
 
 
 @pytest.mark.slow

@@ -130,7 +130,7 @@ def test_species_with_no_data_and_no_key(tmp_path, monkeypatch):
 def test_cli_fails_fast_with_one_line(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "EBIRDST_KEY"}
     out = subprocess.run(
-        [sys.executable, "-m", "birdflow.data.preprocess", "species=barswa",
+        [sys.executable, "-m", "birdflow.preprocess", "species=barswa",
          f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1

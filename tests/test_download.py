@@ -200,7 +200,7 @@ def test_cli_downloads_with_the_preprocess_config(st_server, tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, "-m", "birdflow.data.download", "species=barswa", f"species.code={CODE}",
+        [sys.executable, "-m", "birdflow.download", "species=barswa", f"species.code={CODE}",
          f"data.root={tmp_path / 'data'}", f"data.ebirdst_base_url={st_server.url}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=repo, capture_output=True, text=True, timeout=120, env={**os.environ, "EBIRDST_KEY": KEY})

@@ -14,8 +14,8 @@ from conftest import REPO, make_tiny_bfdata
 from test_tracks import HAND_DISTR, WEEK_DATE, hand_bfdata, hand_rows, write_csv
 
 from birdflow.data.tracks import TrackRowWarning, load_tracks
-from birdflow.evaluate import evaluate_model, format_report, main, transition_tv
-from birdflow.metrics import (
+from birdflow.evaluation.evaluate import evaluate_model, format_report, main, transition_tv
+from birdflow.evaluation.metrics import (
     distribution_performance,
     fit_metrics,
     forecast_intervals,

@@ -127,7 +127,7 @@ def test_tiny_model_round_trip(tmp_path):
     for k, v in model.loss_history.items():
         assert np.array_equal(back.loss_history[k], v), k
     try:
-        from birdflow.evaluate import evaluate_model
+        from birdflow.evaluation.evaluate import evaluate_model
     except ImportError:
         return
     # W2 (Sinkhorn) and win_prob are skipped for speed; they read the same marginals

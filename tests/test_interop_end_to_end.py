@@ -7,11 +7,12 @@ import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from birdflow.evaluate import evaluate_model
+from birdflow.api import after_training
+from birdflow.evaluation.evaluate import evaluate_model
+from birdflow.evaluation.maps import plot_distributions, plot_routes
+from birdflow.evaluation.routes import sample_routes
 from birdflow.export import import_birdflowr
-from birdflow.maps import plot_distributions, plot_routes
-from birdflow.routes import sample_routes
-from birdflow.train import train
+from birdflow.training.loop import train
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_trained_synthetic_model_exports_and_reimports_identically(tmp_path):
             f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "species.synthetic.size=0.5",
             "species.synthetic.n_tracks=30", "optim.steps=20", "progress=false", "tensorboard=false",
             "maps=false", "evaluate=false", "export.hdf5=true"])
-    res = train(cfg)
+    res = train(cfg, after=after_training)
     files = list((tmp_path / "run").glob("synthetic_2022_100km_obs*.hdf5"))
     assert len(files) == 1, "training wrote the BirdFlowR file named by the pipeline convention"
     back = import_birdflowr(files[0])

@@ -11,8 +11,9 @@ from matplotlib.colors import to_hex, to_rgb
 from PIL import Image
 from test_routes import make_na_model
 
-from birdflow import maps
-from birdflow.basemap import (
+from birdflow.errors import DataError
+from birdflow.evaluation import maps
+from birdflow.evaluation.basemap import (
     SEA_COLOUR,
     SEASON_CMAP,
     countries_for,
@@ -20,9 +21,8 @@ from birdflow.basemap import (
     grid_extent,
     season_colour_values,
 )
-from birdflow.errors import DataError
+from birdflow.evaluation.routes import sample_routes
 from birdflow.model.fitted import save_model
-from birdflow.routes import sample_routes
 
 
 @pytest.fixture(scope="module")

@@ -194,9 +194,10 @@ def test_synthetic_species_goes_through_ensure_synthetic(tmp_path, monkeypatch):
         calls.append(Path(out_dir))
         return types.SimpleNamespace(raster=path, tracks=None, truth=None)
 
-    monkeypatch.setitem(sys.modules, "birdflow.data.synthetic",
-                        types.SimpleNamespace(ensure_synthetic=fake_ensure))
-    ds = preprocess(species_cfg(code="synthetic"), {"root": str(tmp_path / "d")})
+    import birdflow.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "ensure_synthetic", fake_ensure)
+    ds = synthetic.preprocess(species_cfg(code="synthetic"), {"root": str(tmp_path / "d")})
     assert calls == [tmp_path / "d" / "synthetic"] and ds.attrs["species_code"] == "synthetic"
 
 
@@ -251,7 +252,7 @@ def test_real_amewoo_to_bfdata(amewoo_tif, tmp_path):
 def test_cli_prints_a_summary(tmp_path):
     path = laea_tif(tmp_path, blob_cube())
     out = subprocess.run(
-        [sys.executable, "-m", "birdflow.data.preprocess", "species=synthetic", f"species.raster={path}",
+        [sys.executable, "-m", "birdflow.preprocess", "species=synthetic", f"species.raster={path}",
          "species.code=tst", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -13,9 +13,9 @@ from birdflow.data.bfdata import make_bfdata
 from birdflow.data.grid import great_circle_km
 from birdflow.data.weeks import week_dates
 from birdflow.errors import ConfigError, DataError
+from birdflow.evaluation.routes import forecast, main, route_stats, sample_routes, write_routes
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
-from birdflow.routes import forecast, main, route_stats, sample_routes, write_routes
 
 AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 "
                  "+datum=WGS84 +units=m +no_defs")

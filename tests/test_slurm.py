@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from test_sweep import REPO, multirun, needs_training_config
 
-from birdflow.summary import TIMING_COLUMNS
-from birdflow.sweep import summarize
+from birdflow.sweeps.summary import TIMING_COLUMNS
+from birdflow.sweeps.sweep import summarize
 
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 GRID = ["loss.ent_weight=1e-4,1e-3", "loss.dist_pow=0.4,0.8"]  # 4 jobs, L2 (W2 compiles slowly)

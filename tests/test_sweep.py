@@ -17,10 +17,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from birdflow.errors import ConfigError, DataError
-from birdflow.rundir import read_run_info
-from birdflow.selection import best_models, desirability
-from birdflow.summary import _expected_jobs, collect
-from birdflow.sweep import (
+from birdflow.sweeps.selection import best_models, desirability
+from birdflow.sweeps.summary import _expected_jobs, collect
+from birdflow.sweeps.sweep import (
     RunDirTaken,
     SweepGuard,
     apply_hyper,
@@ -29,6 +28,7 @@ from birdflow.sweep import (
     main,
     summarize,
 )
+from birdflow.training.rundir import read_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_sweep_guard_needs_resume_for_an_existing_sweep(tmp_path):
 
 def fake_run(sweep: Path, name: str, status: str, loss: str, ent: float, metrics: dict | None,
              overrides: list[str], species: str = "synthetic", runtime: float = 3.0) -> Path:
-    """A run dir as birdflow.train + evaluate leave it (run.json, config.yaml, metrics.json)."""
+    """A run dir as birdflow.training.loop + evaluate leave it (run.json, config.yaml, metrics.json)."""
     d = sweep / name
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
@@ -233,7 +233,7 @@ def test_summarize_errors_name_the_problem(tmp_path, capsys):
 def compose_multirun(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import birdflow.train  # noqa: F401 - registers what the training config needs
+    import birdflow.training.loop  # noqa: F401 - registers what the training config needs
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
@@ -248,7 +248,7 @@ def test_birdflow_grid_is_the_225_fit_pipeline_grid(tmp_path):
     jobs = _expected_jobs(tmp_path)
     assert len(jobs) == 225 and jobs[0] == ["hyper.de_ratio=2", "hyper.obs_prop=0.95",
                                            "loss.dist_pow=0.1"]
-    from birdflow.settings import validate_train_config
+    from birdflow.training.settings import validate_train_config
 
     job = compose_multirun(["experiment=birdflow_grid", *jobs[-1]])
     loss, _ = validate_train_config(job)
@@ -269,7 +269,7 @@ def test_l2_vs_w2_and_launcher_configs():
     assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 3
     # a timestamp to the microsecond: two sweeps started in the same second do not share a folder
     assert re.fullmatch(r"outputs/sweeps/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", local.hydra.sweep.dir)
-    assert local.hydra.callbacks.sweep_guard._target_ == "birdflow.sweep.SweepGuard"
+    assert local.hydra.callbacks.sweep_guard._target_ == "birdflow.sweeps.sweep.SweepGuard"
 
 
 # ---------------------------------------------------------------- real multiruns (local launcher)

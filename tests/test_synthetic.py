@@ -11,9 +11,12 @@ import rasterio
 from pyproj import CRS
 
 from birdflow.data.bfdata import make_bfdata
-from birdflow.data.flyway import EDGE_M, LAEA_AMERICAS, build_flyway
 from birdflow.data.grid import from_lonlat, snap_to_cells
-from birdflow.data.synthetic import (
+from birdflow.data.weeks import date_to_week, week_dates
+from birdflow.errors import ConfigError
+from birdflow.model.fitted import load_model
+from birdflow.synthetic.flyway import EDGE_M, LAEA_AMERICAS, build_flyway
+from birdflow.synthetic.species import (
     NODATA,
     SyntheticSettings,
     ensure_synthetic,
@@ -21,9 +24,6 @@ from birdflow.data.synthetic import (
     sample_tracks,
     synthetic_truth,
 )
-from birdflow.data.weeks import date_to_week, week_dates
-from birdflow.errors import ConfigError
-from birdflow.model.fitted import load_model
 
 CFG = {"code": "synthetic", "version_year": 2022,
        "synthetic": {"seed": 0, "native_res_km": 100, "size": 1.0, "n_tracks": 200}}
@@ -215,7 +215,7 @@ def test_cli_prints_paths_and_sizes(tmp_path, capsys):
 def test_species_yaml_matches_the_generator_defaults():
     from omegaconf import OmegaConf
 
-    from birdflow.data.synthetic import DEFAULTS
+    from birdflow.synthetic.species import DEFAULTS
 
     yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/species/synthetic.yaml")
     assert SyntheticSettings.from_species_cfg(yaml) == SyntheticSettings.from_species_cfg({})

@@ -8,10 +8,10 @@ from conftest import REPO
 from omegaconf import OmegaConf
 
 from birdflow.data.bfdata import n_parameters
-from birdflow.data.preprocess import preprocess
 from birdflow.data.resolution import clean_ladder, clean_resolution
-from birdflow.data.synthetic import ensure_synthetic
 from birdflow.model.fitted import load_model
+from birdflow.synthetic import preprocess
+from birdflow.synthetic.species import ensure_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from conftest import REPO, make_tiny_bfdata
 from hydra import compose, initialize_config_dir
 
 from birdflow.errors import ConfigError
-from birdflow.train import train
+from birdflow.training.loop import train
 
 
 def make_cfg(tmp_path, *overrides):
@@ -86,7 +86,7 @@ def test_w2_implicit_mode_trains_when_sinkhorn_converges(tmp_path, data):
 
 
 def test_divergence_guard_stops_with_clear_message(tmp_path, data):
-    from birdflow.train import TrainingDiverged
+    from birdflow.training.loop import TrainingDiverged
 
     # a learning rate this large drives logits to overflow in float32 within a few steps
     cfg = make_cfg(tmp_path, "optim.learning_rate=1e38", "optim.steps=20", "checkpoint_every=1")

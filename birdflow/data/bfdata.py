@@ -134,7 +134,7 @@ def validate_bfdata(ds: xr.Dataset, source: str = "") -> None:
     missing = [v for v in REQUIRED_VARS if v not in ds]
     if missing:
         raise DataError(f"{where}: not a BirdFlowData file, missing variables {missing}; "
-                        "regenerate it with `python -m birdflow.data.preprocess`")
+                        "regenerate it with `python -m birdflow.preprocess`")
     distr = ds["distr"].values
     sums = distr.sum(axis=1)
     if not np.allclose(sums, 1.0, atol=1e-6):
@@ -165,7 +165,7 @@ def load_bfdata(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: BirdFlowData file not found; create it with "
-                        "`python -m birdflow.data.preprocess species=<name>`")
+                        "`python -m birdflow.preprocess species=<name>`")
     try:
         with xr.open_dataset(path, engine="h5netcdf", decode_coords="all") as f:
             ds = f.load()

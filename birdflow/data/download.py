@@ -11,7 +11,7 @@ ebirdst layout under ``<data_root>/raw/``. Transfers go to ``<name>.part`` and a
 
 CLI::
 
-    python -m birdflow.data.download species=barswa     # EBIRDST_KEY must be set
+    python -m birdflow.download species=barswa     # EBIRDST_KEY must be set
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from birdflow.data.ebirdst import METRICS, normalize_source_res, st_raster_path
-from birdflow.errors import BirdFlowError, ConfigError, DownloadError
+from birdflow.errors import ConfigError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -186,23 +186,3 @@ def download_species(species: Mapping, data: Mapping) -> dict[str, Path]:
     return download_st_rasters(
         str(species["code"]), int(species["version_year"]), species.get("source_res") or "27km",
         Path(data.get("root") or "data") / "raw", base_url=data.get("ebirdst_base_url") or DEFAULT_BASE_URL)
-
-
-def _main() -> None:
-    import hydra
-    from omegaconf import DictConfig
-
-    @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
-    def main(cfg: DictConfig) -> None:
-        try:
-            paths = download_species(cfg.species, cfg.data)
-        except BirdFlowError as e:
-            sys.exit(f"error: {e}")
-        for metric, path in paths.items():
-            print(f"{metric}: {path}")
-
-    main()
-
-
-if __name__ == "__main__":
-    _main()

@@ -104,7 +104,7 @@ def read_st_raster(path: str | os.PathLike, version_year: int | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: S&T raster not found; download it with "
-                        "`python -m birdflow.data.download species=<name>` (EBIRDST_KEY set) "
+                        "`python -m birdflow.download species=<name>` (EBIRDST_KEY set) "
                         "or set species.raster to an existing GeoTIFF")
     try:
         src = rasterio.open(path)

@@ -17,7 +17,7 @@ truncated           a week outside a truncated model's weeks, or no forward lag
 same_week           both ends fall in the same S&T week
 dynamic_mask        an end lies outside its week's dynamic mask
 filtered            outside the optional min/max days or km window
-zero_probability    the model gives the end cell exactly 0 (set by birdflow.evaluate)
+zero_probability    the model gives the end cell exactly 0 (set by birdflow.evaluation.evaluate)
 ==================  ==============================================================
 """
 

@@ -9,8 +9,8 @@
 * ``truth/``: the true chain as a run dir (``birdflow.model.fitted.save_model``);
 * ``settings.json``: written last; a folder without it is regenerated, never reused.
 
-The chain itself is built by :mod:`birdflow.data.flyway`. CLI:
-``python -m birdflow.data.synthetic [--size S] [--out DIR]``.
+The chain itself is built by :mod:`birdflow.synthetic.flyway`. CLI:
+``python -m birdflow.synthetic [--size S] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.transform import Affine
 
 from birdflow.data.bfdata import load_bfdata, make_bfdata, n_parameters
-from birdflow.data.flyway import EDGE_M, LAEA_AMERICAS, N_WEEKS, build_flyway
 from birdflow.data.grid import to_lonlat
 from birdflow.data.weeks import week_dates
 from birdflow.errors import ConfigError
 from birdflow.io import atomic_path, write_text_atomic
 from birdflow.model.fitted import DATA_FILE, MODEL_FILE, BirdFlowModel, save_model
 from birdflow.model.markov import WeekIndex
+from birdflow.synthetic.flyway import EDGE_M, LAEA_AMERICAS, N_WEEKS, build_flyway
 
 GENERATOR_VERSION = 2  # bump when the generated data change, so old folders are not reused
 NODATA = float(np.float32(-3.4e38))  # the S&T GeoTIFF sentinel
@@ -220,7 +220,7 @@ def ensure_synthetic(species_cfg: Mapping, out_dir: str | Path) -> SyntheticFile
 
 def main(argv: list[str] | None = None) -> SyntheticFiles:
     """CLI: generate (or find) the synthetic species' files and print their paths and sizes."""
-    ap = argparse.ArgumentParser(prog="python -m birdflow.data.synthetic", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m birdflow.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=float, default=DEFAULTS["size"], help="scene scale (cells ~ size^2)")
     ap.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output root folder")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])

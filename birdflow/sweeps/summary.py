@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from birdflow.errors import DataError
-from birdflow.rundir import CONFIG_YAML, RUN_JSON, read_run_info
-from birdflow.settings import signif
+from birdflow.training.rundir import CONFIG_YAML, RUN_JSON, read_run_info
+from birdflow.training.settings import signif
 
 HYPER_COLUMNS = ("obs_weight", "dist_weight", "ent_weight", "dist_pow", "de_ratio", "obs_prop",
                  "learning_rate", "steps")

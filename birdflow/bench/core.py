@@ -1,9 +1,9 @@
 """Training-step benchmark: ``python -m birdflow.bench [--cells 300 1000] [--repeats 5]``.
 
-Times the real training step (``birdflow.train.make_update``: value and gradient of the full
+Times the real training step (``birdflow.training.loop.make_update``: value and gradient of the full
 objective plus the Adam update) on a synthetic 52-week cyclic problem with about ``n`` active
 cells per week, for L2, W2 with each gradient mode, W2 speed-setting variants (``--variants``)
-and the REFERENCE W2 of the research code (:mod:`birdflow.bench_reference`). Prints one JSON
+and the REFERENCE W2 of the research code (:mod:`birdflow.bench.reference`). Prints one JSON
 line per case, then a summary table. No assertions: numbers only.
 """
 
@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from birdflow.bench_reference import make_reference_update, reference_costs
+from birdflow.bench.reference import make_reference_update, reference_costs
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.weeks import week_dates
 from birdflow.losses.objective import LossConfig, W2Config, init_loss_state, make_problem, objective
 from birdflow.model.markov import WeekIndex, init_params
-from birdflow.settings import OptimSettings
-from birdflow.train import make_optimizer, make_update
+from birdflow.training.loop import make_optimizer, make_update
+from birdflow.training.settings import OptimSettings
 
 GRAD_MODES = ("implicit", "danskin", "unroll")
 # W2 speed settings switched off one at a time ("plain" = all off, the solver before issue 5).

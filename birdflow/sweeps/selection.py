@@ -101,7 +101,7 @@ def plot_tuning(rows: list[dict], out_dir: Path, hyper: tuple[str, ...] | None =
     import matplotlib.pyplot as plt
 
     from birdflow.io import atomic_path
-    from birdflow.summary import HYPER_COLUMNS, TAIL_COLUMNS
+    from birdflow.sweeps.summary import HYPER_COLUMNS, TAIL_COLUMNS
 
     done = [r for r in rows if r.get("status") == "finished"]
     hyper = hyper or tuple(c for c in HYPER_COLUMNS if len({r.get(c) for r in done}) > 1)
