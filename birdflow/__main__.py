@@ -14,7 +14,7 @@ COMMANDS = {
     "routes": "birdflow.routes", "maps": "birdflow.maps", "compare": "birdflow.compare",
     "export": "birdflow.export.__main__", "sweep": "birdflow.sweep",
     "preprocess": "birdflow.preprocess", "download": "birdflow.download",
-    "bench": "birdflow.bench.__main__",
+    "bench": "birdflow.bench.__main__", "synthetic": "birdflow.synthetic.__main__",
 }
 
 

@@ -1,15 +1,112 @@
-"""The Python front door (grows into ``bf.fit``, ``bf.load_model``, ... in the package issue).
+"""The Python front door: what the commands do, as functions.
 
-Helpers shared by the commands and the Python API live here so that both do the same work.
+    import birdflow as bf
+    m = bf.fit(species="synthetic", loss="w2", optim={"steps": 300})
+    print(m)                                   # a short summary, not arrays
+    bf.evaluate(m)["summary"]["mean_ll"]       # the species' tracks, as `birdflow evaluate`
+    bf.plot_distributions(m, [10, 20])         # a matplotlib Figure
+
+Every function composes the same packaged configs (``conf/``) as the command line, so a value
+that works as ``optim.steps=300`` on the command line works as ``optim={"steps": 300}`` here,
+and the same unknown keys and bad values fail with the same :class:`birdflow.errors.ConfigError`.
+No Hydra runtime is needed.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+import xarray as xr
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from birdflow.app import check_types, compose
+from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel
+from birdflow.model.fitted import load_model as _load_model
+
+
+def config(command: str = "train", overrides: Sequence[str] = (), **values) -> DictConfig:
+    """The config ``birdflow <command> <overrides>`` would run with, plus ``values`` merged in.
+
+    ``overrides`` use the command-line grammar (``["loss=w2", "optim.steps=50"]``); ``values``
+    are nested mappings or plain values (``optim={"steps": 50}``, ``seed=3``). Group choices
+    (``species``, ``loss``, ``optim``, ``data``, ``experiment``) may be given as names in either.
+
+    Raises:
+        ConfigError: an unknown key, a malformed override, or a word where a number belongs.
+    """
+    groups = {k: values.pop(k) for k in list(values) if isinstance(values[k], str)
+              and _is_group(k)}
+    overrides = [*overrides, *(f"{k}={v}" for k, v in groups.items())]
+    cfg = compose(command, overrides, hydra_node=True)
+    if values:
+        base = cfg.copy()
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(values))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(f"{key}: unknown key for conf/{command}.yaml; check the spelling "
+                              "(`birdflow.config()` shows every key)") from None
+        check_types(cfg, base, list(_leaf_keys(values)))
+    return cfg
+
+
+def fit(species: str = "synthetic", loss: str = "l2", *, data: xr.Dataset | None = None,
+        run_dir: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+        **values) -> BirdFlowModel:
+    """Fit a model as ``birdflow train species=<species> loss=<loss> ...`` does; return it.
+
+    The run dir (``run_dir``, else ``outputs/<species>/<loss>/<timestamp>/`` below the current
+    directory, as the command) receives the model, loss history, metrics and loss curve; the
+    returned model's ``run_dir`` says where. ``data`` (a BirdFlowData) skips preprocessing.
+    """
+    from birdflow.training.loop import train
+
+    cfg = config("train", overrides, species=species, loss=loss, **values)
+    hydra_dir = Path(str(cfg.hydra.run.dir))
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if run_dir is None and not cfg.get("run_dir") and not cfg.get("resume"):
+            run_dir = _fresh(hydra_dir)
+        if run_dir is not None:
+            cfg.run_dir = str(run_dir)
+    return train(cfg, data=data, after=after_training).model
+
+
+def load_model(run_dir: str | os.PathLike) -> BirdFlowModel:
+    """The fitted model of a run dir (ours, or one imported from a BirdFlowR HDF5 file)."""
+    return _load_model(run_dir)
+
+
+def preprocess(species: str = "synthetic", *, overrides: Sequence[str] = (),
+               **values) -> xr.Dataset:
+    """S&T raster -> BirdFlowData for a species config, as ``birdflow preprocess`` (cached)."""
+    from birdflow.synthetic import load_or_preprocess
+
+    cfg = config("preprocess", overrides, species=species, **values)
+    ds, _ = load_or_preprocess(cfg.species, cfg.data)
+    return ds
+
+
+def evaluate(model: BirdFlowModel | str | os.PathLike, tracks: str | os.PathLike | None = None,
+             truth: str | os.PathLike | None = None, **opts) -> dict:
+    """All metrics of a model, as ``birdflow evaluate``: fit to S&T and track log-likelihood.
+
+    ``model`` is a model or a run dir. A model with a run dir is scored on that run's tracks
+    (and true chain) unless ``tracks``/``truth`` are given, and ``metrics.json`` is written
+    there; ``opts`` go to :func:`birdflow.evaluation.evaluate.evaluate_model`.
+    """
+    from birdflow.evaluation.evaluate import evaluate_model, evaluate_run
+
+    if not isinstance(model, BirdFlowModel):
+        model = load_model(model)
+    run_dir = getattr(model, "run_dir", None)
+    if run_dir is not None:
+        return evaluate_run(run_dir, model=model, tracks=tracks, truth=truth, **opts)
+    return evaluate_model(model, tracks, truth, **opts)
 
 
 def after_training(cfg: DictConfig, run_dir: Path, model: BirdFlowModel, history: dict) -> None:
@@ -26,3 +123,26 @@ def after_training(cfg: DictConfig, run_dir: Path, model: BirdFlowModel, history
         from birdflow.export import export_birdflowr
 
         export_birdflowr(model, run_dir=run_dir)
+
+
+def _is_group(key: str) -> bool:
+    from importlib import resources
+
+    return (resources.files("birdflow.conf") / key).is_dir()
+
+
+def _leaf_keys(values: Mapping, prefix: str = ""):
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            yield from _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _fresh(path: Path) -> Path:
+    """``path``, or ``path_1``, ``path_2``... when a run in the same second took it."""
+    candidate, k = path, 0
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.name}_{k}")
+    return candidate

@@ -1,24 +1,22 @@
-"""``birdflow download`` / ``python -m birdflow.download species=<name>`` (needs EBIRDST_KEY)."""
+"""``birdflow download species=<name>``: fetch a species' S&T rasters (needs ``EBIRDST_KEY``).
+
+Also ``python -m birdflow.download``. Prints each file's path.
+"""
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
+from birdflow.app import command
 from birdflow.data.download import download_species
-from birdflow.errors import BirdFlowError
 
 
-@hydra.main(version_base="1.3", config_path="pkg://birdflow.conf", config_name="preprocess")
-def main(cfg: DictConfig) -> None:
-    try:
-        paths = download_species(cfg.species, cfg.data)
-    except BirdFlowError as e:
-        sys.exit(f"error: {e}")
+@command("preprocess", "birdflow download")
+def main(cfg: DictConfig):
+    paths = download_species(cfg.species, cfg.data)
     for metric, path in paths.items():
         print(f"{metric}: {path}")
+    return paths
 
 
 if __name__ == "__main__":

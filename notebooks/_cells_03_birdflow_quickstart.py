@@ -263,7 +263,8 @@ print(f"\nW2 at the first step, in one-cell moves summed over weeks: {results['W
 
 # %%
 for name in ("L2", "W2"):
-    png = plot_loss(results[name].history, RUNS / f"loss_{MODELS[name][0]}.png", dpi=70)
+    png = RUNS / f"loss_{MODELS[name][0]}.png"
+    plot_loss(results[name].history, png, dpi=70)
     print(f"{name} loss terms")
     display(Image(filename=str(png)))
 
@@ -329,7 +330,8 @@ for name in results:
 # %%
 WEEKS = [2, 15, 28, 41]  # mid-January, mid-April, mid-July, mid-October
 for name in ("L2", "W2"):
-    png = plot_distributions(results[name].model, WEEKS, RUNS / f"distributions_{MODELS[name][0]}.png", dpi=60)
+    png = RUNS / f"distributions_{MODELS[name][0]}.png"
+    plot_distributions(results[name].model, WEEKS, png, dpi=60)
     print(f"{name} model vs S&T")
     display(Image(filename=str(png)))
 
@@ -367,7 +369,8 @@ for name in results:
 
 # %%
 for name in ("W2", "true chain"):
-    png = plot_routes(route_models[name], routes[name], RUNS / f"routes_{name.replace(' ', '_')}.png", dpi=60)
+    png = RUNS / f"routes_{name.replace(' ', '_')}.png"
+    plot_routes(route_models[name], routes[name], png, dpi=60)
     print(f"routes: {name}")
     display(Image(filename=str(png)))
 

@@ -53,3 +53,12 @@ def make_tiny_bfdata(n_rows: int = 4, n_cols: int = 5, n_weeks: int = 52, seed: 
 @pytest.fixture
 def tiny_bfdata():
     return make_tiny_bfdata()
+
+
+def run_command(main, args: list[str]) -> int:
+    """Call a command's ``main(args)`` in-process; returns its exit status (0 when it returns)."""
+    try:
+        main(args)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0

@@ -133,9 +133,11 @@ def test_cli_fails_fast_with_one_line(tmp_path):
         [sys.executable, "-m", "birdflow.preprocess", "species=barswa",
          f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 1
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "barswa_abundance_median_27km_2022.tif" in last
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    last = lines[0]
+    assert last.startswith("birdflow preprocess: error: ") and "barswa_abundance_median_27km_2022.tif" in last
     assert "EBIRDST_KEY" in last and "Traceback" not in out.stderr
 
 

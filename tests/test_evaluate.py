@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_tiny_bfdata
+from conftest import REPO, make_tiny_bfdata, run_command
 from test_tracks import HAND_DISTR, WEEK_DATE, hand_bfdata, hand_rows, write_csv
 
 from birdflow.data.tracks import TrackRowWarning, load_tracks
-from birdflow.evaluation.evaluate import evaluate_model, format_report, main, transition_tv
+from birdflow.evaluate import main
+from birdflow.evaluation.evaluate import evaluate_model, format_report, transition_tv
 from birdflow.evaluation.metrics import (
     distribution_performance,
     fit_metrics,
@@ -216,7 +217,7 @@ def test_cli_writes_metrics_json(hand_model, tmp_path, capsys):
     save_model(hand_model, truth)
     run = _run_dir(hand_model, tmp_path, tracks=str(csv), truth=str(truth))
     with pytest.warns(TrackRowWarning):
-        assert main([f"run={run}", "w2=false", "week_range=1-3"]) == 0
+        assert run_command(main, [f"run={run}", "w2=false", "week_range=[1,3]"]) == 0
     out = capsys.readouterr().out
     assert "mean_ll" in out and "intervals excluded: not_active=2" in out
     result = json.loads((run / "metrics.json").read_text())
@@ -231,13 +232,13 @@ def test_cli_writes_metrics_json(hand_model, tmp_path, capsys):
 
 def test_cli_bad_input_one_line(hand_model, tmp_path, capsys):
     run = _run_dir(hand_model, tmp_path)
-    assert main([f"run={run}", "color=red"]) == 2
-    assert main([f"run={tmp_path / 'missing'}"]) == 2
+    assert run_command(main, [f"run={run}", "color=red"]) == 2
+    assert run_command(main, [f"run={tmp_path / 'missing'}"]) == 2
     bad = tmp_path / "cols.csv"
     bad.write_text("bird_id,when,lat,lon\n")
-    assert main([f"run={run}", f"tracks={bad}", "w2=false"]) == 2
+    assert run_command(main, [f"run={run}", f"tracks={bad}", "w2=false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("birdflow evaluate: error: ") for line in err)
     assert "color=red" in err[0] and "no fitted model here" in err[1] and "['date']" in err[2]
 
 

@@ -48,6 +48,7 @@ def test_imported_sstspa_model_metrics_routes_and_map(sstspa_hdf5, tmp_path):
     dm = model.data["dynamic_mask"].values
     pos = routes["week"].values - 1
     assert dm[pos, routes["cell"].values].all(), "routes stay inside the weekly dynamic masks"
-    p1 = plot_distributions(model, [10, 20, 30], tmp_path / "sstspa_distr.png")
-    p2 = plot_routes(model, routes, tmp_path / "sstspa_routes.png")
+    p1, p2 = tmp_path / "sstspa_distr.png", tmp_path / "sstspa_routes.png"
+    plot_distributions(model, [10, 20, 30], p1)
+    plot_routes(model, routes, p2)
     assert p1.stat().st_size > 10_000 and p2.stat().st_size > 10_000

@@ -11,7 +11,7 @@ from matplotlib.colors import to_hex, to_rgb
 from PIL import Image
 from test_routes import make_na_model
 
-from birdflow.errors import DataError
+from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation import maps
 from birdflow.evaluation.basemap import (
     SEA_COLOUR,
@@ -21,7 +21,9 @@ from birdflow.evaluation.basemap import (
     grid_extent,
     season_colour_values,
 )
+from birdflow.evaluation.metrics import weekly_distr_cor
 from birdflow.evaluation.routes import sample_routes
+from birdflow.maps import main as maps_command
 from birdflow.model.fitted import save_model
 
 
@@ -73,9 +75,9 @@ def test_season_palette_runs_blue_green_yellow_red(na_model):
 
 
 def test_distribution_map_shows_the_basemap(na_model, tmp_path):
-    with_map = maps.plot_distributions(na_model, [2, 28], tmp_path / "d.png", dpi=60)
-    without = maps.plot_distributions(na_model, [2, 28], tmp_path / "d0.png", basemap=False, dpi=60)
-    a, b = _rgb(with_map), _rgb(without)
+    maps.plot_distributions(na_model, [2, 28], tmp_path / "d.png", dpi=60)
+    maps.plot_distributions(na_model, [2, 28], tmp_path / "d0.png", basemap=False, dpi=60)
+    a, b = _rgb(tmp_path / "d.png"), _rgb(tmp_path / "d0.png")
     assert a.shape == b.shape and a.std() > 10  # not a blank image
     # the Gulf of Mexico is drawn in the sea colour south of the summer range (week 28)
     assert _count_colour(a, SEA_COLOUR) > 500
@@ -85,8 +87,9 @@ def test_distribution_map_shows_the_basemap(na_model, tmp_path):
 
 def test_routes_map_and_basemap_switch(na_model, tmp_path):
     df = sample_routes(na_model, 12, start_week=1, n_weeks=52, seed=4)
-    p = maps.plot_routes(na_model, df, tmp_path / "r.png", dpi=60)
-    p0 = maps.plot_routes(na_model, df, tmp_path / "r0.png", basemap=False, dpi=60)
+    p, p0 = tmp_path / "r.png", tmp_path / "r0.png"
+    maps.plot_routes(na_model, df, p, dpi=60)
+    maps.plot_routes(na_model, df, p0, basemap=False, dpi=60)
     a, b = _rgb(p), _rgb(p0)
     assert _count_colour(a, SEA_COLOUR) > 500 and _count_colour(b, SEA_COLOUR) == 0
     # the seasons' colours are on the map: some summer-yellow and some winter-blue segments
@@ -107,15 +110,37 @@ def test_year_animation_has_one_frame_per_week(na_model, tmp_path):
 
 def test_loss_and_fit_curves(na_model, tmp_path):
     hist = pd.DataFrame({"step": np.arange(0, 300, 10), **na_model.loss_history})
-    assert maps.plot_loss(hist, tmp_path / "loss.png").stat().st_size > 10_000
-    assert maps.plot_loss(na_model.loss_history, tmp_path / "loss2.png").stat().st_size > 10_000
+    maps.plot_loss(hist, tmp_path / "loss.png")
+    maps.plot_loss(na_model.loss_history, tmp_path / "loss2.png")
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    assert (tmp_path / "loss2.png").stat().st_size > 10_000
     with pytest.raises(DataError, match="none of"):
         maps.plot_loss({"foo": [1.0, 2.0]}, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
-    cor = maps.weekly_distr_cor(na_model)
+    cor = weekly_distr_cor(na_model)
     assert cor.shape == (52,) and np.all(cor > 0.5) and cor[0] == pytest.approx(1.0)
     fits = {"model": cor, "noisy": cor - 0.1}
-    assert maps.plot_fit_per_week(fits, tmp_path / "fit.png").stat().st_size > 10_000
+    maps.plot_fit_per_week(fits, tmp_path / "fit.png")
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+
+
+def test_plots_draw_into_the_callers_axes_and_return_the_figure(na_model, tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 8))
+    grid = fig.subplots(3, 2)
+    df = sample_routes(na_model, 5, start_week=1, n_weeks=10, seed=1)
+    assert maps.plot_routes(na_model, df, ax=grid[0, 0]) is fig
+    assert maps.plot_loss(na_model.loss_history, ax=grid[0, 1]) is fig
+    assert maps.plot_distributions(na_model, [2], ax=grid[1:, 0]) is fig  # 2 x 1 panels
+    assert grid[0, 0].collections and grid[0, 1].lines and grid[1, 0].images and grid[2, 0].images
+    assert not grid[1, 1].has_data() and not list(tmp_path.iterdir())  # no path: nothing written
+    alone = maps.plot_loss(na_model.loss_history)
+    assert isinstance(alone, Figure) and alone is not fig and len(alone.axes) == 1
+    with pytest.raises(ConfigError, match="needs 2 x 2 axes"):
+        maps.plot_distributions(na_model, [2, 28], ax=grid[1:, 0])
+    with pytest.raises(ConfigError, match=r"weeks=\[60\]"):
+        maps.plot_distributions(na_model, [60])
 
 
 @pytest.mark.slow
@@ -123,7 +148,7 @@ def test_maps_cli_writes_every_figure(na_model, tmp_path):
     run = tmp_path / "run"
     save_model(na_model, run)
     (run / "run.json").write_text(json.dumps({"species": "tstspc", "loss": "l2", "truth": None}))
-    written = maps.main([f"run={run}", "dpi=50", "n_routes=8"])
+    written = maps_command([f"run={run}", "dpi=50", "n_routes=8"])
     names = {p.name for p in written}
     assert names == {"distributions.png", "routes.png", "year.gif", "loss.png", "fit_per_week.png"}
     for p in written:

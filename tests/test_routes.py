@@ -8,14 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_command
 
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.grid import great_circle_km
 from birdflow.data.weeks import week_dates
 from birdflow.errors import ConfigError, DataError
-from birdflow.evaluation.routes import forecast, main, route_stats, sample_routes, write_routes
+from birdflow.evaluation.routes import forecast, route_stats, sample_routes, write_routes
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
+from birdflow.routes import main
 
 AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 "
                  "+datum=WGS84 +units=m +no_defs")
@@ -173,5 +175,5 @@ def test_write_routes_and_cli(na_model, tmp_path, capsys):
         assert (run / name).stat().st_size > 0
     assert len(pd.read_csv(run / "route_stats.csv")) == 20
     assert "mean_distance_km" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="expected key=value"):
-        main([f"run={run}", "bogus"])
+    assert run_command(main, [f"run={run}", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 from omegaconf import OmegaConf
 from PIL import Image
 
 from birdflow.errors import ConfigError, DataError
+from birdflow.sweep import main
 from birdflow.sweeps.selection import best_models, desirability
 from birdflow.sweeps.summary import _expected_jobs, collect
 from birdflow.sweeps.sweep import (
@@ -25,7 +27,6 @@ from birdflow.sweeps.sweep import (
     apply_hyper,
     check_fresh_run_dir,
     job_failure,
-    main,
     summarize,
 )
 from birdflow.training.rundir import read_run_info
@@ -81,8 +82,8 @@ def test_apply_hyper_rejects_bad_values(hyper, key):
 def test_job_failure_records_failed_and_converts(tmp_path):
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "r"), "resume": None,
                             "debug": {"raise_after_step": None}})
-    out = job_failure(cfg, ConfigError("loss.w2.epsilon=0: must be > 0"))
-    assert isinstance(out, SystemExit) and "loss.w2.epsilon" in str(out)  # single run: one line
+    err = ConfigError("loss.w2.epsilon=0: must be > 0")
+    assert job_failure(cfg, err) is err  # re-raised; birdflow.app turns it into one line, exit 2
     info = read_run_info(tmp_path / "r")
     assert info["status"] == "failed" and info["error"].startswith("ConfigError: loss.w2.epsilon")
     other = ValueError("boom")
@@ -94,8 +95,8 @@ def test_check_fresh_run_dir_refuses_an_existing_run(tmp_path):
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "resume": None, "debug": {}})
     with pytest.raises(RunDirTaken, match="resume=true"):
         check_fresh_run_dir(cfg)
-    out = job_failure(cfg, RunDirTaken("taken"))
-    assert isinstance(out, SystemExit) and read_run_info(tmp_path)["status"] == "finished"
+    taken = RunDirTaken("taken")
+    assert job_failure(cfg, taken) is taken and read_run_info(tmp_path)["status"] == "finished"
     cfg.resume = True
     check_fresh_run_dir(cfg)  # resuming the same dir is the way to re-run a sweep
 
@@ -177,7 +178,7 @@ def test_collect_reports_every_status(sweep):
 
 
 def test_summarize_writes_tables_best_models_and_plots(sweep, capsys):
-    assert main(["summarize", str(sweep)]) == 0
+    assert run_command(main, ["summarize", f"dir={sweep}"]) == 0
     out = capsys.readouterr().out
     assert "3 finished, 1 failed, 0 running, 2 missing" in out
     with open(sweep / "summary.csv", newline="") as fh:
@@ -217,7 +218,7 @@ def test_best_mo_and_threshold(sweep):
 
 
 def test_summarize_errors_name_the_problem(tmp_path, capsys):
-    assert main(["summarize", str(tmp_path / "nope")]) == 2
+    assert run_command(main, ["summarize", f"dir={tmp_path / 'nope'}"]) == 2
     assert "no such sweep directory" in capsys.readouterr().err
     with pytest.raises(DataError, match="no run directories"):
         summarize(tmp_path)

@@ -15,12 +15,12 @@ from birdflow.data.grid import from_lonlat, snap_to_cells
 from birdflow.data.weeks import date_to_week, week_dates
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import load_model
+from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.flyway import EDGE_M, LAEA_AMERICAS, build_flyway
 from birdflow.synthetic.species import (
     NODATA,
     SyntheticSettings,
     ensure_synthetic,
-    main,
     sample_tracks,
     synthetic_truth,
 )
@@ -205,7 +205,7 @@ def test_bad_settings_raise_a_config_error_naming_the_key(bad, key):
 
 
 def test_cli_prints_paths_and_sizes(tmp_path, capsys):
-    files = main(["--size", "0.5", "--n-tracks", "5", "--out", str(tmp_path)])
+    files = main(["species.synthetic.size=0.5", "species.synthetic.n_tracks=5", f"data.root={tmp_path}"])
     out = capsys.readouterr().out
     assert str(files.raster) in out and str(files.tracks) in out and str(files.truth) in out
     assert "cells per week" in out and "parameters" in out

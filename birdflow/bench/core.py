@@ -9,7 +9,6 @@ line per case, then a summary table. No assertions: numbers only.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from birdflow.app import OneLineArgumentParser
 from birdflow.bench.reference import make_reference_update, reference_costs
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.weeks import week_dates
@@ -230,7 +230,7 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     on_cpu = jax.default_backend() == "cpu"
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineArgumentParser(prog="birdflow bench", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, nargs="+", default=[300, 1000] if on_cpu else [1000, 2000, 4000],
                     help="active cells per week (default: 300 1000 on CPU, 1000 2000 4000 on GPU)")
     ap.add_argument("--cases", default="l2,implicit,danskin,unroll,reference",

@@ -12,11 +12,10 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from birdflow.errors import BirdFlowError, ConfigError
+from birdflow.errors import ConfigError
 from birdflow.io import write_text_atomic
 
 log = logging.getLogger("birdflow.evaluation.compare")
@@ -54,7 +53,7 @@ def run_one(cfg: DictConfig, name: str, report_dir: Path) -> Path:
     """Train (or resume/reuse) the model of one location loss; returns its run dir."""
     from birdflow.training.loop import train
 
-    if name in (cfg.get("runs") or {}):
+    if (cfg.get("runs") or {}).get(name):
         return Path(cfg.runs[name])
     run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in ("losses", "w2", "tracks", "runs", "n_routes"):
@@ -102,17 +101,18 @@ def figures(models: dict, results: dict, report_dir: Path, n_routes: int, seed: 
     weeks = any_model.data["week"].values
     show = weeks[np.linspace(0, len(weeks) - 1, 4).round().astype(int)]
     for name, model in models.items():
-        out.append(plot_distributions(model, show, report_dir / f"distributions_{name}.png"))
+        out.append(report_dir / f"distributions_{name}.png")
+        plot_distributions(model, show, out[-1])
         routes = sample_routes(model, n_routes, int(weeks[0]), model.n_transitions - 1 if model.cyclic
                                else model.n_transitions, seed=seed)
-        out.append(plot_routes(model, routes, report_dir / f"routes_{name}.png"))
-        out.append(plot_loss({k: v for k, v in model.loss_history.items()},
-                             report_dir / f"loss_{name}.png"))
+        out += [report_dir / f"routes_{name}.png", report_dir / f"loss_{name}.png"]
+        plot_routes(model, routes, out[-2])
+        plot_loss(dict(model.loss_history), out[-1])
     for metric, label in (("tv", "total variation, model vs S&T"),
                           ("distr_cor", "Pearson r, model vs S&T")):
         curves = {n: np.asarray(r["per_week"][metric], float) for n, r in results.items()}
-        out.append(plot_fit_per_week(curves, report_dir / f"fit_per_week_{metric}.png", weeks=weeks,
-                                     ylabel=label, title=f"Fit per week ({metric})"))
+        out.append(report_dir / f"fit_per_week_{metric}.png")
+        plot_fit_per_week(curves, out[-1], weeks=weeks, ylabel=label, title=f"Fit per week ({metric})")
     return out
 
 
@@ -148,18 +148,3 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     print(table)
     print(f"\nreport: {report}")
     return report
-
-
-@hydra.main(version_base="1.3", config_path="pkg://birdflow.conf", config_name="compare")
-def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    report_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path(HydraConfig.get().runtime.output_dir)
-    try:
-        compare(cfg, report_dir)
-    except BirdFlowError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from birdflow.cli import parse_key_values
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
-from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.evaluation.metrics import (
     SCORE_COLUMNS,
     W2_EPSILON,
@@ -155,34 +152,6 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                    "notes": notes})
 
 
-CLI_KEYS = ("run", "tracks", "truth", "week_range", "w2", "w2_epsilon", "win_prob", "min_days",
-            "max_days", "min_km", "max_km")
-USAGE = ("usage: python -m birdflow.evaluate run=<run dir> [tracks=<csv>] [truth=<run dir>] "
-         "[week_range=<first>-<last>] [w2=true|false] [w2_epsilon=0.01] [min_days=..] "
-         "[max_days=..] [min_km=..] [max_km=..]")
-
-
-def _parse_cli(argv: list[str]) -> dict:
-    opts = parse_key_values(argv, CLI_KEYS, USAGE)
-    if "run" not in opts:
-        raise ConfigError(f"no run dir given; {USAGE}")
-    try:
-        for key in ("w2_epsilon", "min_days", "max_days", "min_km", "max_km"):
-            if key in opts:
-                opts[key] = float(opts[key])
-        if "week_range" in opts:
-            first, last = opts["week_range"].replace(",", "-").split("-")
-            opts["week_range"] = (int(first), int(last))
-    except ValueError as e:
-        raise ConfigError(f"bad number in {argv}: {e}; {USAGE}") from e
-    for key in ("w2", "win_prob"):
-        if key in opts:
-            if opts[key].lower() not in ("true", "false", "1", "0"):
-                raise ConfigError(f"{key}={opts[key]!r}: expected true or false")
-            opts[key] = opts[key].lower() in ("true", "1")
-    return opts
-
-
 def _resolve(value: str | None, run_dir: Path) -> Path | None:
     """A path from the command line or run.json: as given, else relative to the run dir."""
     if not value:
@@ -230,22 +199,3 @@ def evaluate_run(run_dir: str | os.PathLike, model: BirdFlowModel | None = None,
                "truth": str(truth) if truth else None}
     write_text_atomic(run_dir / METRICS_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 on bad input, with a one-line message)."""
-    try:
-        opts = _parse_cli(sys.argv[1:] if argv is None else argv)
-        run_dir = Path(opts.pop("run"))
-        result = evaluate_run(run_dir, tracks=opts.pop("tracks", None),
-                              truth=opts.pop("truth", None), **opts)
-    except BirdFlowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_report(result))
-    print(f"\nwrote {run_dir / METRICS_JSON}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,18 +1,16 @@
 """Migration maps: model vs S&T distributions, routes, a yearly animation, loss and fit curves.
 
-Figures are drawn on matplotlib ``Figure`` objects (Agg canvas, no pyplot state) over the
-shipped Natural Earth basemap (see :mod:`birdflow.evaluation.basemap`) and written atomically.
+Each ``plot_*`` function returns the matplotlib ``Figure`` it drew on: a new one (Agg canvas,
+no pyplot state) or, with ``ax=``, the figure of the axes given, so plots compose into a
+user's own layout. With ``path=`` the figure is also written there (PNG, atomically). Maps are
+drawn over the shipped Natural Earth basemap (:mod:`birdflow.evaluation.basemap`).
 
-CLI: ``python -m birdflow.maps run=<dir> [n_routes=20] [dpi=110]`` writes
-``distributions.png``, ``routes.png``, ``year.gif``, ``loss.png`` and ``fit_per_week.png``
-into ``<run>/figures/``.
+CLI: ``birdflow maps run=<dir>`` (:mod:`birdflow.maps`) writes every figure of a run.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 from PIL import Image
 
-from birdflow.errors import DataError
+from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation.basemap import (
     SEASON_CMAP,
     distr_image,
@@ -35,10 +32,8 @@ from birdflow.evaluation.basemap import (
     panel_width,
     season_colour_values,
 )
-from birdflow.evaluation.metrics import weekly_distr_cor
-from birdflow.evaluation.routes import parse_overrides, sample_routes
 from birdflow.io import atomic_path
-from birdflow.model.fitted import BirdFlowModel, load_model
+from birdflow.model.fitted import BirdFlowModel
 
 DISTR_CMAP = "viridis"
 LOSS_TERMS = ("total", "obs", "dist", "ent")
@@ -55,10 +50,31 @@ def _week_label(model: BirdFlowModel, pos: int) -> str:
     return f"week {int(model.data['week'].values[pos])} · {d:%b} {d.day}"
 
 
-def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (nothing half-written is left)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
+
+
+def _finish(fig: Figure, path, dpi: int) -> Figure:
+    if path is not None:
+        save_figure(fig, path, dpi)
+    return fig
+
+
+def _new_axes(ax, figsize, shape: tuple[int, int] | None = None):
+    """(figure, axes): the caller's ``ax`` (one Axes, or an array of ``shape``), else new ones."""
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        return fig, (fig.subplots(*shape, squeeze=False) if shape else fig.subplots())
+    if shape is None:
+        return ax.figure, ax
+    axes = np.asarray(ax, dtype=object)
+    if axes.size != shape[0] * shape[1]:
+        raise ConfigError(f"ax: needs {shape[0]} x {shape[1]} axes for this plot, got {axes.size}")
+    axes = axes.reshape(shape)
+    return axes.flat[0].figure, axes
 
 
 def _map_panel(ax, model: BirdFlowModel, basemap: bool) -> None:
@@ -75,21 +91,25 @@ def _cells(ax, model: BirdFlowModel, values, pos: int, norm, basemap: bool):
     return im, borders
 
 
-def plot_distributions(model: BirdFlowModel, weeks, path: str | os.PathLike, basemap: bool = True,
-                       dpi: int = 110) -> Path:
-    """Model (top row) vs S&T (bottom row) distributions for a few S&T week numbers.
+def plot_distributions(model: BirdFlowModel, weeks, path: str | os.PathLike | None = None,
+                       basemap: bool = True, dpi: int = 110, *, ax=None) -> Figure:
+    """Model (top row) vs S&T (bottom row) distributions for a few 1-based S&T week numbers.
 
     Colours share one square-root scale (share of the population per cell); cells outside a
-    week's dynamic mask are transparent.
+    week's dynamic mask are transparent. ``ax``: 2 x len(weeks) axes to draw into.
     """
     all_weeks = list(model.data["week"].values)
+    missing = [int(w) for w in weeks if int(w) not in all_weeks]
+    if missing:
+        raise ConfigError(f"weeks={missing}: not among the model's S&T weeks "
+                          f"({all_weeks[0]}..{all_weeks[-1]})")
     pos = [all_weeks.index(int(w)) for w in weeks]
     rows = [("BirdFlow model", [model.distr(p) for p in pos]),
             ("eBird S&T", [model.data["distr"].values[p] for p in pos])]
     vmax = max(float(np.max(v)) for _, vals in rows for v in vals)
     norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)
-    fig = Figure(figsize=((panel_width(model.data, 2.8) + 0.5) * len(pos) + 1.3, 6.8), layout="constrained")
-    axes = fig.subplots(2, len(pos), squeeze=False)
+    fig, axes = _new_axes(ax, ((panel_width(model.data, 2.8) + 0.5) * len(pos) + 1.3, 6.8),
+                          (2, len(pos)))
     for r, (label, vals) in enumerate(rows):
         for c, p in enumerate(pos):
             ax = axes[r, c]
@@ -99,11 +119,12 @@ def plot_distributions(model: BirdFlowModel, weeks, path: str | os.PathLike, bas
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
                  label="share of population in cell (sqrt scale)")
     fig.suptitle(f"{species_label(model)}: weekly distribution, model vs eBird S&T", fontsize=11)
-    return _save(fig, path, dpi)
+    return _finish(fig, path, dpi)
 
 
-def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.PathLike,
-                basemap: bool = True, jitter: float = 0.25, seed: int = 0, dpi: int = 110) -> Path:
+def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.PathLike | None = None,
+                basemap: bool = True, jitter: float = 0.25, seed: int = 0, dpi: int = 110, *,
+                ax=None) -> Figure:
     """Routes over the basemap, coloured by date with a cyclic season palette.
 
     Each weekly step is a segment coloured by the date it starts (winter blue, spring green,
@@ -112,8 +133,7 @@ def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.Pa
     routes through the same cells stay apart.
     """
     data = model.data
-    fig = Figure(figsize=(panel_width(model.data, 6.5) + 2.2, 7.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _new_axes(ax, (panel_width(model.data, 6.5) + 2.2, 7.2))
     _map_panel(ax, model, basemap)
     # outline of the model's range (static mask), traced along the cell edges
     mask = np.pad(data["static_mask"].values.astype(float), 1)
@@ -155,7 +175,7 @@ def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.Pa
     first = pd.Timestamp(routes_df["date"].min())
     ax.set_title(f"{species_label(model)}: {n} sampled routes from {first:%b} {first.day}, "
                  f"{routes_df['step'].max()} weeks", fontsize=11)
-    return _save(fig, path, dpi)
+    return _finish(fig, path, dpi)
 
 
 def animate_year(model: BirdFlowModel, path: str | os.PathLike, basemap: bool = True,
@@ -201,7 +221,8 @@ def animate_year(model: BirdFlowModel, path: str | os.PathLike, basemap: bool = 
     return Path(path)
 
 
-def plot_loss(history: dict | pd.DataFrame, path: str | os.PathLike, dpi: int = 110) -> Path:
+def plot_loss(history: dict | pd.DataFrame, path: str | os.PathLike | None = None, dpi: int = 110, *,
+              ax=None) -> Figure:
     """Log-scale curves of the total, obs, dist and ent loss terms against training step.
 
     Terms that are negative throughout (an entropy bonus) are drawn negated as ``-name``;
@@ -214,8 +235,7 @@ def plot_loss(history: dict | pd.DataFrame, path: str | os.PathLike, dpi: int = 
         raise DataError(f"loss history has none of {list(LOSS_TERMS)} (columns: {list(df.columns)}); "
                         "pass the run's loss_history.csv or model.loss_history")
     step = df["step"].to_numpy() if "step" in df else np.arange(len(df))
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _new_axes(ax, (7, 4.2))
     for term in terms:
         v = df[term].to_numpy(float)
         label = term
@@ -228,15 +248,15 @@ def plot_loss(history: dict | pd.DataFrame, path: str | os.PathLike, dpi: int = 
     ax.set(xlabel="training step", ylabel="loss (log scale)", title="Training loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    return _save(fig, path, dpi)
+    return _finish(fig, path, dpi)
 
 
-def plot_fit_per_week(per_week_metrics: dict[str, np.ndarray], path: str | os.PathLike,
-                      weeks=None, ylabel: str = "Pearson r, model vs S&T",
-                      title: str = "Fit per week", dpi: int = 110) -> Path:
+def plot_fit_per_week(per_week_metrics: dict[str, np.ndarray],
+                      path: str | os.PathLike | None = None, weeks=None,
+                      ylabel: str = "Pearson r, model vs S&T", title: str = "Fit per week",
+                      dpi: int = 110, *, ax=None) -> Figure:
     """One curve per model of a per-week fit metric (e.g. distribution correlation)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _new_axes(ax, (7, 4))
     for label, values in per_week_metrics.items():
         v = np.asarray(values, float)
         x = np.asarray(weeks) if weeks is not None else np.arange(1, len(v) + 1)
@@ -244,47 +264,4 @@ def plot_fit_per_week(per_week_metrics: dict[str, np.ndarray], path: str | os.Pa
     ax.set(xlabel="S&T week", ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path, dpi)
-
-
-def main(argv: list[str] | None = None) -> list[Path]:
-    """CLI entry point; returns the written figure paths."""
-    args = parse_overrides(sys.argv[1:] if argv is None else argv, {"run", "n_routes", "dpi"})
-    run = Path(args["run"])
-    model = load_model(run)
-    if (run / "config.yaml").exists():  # the resolved Hydra config knows the species' name
-        name = OmegaConf.select(OmegaConf.load(run / "config.yaml"), "species.common_name")
-        if name:
-            model.data.attrs["common_name"] = str(name)
-    dpi = int(args.get("dpi", 110))
-    fig_dir = run / "figures"
-    weeks = model.data["week"].values
-    picks = weeks[np.linspace(0, len(weeks) - 1, 5).round().astype(int)[:4]]
-    if len(weeks) == 52:
-        picks = np.array([2, 15, 28, 41])  # mid-Jan, mid-Apr, mid-Jul, mid-Oct
-    out = [plot_distributions(model, picks, fig_dir / "distributions.png", dpi=dpi)]
-    if (run / "routes.csv").exists():
-        routes = pd.read_csv(run / "routes.csv", parse_dates=["date"])
-        keep = routes["route_id"].drop_duplicates().iloc[: int(args.get("n_routes", 20))]
-        routes = routes[routes["route_id"].isin(keep)]
-    else:
-        span = model.n_transitions
-        routes = sample_routes(model, int(args.get("n_routes", 20)), int(weeks[0]), span)
-    out.append(plot_routes(model, routes, fig_dir / "routes.png", dpi=dpi))
-    out.append(animate_year(model, fig_dir / "year.gif"))
-    history = pd.read_csv(run / "loss_history.csv") if (run / "loss_history.csv").exists() \
-        else model.loss_history
-    if len(history) and any(t in history for t in LOSS_TERMS):
-        out.append(plot_loss(history, fig_dir / "loss.png", dpi=dpi))
-    fits = {"model": weekly_distr_cor(model)}
-    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    if meta.get("truth") and Path(meta["truth"]).exists():
-        fits["true chain"] = weekly_distr_cor(load_model(meta["truth"]))
-    out.append(plot_fit_per_week(fits, fig_dir / "fit_per_week.png", weeks=weeks, dpi=dpi))
-    for p in out:
-        print(f"wrote {p}")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+    return _finish(fig, path, dpi)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from birdflow.cli import parse_key_values
 from birdflow.data.grid import from_lonlat, great_circle_km, snap_to_cells
 from birdflow.data.weeks import date_to_week
 from birdflow.errors import ConfigError, DataError
 from birdflow.io import atomic_path, write_text_atomic
-from birdflow.model.fitted import BirdFlowModel, load_model
+from birdflow.model.fitted import BirdFlowModel
 
 ROUTE_COLUMNS = ["route_id", "step", "week", "date", "cell", "x", "y", "lon", "lat"]
 
@@ -239,39 +236,3 @@ def forecast(model: BirdFlowModel, lon: float, lat: float, date, k_weeks: int) -
     start = np.zeros(model.n_cells)
     start[cell] = 1.0
     return model.forecast(start, t0, k_weeks)
-
-
-def parse_overrides(argv: list[str], allowed: set[str]) -> dict[str, str]:
-    """``key=value`` command-line arguments -> dict; ConfigError on anything else."""
-    out = parse_key_values(argv, allowed)
-    if "run" not in out:
-        raise ConfigError("missing run=<dir>: pass the run directory written by `python -m birdflow.train`")
-    return out
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """CLI entry point; returns the route summary."""
-    args = parse_overrides(sys.argv[1:] if argv is None else argv,
-                           {"run", "n", "start_week", "weeks", "lon", "lat", "seed"})
-    run = Path(args["run"])
-    model = load_model(run)
-    weeks = model.data["week"].values
-    start_week = int(args.get("start_week", weeks[0]))
-    default_span = model.n_transitions - (_week_position(model, start_week) if not model.cyclic else 0)
-    n_weeks = int(args.get("weeks", default_span))
-    if ("lon" in args) != ("lat" in args):
-        raise ConfigError("give both lon=<degrees> and lat=<degrees>, or neither")
-    start = (float(args["lon"]), float(args["lat"])) if "lon" in args else None
-    df = sample_routes(model, int(args.get("n", 100)), start_week, n_weeks, start, int(args.get("seed", 0)))
-    write_routes(df, run / "routes.csv", run / "routes.geojson")
-    per_route, summary = route_stats(df)
-    with atomic_path(run / "route_stats.csv") as tmp:
-        per_route.to_csv(tmp)
-    for key, value in summary.items():
-        print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
-    print(f"wrote {run / 'routes.csv'}, {run / 'routes.geojson'}, {run / 'route_stats.csv'}")
-    return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -25,15 +25,37 @@ MODEL_FILE = "model.nc"
 DATA_FILE = "data.nc"
 
 
-@dataclass
+@dataclass(repr=False)
 class BirdFlowModel:
-    """Fitted chain. ``marginals`` is (n_transitions, n_max, n_max) in the slot layout."""
+    """Fitted chain. ``marginals`` is (n_transitions, n_max, n_max) in the slot layout.
+
+    ``run_dir`` is where it was saved or read from (None for a model only in memory).
+    """
 
     data: xr.Dataset
     index: WeekIndex
     marginals: np.ndarray
     hyperparameters: dict = field(default_factory=dict)
     loss_history: dict[str, np.ndarray] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        a, hp = self.data.attrs, self.hyperparameters
+        weeks = self.data["week"].values
+        per_week = self.index.valid.sum(axis=1)
+        fit = ", ".join(f"{k}={hp[k]:g}" for k in ("ent_weight", "dist_weight", "dist_pow")
+                        if isinstance(hp.get(k), int | float))
+        lines = [
+            f"BirdFlowModel: {a.get('common_name') or a.get('species_code', '?')} "
+            f"({a.get('species_code', '?')}), {a.get('res_km', '?')} km cells",
+            f"  {self.n_cells} cells ({per_week.min()}-{per_week.max()} per week), weeks "
+            f"{int(weeks[0])}-{int(weeks[-1])} ({'cyclic' if self.cyclic else 'truncated'}), "
+            f"{self.n_transitions} transitions",
+            f"  location loss {hp.get('location_loss', '?')}" + (f"; {fit}" if fit else ""),
+        ]
+        if self.run_dir is not None:
+            lines.append(f"  run dir {self.run_dir}")
+        return "\n".join(lines)
 
     @property
     def n_cells(self) -> int:
@@ -126,4 +148,4 @@ def load_model(run_dir: str | os.PathLike) -> BirdFlowModel:
     losses = {k[5:]: ds[k].values for k in ds.data_vars if k.startswith("loss_")}
     return BirdFlowModel(data=data, index=index, marginals=ds["marginals"].values.astype(np.float64),
                          hyperparameters=json.loads(ds.attrs.get("hyperparameters", "{}")),
-                         loss_history=losses)
+                         loss_history=losses, run_dir=run_dir)

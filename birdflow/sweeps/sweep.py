@@ -12,9 +12,7 @@ recorded as failed); :class:`SweepGuard` keeps a new sweep out of an existing sw
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,13 +20,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from birdflow.errors import BirdFlowError, ConfigError
+from birdflow.errors import ConfigError
 from birdflow.sweeps.summary import (
     HYPER_COLUMNS,
     ID_COLUMNS,
     collect,
     columns,
-    markdown,
     write_table,
 )
 from birdflow.training.rundir import RUN_JSON, read_run_info, write_run_info
@@ -91,10 +88,11 @@ class SweepGuard:
 def job_failure(cfg: Mapping, exc: BaseException) -> BaseException:
     """Record a job that raised as failed in its run.json; return the exception to re-raise.
 
-    ``birdflow.training.loop.main`` calls it for anything raised by check_fresh_run_dir or train.
+    ``birdflow.train.main`` calls it for anything raised by check_fresh_run_dir or train.
     In a multirun, Hydra marks a job failed (and the sweep goes on) only for an ``Exception``:
     a ``KeyboardInterrupt`` from ``debug.raise_after_step`` (a simulated kill) becomes a
-    RuntimeError there. A BirdFlowError in a single run becomes a one-line ``SystemExit``.
+    RuntimeError there. (A BirdFlowError in a single run becomes one line and exit status 2 in
+    :func:`birdflow.app.command`.)
     """
     run_dir = _job_run_dir(cfg)
     message = f"{type(exc).__name__}: {exc}"
@@ -104,8 +102,6 @@ def job_failure(cfg: Mapping, exc: BaseException) -> BaseException:
                        failed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                        traceback="".join(traceback.format_exception(exc))[-4000:])
     multirun = _is_multirun()
-    if isinstance(exc, BirdFlowError) and not multirun:
-        return SystemExit(f"error: {exc}")
     debug = (cfg.get("debug") or {}).get("raise_after_step")
     if multirun and isinstance(exc, KeyboardInterrupt) and debug is not None:
         return RuntimeError(f"job interrupted by {exc}")
@@ -132,37 +128,9 @@ def summarize(sweep_dir: str | os.PathLike, threshold: float = 0.9, cor_metric: 
     return rows, best
 
 
-def _brief(rows: list[dict]) -> tuple[list[dict], list[str]]:
+def brief_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """Columns worth printing: ids, hyperparameters that vary, headline metrics, runtime."""
     vary = [c for c in HYPER_COLUMNS if len({r.get(c) for r in rows}) > 1]
     head = [c for c in ("min_distr_cor", "mean_distr_cor", "mean_ll", "weighted_mean_ll", "mean_tv")
             if any(c in r for r in rows)]
     return rows, [*ID_COLUMNS, *vary, *head, "runtime_s"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birdflow.sweep", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summarize", help="table, best models and plots of a sweep dir")
-    s.add_argument("sweep_dir", type=Path)
-    s.add_argument("--threshold", type=float, default=0.9,
-                   help="keep models with <cor-metric> > threshold before ranking (default 0.9)")
-    s.add_argument("--cor-metric", default="min_distr_cor", help="metric the threshold applies to")
-    s.add_argument("--no-plots", action="store_true", help="skip the metric-vs-hyperparameter PNGs")
-    args = parser.parse_args(argv)
-    try:
-        rows, best = summarize(args.sweep_dir, args.threshold, args.cor_metric, not args.no_plots)
-    except BirdFlowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(*_brief(rows)))
-    print("best models:")
-    print(markdown(best, [c for c in ("species", "criterion", "run", "loss", "value", "note")
-                          if any(c in b for b in best)]))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "running", "missing")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; tables in {args.sweep_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

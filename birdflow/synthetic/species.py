@@ -10,12 +10,11 @@
 * ``settings.json``: written last; a folder without it is regenerated, never reused.
 
 The chain itself is built by :mod:`birdflow.synthetic.flyway`. CLI:
-``python -m birdflow.synthetic [--size S] [--out DIR]``.
+``python -m birdflow.synthetic [species.synthetic.size=2] [data.root=data]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Mapping
@@ -218,27 +217,19 @@ def ensure_synthetic(species_cfg: Mapping, out_dir: str | Path) -> SyntheticFile
     return files
 
 
-def main(argv: list[str] | None = None) -> SyntheticFiles:
-    """CLI: generate (or find) the synthetic species' files and print their paths and sizes."""
-    ap = argparse.ArgumentParser(prog="python -m birdflow.synthetic", description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=float, default=DEFAULTS["size"], help="scene scale (cells ~ size^2)")
-    ap.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output root folder")
-    ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    ap.add_argument("--native-res-km", type=float, default=DEFAULTS["native_res_km"])
-    ap.add_argument("--n-tracks", type=int, default=DEFAULTS["n_tracks"])
-    a = ap.parse_args(argv)
-    cfg = {"code": "synthetic", "version_year": 2022, "synthetic": {
-        "seed": a.seed, "native_res_km": a.native_res_km, "size": a.size, "n_tracks": a.n_tracks}}
-    files = ensure_synthetic(cfg, a.out)
+def describe(species_cfg: Mapping, data_cfg: Mapping | None = None) -> SyntheticFiles:
+    """Generate (or find) the synthetic species' files; print their paths and sizes."""
+    if str(species_cfg.get("code")) != "synthetic":
+        raise ConfigError(f"species={species_cfg.get('code')}: not the synthetic species; "
+                          "use species=synthetic")
+    root = Path((data_cfg or {}).get("root") or "data")
+    files = ensure_synthetic(species_cfg, root / "synthetic")
+    s = SyntheticSettings.from_species_cfg(species_cfg)
     ds = load_bfdata(files.truth / DATA_FILE)
     per_week = ds["dynamic_mask"].values.sum(axis=1)
     params = n_parameters(ds["dynamic_mask"].values, cyclic=True)
     grid, n_cells = f"{ds.sizes['y']} x {ds.sizes['x']}", ds.sizes["cell"]
     print(f"raster: {files.raster}\ntracks: {files.tracks}\ntruth:  {files.truth}")
-    print(f"grid {grid} at {a.native_res_km:g} km, cells {n_cells}, cells per week "
+    print(f"grid {grid} at {s.native_res_km:g} km, cells {n_cells}, cells per week "
           f"{per_week.min()}-{per_week.max()}, parameters {params:,}")
     return files
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,214 @@
+"""One grammar for every command: a Hydra app over ``conf/<command>.yaml`` with one error style.
+
+:func:`command` turns ``task(cfg)`` into the ``main()`` of a command. Every command then takes
+Hydra's grammar (``key=value``, ``+key=``, ``~key``, ``null``, typed values, ``--help``,
+``--cfg job``, ``-m`` multiruns) and fails the same way on user errors: one line on stderr,
+``birdflow <command>: error: <what, where, the fix>``, exit status 2, no traceback. Before
+Hydra runs, the overrides of a single run are composed once here, so that an unknown key, a
+malformed override or a word where the config holds a number is reported in that style too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from birdflow.errors import BirdFlowError, ConfigError
+
+CONF_MODULE = "birdflow.conf"
+
+
+def fail(prog: str, message: str) -> None:
+    """Print ``birdflow <prog>: error: <message>`` (first line only) and exit with status 2."""
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), *,
+            hydra_node: bool = False) -> DictConfig:
+    """The config a command would run with, composed from the packaged ``conf/`` (no Hydra runtime).
+
+    Raises:
+        ConfigError: an override names an unknown key or group option, is malformed, or puts a
+            word where the config holds a number.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.errors import HydraException
+
+    overrides = list(overrides)
+    try:
+        with initialize_config_module(CONF_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides, return_hydra_config=True)
+            base = hydra_compose(config_name, [o for o in overrides if _is_group_choice(o)],
+                                 return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_explain(config_name, overrides, e)) from None
+    check_types(cfg, base, [o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o])
+    if not hydra_node:
+        with _open(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def _open(cfg: DictConfig):
+    from omegaconf import open_dict
+
+    return open_dict(cfg)
+
+
+def _is_group_choice(override: str) -> bool:
+    """``species=amewoo`` / ``loss=w2`` / ``hydra/launcher=slurm``: a config-group choice."""
+    from importlib import resources
+
+    key = override.split("=", 1)[0].lstrip("+~")
+    node = resources.files(CONF_MODULE)
+    for part in key.split("/"):
+        node = node / part
+    return "=" in override and node.is_dir()
+
+
+def _explain(config_name: str, overrides: list[str], e: Exception) -> str:
+    text = " ".join(str(e).split())
+    cause = e.__cause__ or e.__context__
+    if "Could not override" in text or "not in struct" in text or (
+            cause is not None and "not in struct" in str(cause)):
+        key = text.split("'")[1] if "'" in text else "?"
+        given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+        return (f"{given}: unknown key {key!r} for conf/{config_name}.yaml; check the spelling "
+                f"(`--cfg job` prints every key), or add a new key with +{key}=<value>")
+    if "Could not find" in text or "In '" in text and "Could not load" in text:
+        return f"{text}; the options of each group are the files in conf/<group>/"
+    return f"{text} (overrides: {' '.join(overrides) or 'none'})"
+
+
+def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
+    """A number (or true/false) in the packaged config must stay one: ``n=abc`` fails, by key.
+
+    ``base`` is the config before the values of ``keys`` (dotted) were set in ``cfg``.
+    """
+    for key in keys:
+        if key.startswith(("~", "hydra.")):
+            continue
+        default = OmegaConf.select(base, key, default=None)
+        value = OmegaConf.select(cfg, key, default=None)
+        is_number = isinstance(default, int | float) and not isinstance(default, bool)
+        if is_number and not (isinstance(value, int | float) and not isinstance(value, bool)) \
+                and value is not None:
+            raise ConfigError(f"{key}={value!r}: must be a number (the default is {default})")
+        if isinstance(default, bool) and value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: must be true or false")
+
+
+def numbers(cfg: DictConfig, *keys: str) -> None:
+    """Keys whose default is null but whose value, when given, must be a number."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{key}={value!r}: must be a number (or null)")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for the flag-style benchmark, failing in the same one-line style (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (never a stale stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def console_logging() -> None:
+    """INFO messages of ``birdflow.*`` on stderr, once per process (commands call this).
+
+    Hydra's own logging setup is off in every command config: ``logging.config.dictConfig``
+    closes every existing handler, which breaks callers that run a command in-process.
+    """
+    lg = logging.getLogger("birdflow")
+    if not any(isinstance(h, _ConsoleHandler) for h in lg.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _plain_run(argv: list[str]) -> bool:
+    """True for a single run without Hydra flags (those go to Hydra as they are)."""
+    return not any(a.startswith("-") for a in argv)
+
+
+def command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], object]], Callable]:
+    """Decorator: ``task(cfg)`` becomes a command ``main()`` with birdflow's grammar and errors.
+
+    ``prog`` names the command in messages (``birdflow evaluate``). ``main(argv)`` takes the
+    arguments after the command (default ``sys.argv[1:]``) and returns the task's result.
+    """
+    import hydra
+
+    def decorate(task: Callable[[DictConfig], object]) -> Callable:
+        result: dict = {}
+
+        @functools.wraps(task)
+        def guarded(cfg: DictConfig):
+            try:
+                result["value"] = task(cfg)
+            except (BirdFlowError, OmegaConfBaseException):
+                if _multirun():
+                    raise  # Hydra records the job as failed and the sweep goes on
+                _report(prog)
+            return result.get("value")
+
+        def _report(prog: str) -> None:
+            e = sys.exc_info()[1]
+            if isinstance(e, MissingMandatoryValue):
+                key = getattr(e, "full_key", None) or "?"
+                fail(prog, f"{key}: missing; pass {key}=<value> (see `{prog} --help`)")
+            fail(prog, str(e))
+
+        app = hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}",
+                         config_name=config_name)(guarded)
+
+        def main(argv: Sequence[str] | None = None):
+            args = list(sys.argv[1:] if argv is None else argv)
+            if _plain_run(args):
+                try:
+                    compose(config_name, args)
+                except ConfigError as e:
+                    fail(prog, str(e))
+            console_logging()
+            saved = sys.argv
+            sys.argv = [prog, *args]
+            try:
+                app()
+            finally:
+                sys.argv = saved
+            return result.get("value")
+
+        main.task = task
+        return main
+
+    return decorate

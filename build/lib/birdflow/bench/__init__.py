@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m birdflow.bench`` times the real training step (see the README)."""

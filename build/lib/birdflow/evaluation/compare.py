@@ -1,0 +1,150 @@
+"""L2 vs W2 on the same data and seed: ``python -m birdflow.compare species=<name>``.
+
+Trains (or reuses) one model per location loss in ``<report>/<loss>/``, evaluates each (with
+tracks when given) and writes ``<report>/report.md`` with the metrics side by side, the winner
+of each metric, and figures: distributions, routes of both models, per-week fit, loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from birdflow.errors import ConfigError
+from birdflow.io import write_text_atomic
+
+log = logging.getLogger("birdflow.evaluation.compare")
+
+# metric -> which direction wins; metrics not listed are shown without a winner
+DIRECTION = {
+    "mean_l2": "lower", "mean_tv": "lower", "mean_w2": "lower", "max_w2": "lower",
+    "mean_distr_cor": "higher", "min_distr_cor": "higher", "mean_step_cor": "higher",
+    "min_step_cor": "higher", "st_traverse_cor": "higher", "md_traverse_cor": "higher",
+    "mean_ll": "higher", "mean_ll_gain": "higher",
+    "mean_win_distance": "higher", "mean_win_distance_fraction": "higher", "mean_win_prob": "higher",
+    "mean_energy_improvement": "higher", "truth_transition_tv": "lower",
+    "mean_energy_score_bf": "lower", "weighted_mean_ll": "higher", "weighted_mean_ll_gain": "higher",
+    "weighted_mean_win_distance": "higher", "weighted_mean_win_distance_fraction": "higher",
+    "weighted_mean_win_prob": "higher", "weighted_energy_improvement": "higher",
+}
+
+
+def loss_config(cfg: DictConfig, name: str) -> DictConfig:
+    """conf/loss/<name>.yaml with the shared weights of ``cfg.loss`` and ``cfg.w2`` overrides."""
+    loss_dir = resources.files("birdflow.conf") / "loss"
+    path = loss_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"losses: unknown location loss {name!r}; choose from "
+                          f"{sorted(p.name[:-5] for p in loss_dir.iterdir() if p.name.endswith('.yaml'))}")
+    lc = OmegaConf.create(path.read_text())
+    for key in ("obs_weight", "dist_weight", "ent_weight", "dist_pow"):
+        lc[key] = cfg.loss[key]
+    if name == "w2" and cfg.get("w2"):
+        lc.w2 = OmegaConf.merge(lc.w2, cfg.w2)
+    return lc
+
+
+def run_one(cfg: DictConfig, name: str, report_dir: Path) -> Path:
+    """Train (or resume/reuse) the model of one location loss; returns its run dir."""
+    from birdflow.training.loop import train
+
+    if (cfg.get("runs") or {}).get(name):
+        return Path(cfg.runs[name])
+    run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("losses", "w2", "tracks", "runs", "n_routes"):
+        run_cfg.pop(key, None)
+    run_cfg.loss = loss_config(cfg, name)
+    run_cfg.run_dir, run_cfg.resume, run_cfg.evaluate = str(report_dir / name), True, False
+    if cfg.get("tracks"):
+        run_cfg.species.tracks = cfg.tracks
+    train(run_cfg)
+    return report_dir / name
+
+
+def metrics_table(results: dict[str, dict]) -> tuple[str, dict[str, int]]:
+    """Markdown table metric | each model | winner; also the number of wins per model."""
+    names = list(results)
+    keys = [k for k in results[names[0]]["summary"] if any(
+        isinstance(results[n]["summary"].get(k), int | float) for n in names)]
+    lines = ["| metric | " + " | ".join(names) + " | better |", "|---" * (len(names) + 2) + "|"]
+    wins = dict.fromkeys(names, 0)
+    for k in keys:
+        vals = [results[n]["summary"].get(k) for n in names]
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in vals]
+        better = ""
+        ok = [v for v in vals if isinstance(v, int | float)]
+        if k in DIRECTION and len(ok) == len(vals) and len(set(vals)) > 1:
+            pick = np.argmin(vals) if DIRECTION[k] == "lower" else np.argmax(vals)
+            better = f"**{names[pick]}** ({DIRECTION[k]})"
+            wins[names[pick]] += 1
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {better} |")
+    return "\n".join(lines), wins
+
+
+def figures(models: dict, results: dict, report_dir: Path, n_routes: int, seed: int) -> list[Path]:
+    """Distribution maps and routes per model, per-week fit curves and loss curves."""
+    from birdflow.evaluation.maps import (
+        plot_distributions,
+        plot_fit_per_week,
+        plot_loss,
+        plot_routes,
+    )
+    from birdflow.evaluation.routes import sample_routes
+
+    out = []
+    any_model = next(iter(models.values()))
+    weeks = any_model.data["week"].values
+    show = weeks[np.linspace(0, len(weeks) - 1, 4).round().astype(int)]
+    for name, model in models.items():
+        out.append(report_dir / f"distributions_{name}.png")
+        plot_distributions(model, show, out[-1])
+        routes = sample_routes(model, n_routes, int(weeks[0]), model.n_transitions - 1 if model.cyclic
+                               else model.n_transitions, seed=seed)
+        out += [report_dir / f"routes_{name}.png", report_dir / f"loss_{name}.png"]
+        plot_routes(model, routes, out[-2])
+        plot_loss(dict(model.loss_history), out[-1])
+    for metric, label in (("tv", "total variation, model vs S&T"),
+                          ("distr_cor", "Pearson r, model vs S&T")):
+        curves = {n: np.asarray(r["per_week"][metric], float) for n, r in results.items()}
+        out.append(report_dir / f"fit_per_week_{metric}.png")
+        plot_fit_per_week(curves, out[-1], weeks=weeks, ylabel=label, title=f"Fit per week ({metric})")
+    return out
+
+
+def compare(cfg: DictConfig, report_dir: Path) -> Path:
+    """Run the comparison and write the report; returns the path of report.md."""
+    from birdflow.evaluation.evaluate import evaluate_run
+    from birdflow.model.fitted import load_model
+
+    names = list(cfg.losses)
+    if len(names) < 2:
+        raise ConfigError(f"losses={names}: name at least two location losses, e.g. losses=[l2,w2]")
+    runs = {n: run_one(cfg, n, report_dir) for n in names}
+    models = {n: load_model(d) for n, d in runs.items()}
+    results = {n: evaluate_run(d, model=models[n], tracks=cfg.get("tracks")) for n, d in runs.items()}
+    table, wins = metrics_table(results)
+    figs = figures(models, results, report_dir, int(cfg.n_routes), int(cfg.seed))
+    m0 = models[names[0]]
+    head = [f"# L2 vs W2: {m0.data.attrs.get('common_name', m0.data.attrs.get('species_code'))}", "",
+            f"- data: {m0.n_cells} cells, {m0.index.n_weeks} weeks, {m0.data.attrs.get('res_km')} km",
+            f"- seed {cfg.seed}, {cfg.optim.steps} steps, weights obs {cfg.loss.obs_weight}, "
+            f"dist {cfg.loss.dist_weight}, ent {cfg.loss.ent_weight}, dist_pow {cfg.loss.dist_pow}",
+            *[f"- {n}: `{runs[n]}`" for n in names],
+            f"- tracks scored: {results[names[0]].get('tracks') or 'none'}",
+            "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
+            "## Metrics", "", table, "", "## Figures", ""]
+    head += [f"![{p.stem}]({p.name})" for p in figs]
+    notes = [f"- {n}: {note}" for n in names for note in results[n].get("notes", [])]
+    if notes:
+        head += ["", "## Notes", "", *notes]
+    report = write_text_atomic(report_dir / "report.md", "\n".join(head) + "\n")
+    write_text_atomic(report_dir / "metrics.json",
+                      json.dumps({n: r["summary"] for n, r in results.items()}, indent=2) + "\n")
+    print(table)
+    print(f"\nreport: {report}")
+    return report

@@ -1,0 +1,201 @@
+"""Evaluate a fitted model: fit to S&T, distribution performance, tracking-data intervals, truth.
+
+``python -m birdflow.evaluate run=<run dir> [tracks=<csv>] [truth=<run dir>]`` loads the
+model, takes tracks/truth from ``run.json`` when not given, writes ``metrics.json`` into the
+run dir and prints a table. Interval metrics follow BirdFlowR's ``interval_log_likelihood``
+exclusions and ``calc_interval_metrics`` scores (birdflow_reference.md sections 3.2 and 3.4).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
+from birdflow.evaluation.metrics import (
+    SCORE_COLUMNS,
+    W2_EPSILON,
+    distribution_performance,
+    fit_metrics,
+    interval_summary,
+    score_intervals,
+)
+from birdflow.io import write_text_atomic
+from birdflow.model.fitted import BirdFlowModel, load_model
+from birdflow.training.rundir import read_run_info
+
+METRICS_JSON = "metrics.json"
+
+
+def grid_difference(a: xr.Dataset, b: xr.Dataset) -> str:
+    """'' when two BirdFlowData share grid, cells and weeks, else what differs."""
+    if a["static_mask"].shape != b["static_mask"].shape:
+        return f"grid shapes differ ({a['static_mask'].shape} vs {b['static_mask'].shape})"
+    if not (np.allclose(a["x"].values, b["x"].values) and np.allclose(a["y"].values, b["y"].values)):
+        return "grid cell centres differ"
+    if not np.array_equal(a["static_mask"].values, b["static_mask"].values):
+        return "static masks (active cells) differ"
+    if not np.array_equal(a["week"].values, b["week"].values):
+        return "weeks differ"
+    return ""
+
+
+def transition_tv(model: BirdFlowModel, truth: BirdFlowModel) -> float:
+    """sum_t sum_i mu_true_t(i) TV(P_t(i, .), P_true_t(i, .)) / T over the T transitions.
+
+    A cell the true chain visits but the learned one leaves no mass in (empty row) counts as
+    TV = 1. Both models must be on the same grid (see :func:`grid_difference`).
+    """
+    total = 0.0
+    for t in range(truth.n_transitions):
+        P, P_true = model.transition(t), truth.transition(t)
+        tv = 0.5 * np.abs(P - P_true).sum(axis=1)
+        tv = np.where(P.sum(axis=1) > 0, tv, 1.0)
+        total += float(truth.distr(t) @ tv)
+    return total / truth.n_transitions
+
+
+def _as_model(m: BirdFlowModel | str | os.PathLike | None) -> BirdFlowModel | None:
+    return m if m is None or isinstance(m, BirdFlowModel) else load_model(m)
+
+
+def _clean(v):
+    """JSON-safe scalars: numpy -> python, NaN/inf -> None."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer, int)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | None = None,
+                   truth: BirdFlowModel | str | os.PathLike | None = None, *,
+                   week_range: tuple[int, int] | None = None, w2: bool = True,
+                   w2_epsilon: float = W2_EPSILON, win_prob: bool = True, **window) -> dict:
+    """All metrics of one model as a JSON-serialisable dict.
+
+    Args:
+        model: the fitted model.
+        tracks: a tracks CSV path (read with :func:`birdflow.data.tracks.load_tracks`) or
+            :class:`Tracks` already built on ``model.data``.
+        truth: the true chain (model or run dir) of a synthetic species, same grid.
+        week_range: (first, last) S&T weeks for extra ``range_*`` distribution metrics.
+        w2, w2_epsilon: compute the Sinkhorn W2 fit, blur in (1000 km)^2.
+        win_prob: compute win_prob (O(n log n) per interval).
+        window: min_days, max_days, min_km, max_km interval filters.
+
+    Returns:
+        {"summary": flat scalars, "per_week": {name: list}, "intervals": {"n_scored",
+        "excluded": {reason: count}, ...}, "notes": [str]}; NaN is written as None.
+    """
+    fit = fit_metrics(model, w2=w2, epsilon=w2_epsilon)
+    perf = distribution_performance(model)
+    summary = {"n_weeks": model.index.n_weeks, "n_cells": model.n_cells,
+               "mean_l2": float(fit["l2"].mean()), "mean_tv": float(fit["tv"].mean()),
+               "mean_w2": float(fit["w2"].mean()) if w2 else None,
+               "max_w2": float(fit["w2"].max()) if w2 else None}
+    summary |= {k: v for k, v in perf.items() if np.isscalar(v)}
+    if week_range is not None:
+        rng = distribution_performance(model, week_range)
+        summary |= {f"range_{k}": v for k, v in rng.items() if np.isscalar(v)}
+    per_week = {"week": model.data["week"].values, "l2": fit["l2"], "tv": fit["tv"],
+                "distr_cor": perf["distr_cor"], "single_step_cor": perf["single_step_cor"]}
+    notes: list[str] = []
+    if w2:
+        per_week["w2"] = fit["w2"]
+        if not fit["w2_converged"].all():
+            notes.append(f"Sinkhorn did not converge for {int((~fit['w2_converged']).sum())} "
+                         "week(s); their W2 is approximate")
+    truth = _as_model(truth)
+    why = grid_difference(model.data, truth.data) if truth is not None else "no truth given"
+    if truth is not None and not why and truth.n_transitions != model.n_transitions:
+        why = f"{truth.n_transitions} vs {model.n_transitions} transitions"
+    if truth is not None and why:
+        notes.append(f"truth metrics skipped: {why}")
+    summary["truth_transition_tv"] = None if why else transition_tv(model, truth)
+    intervals_out: dict = {"n_scored": 0, "excluded": {r: 0 for r in EXCLUDE_REASONS}}
+    scored = None
+    if tracks is not None:
+        if not isinstance(tracks, Tracks):
+            tracks = load_tracks(tracks, model.data, cyclic=model.cyclic, **window)
+        scored = score_intervals(model, tracks.intervals, win_prob=win_prob)
+        counts = scored["exclude"].value_counts()
+        intervals_out = {"n_scored": int((scored["exclude"] == "").sum()),
+                         "excluded": {r: int(counts.get(r, 0)) for r in EXCLUDE_REASONS},
+                         "n_rows": len(tracks.rows),
+                         "n_rows_left_out": int((tracks.rows["problem"] != "").sum()),
+                         "source": tracks.source}
+    summary |= interval_summary(scored if scored is not None else
+                                pd.DataFrame(columns=["exclude", *SCORE_COLUMNS]))
+    summary["truth_mean_ll"] = summary["truth_mean_ll_gain"] = None
+    if scored is not None and truth is not None and not why:
+        kept = scored[scored["exclude"] == ""]
+        true_scored = score_intervals(truth, kept[list(tracks.intervals.columns)], win_prob=False)
+        ok = true_scored["exclude"] == ""
+        summary["truth_mean_ll"] = float(true_scored["ll"][ok].mean()) if ok.any() else None
+        summary["truth_mean_ll_gain"] = float(true_scored["ll_gain"][ok].mean()) if ok.any() else None
+        if (~ok).any():
+            notes.append(f"{int((~ok).sum())} interval(s) have zero probability under the truth")
+    return _clean({"summary": summary, "per_week": per_week, "intervals": intervals_out,
+                   "notes": notes})
+
+
+def _resolve(value: str | None, run_dir: Path) -> Path | None:
+    """A path from the command line or run.json: as given, else relative to the run dir."""
+    if not value:
+        return None
+    path = Path(value)
+    return run_dir / path if not path.is_absolute() and not path.exists() \
+        and (run_dir / path).exists() else path
+
+
+def format_report(result: dict) -> str:
+    """Readable text: one line per summary metric, then the per-week fit table."""
+    def fmt(v):
+        return "—" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{'metric':<34} value"]
+    lines += [f"{k:<34} {fmt(v)}" for k, v in result["summary"].items()]
+    lines.append("intervals excluded: " + ", ".join(
+        f"{r}={n}" for r, n in result["intervals"]["excluded"].items() if n) or "none")
+    pw = result["per_week"]
+    cols = [c for c in ("l2", "tv", "w2", "distr_cor", "single_step_cor") if c in pw]
+    lines.append("")
+    lines.append("week " + " ".join(f"{c:>15}" for c in cols))
+    for i, week in enumerate(pw["week"]):
+        lines.append(f"{week:>4} " + " ".join(f"{fmt(pw[c][i]):>15}" for c in cols))
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def evaluate_run(run_dir: str | os.PathLike, model: BirdFlowModel | None = None,
+                 tracks: str | os.PathLike | None = None,
+                 truth: str | os.PathLike | None = None, **opts) -> dict:
+    """Evaluate a run dir and write ``metrics.json`` there (atomic); returns the result.
+
+    ``model`` defaults to the run's saved model; tracks and truth default to the references in
+    its ``run.json`` (paths as written, else relative to the run dir). ``opts`` go to
+    :func:`evaluate_model`.
+    """
+    run_dir = Path(run_dir)
+    model = load_model(run_dir) if model is None else model
+    info = read_run_info(run_dir)
+    tracks = _resolve(tracks or info.get("tracks"), run_dir)
+    truth = _resolve(truth or info.get("truth"), run_dir)
+    result = evaluate_model(model, tracks, truth, **opts)
+    result |= {"run_dir": str(run_dir), "tracks": str(tracks) if tracks else None,
+               "truth": str(truth) if truth else None}
+    write_text_atomic(run_dir / METRICS_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result

@@ -1,0 +1,46 @@
+"""Distance (energy) term: expected flight cost ``sum_t <M_t, (d_km / 100)^dist_pow>``.
+
+The cost of moving from week t's slot i to week t+1's slot j is the great-circle distance
+between the two cell centres in units of 100 km, raised to ``dist_pow`` (BirdFlowPy's
+"normalized" cost). Padding rows/columns get cost 0 (they carry no mass anyway).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import Array, Float
+
+from birdflow.model.markov import WeekIndex
+from birdflow.types import Marginals
+
+PerTransition = Float[Array, "transition"]  # one value per transition
+
+DISTANCE_UNIT_KM = 100.0  # BirdFlowPy divides km by 100 before the power
+
+
+def transition_cost(distance_km: np.ndarray, index: WeekIndex, dist_pow: float) -> np.ndarray:
+    """Per-transition cost matrices in slot layout.
+
+    Args:
+        distance_km: (n_cells, n_cells) great-circle distances between active cells, km.
+        index: slot layout; transition t goes from week t to week (t + 1) mod n_weeks.
+        dist_pow: exponent applied to ``d_km / 100``.
+
+    Returns:
+        (n_transitions, n_max, n_max) float64 ``(d / 100)^dist_pow`` from week-t slots (rows)
+        to week-(t+1) slots (columns); 0 wherever either slot is padding.
+    """
+    dist = np.asarray(distance_km, dtype=np.float64)
+    cost_cells = (dist / DISTANCE_UNIT_KM) ** float(dist_pow)
+    t = np.arange(index.n_transitions)
+    frm, to = index.slot_cell[t], index.slot_cell[(t + 1) % index.n_weeks]
+    cost = cost_cells[np.maximum(frm, 0)[:, :, None], np.maximum(to, 0)[:, None, :]]
+    ok = (frm >= 0)[:, :, None] & (to >= 0)[:, None, :]
+    return np.where(ok, cost, 0.0)
+
+
+def distance_per_transition(
+    M: Marginals, cost: Marginals
+) -> PerTransition:
+    """Expected cost ``<M_t, C_t>`` of each transition (units of (100 km)^dist_pow)."""
+    return (M * cost).sum(axis=(-2, -1))

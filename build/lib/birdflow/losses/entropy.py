@@ -1,0 +1,47 @@
+"""Entropy pieces of the BirdFlow objective, safe at zero-mass padding entries.
+
+The objective rewards ``sum_t H(M_t) - sum_t H(mu_t)`` (BirdFlowPy's ``ent`` term: the
+conditional entropy of the transitions, which favours spreading birds out), with
+``H(p) = -sum p log p``. Padding slots and masked transitions carry exactly zero mass;
+``0 log 0`` is taken as 0 with a finite (zero) gradient by guarding the logarithm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from birdflow.types import Marginals, WeeklyDistr
+
+PerWeek = Float[Array, "week"]  # one value per one-way marginal
+PerTransition = Float[Array, "transition"]  # one value per transition
+
+
+def entropy(p: jax.Array, axes: tuple[int, ...] = (-1,)) -> jax.Array:
+    """Shannon entropy ``-sum p log p`` (nats) over ``axes``; zero entries contribute 0.
+
+    The double ``where`` keeps the gradient finite where ``p == 0`` (the untaken branch sees
+    ``log 1``), so padding never produces NaN.
+    """
+    positive = p > 0
+    safe = jnp.where(positive, p, 1.0)
+    return -jnp.sum(jnp.where(positive, p * jnp.log(safe), 0.0), axis=axes)
+
+
+def marginal_entropy(mu: WeeklyDistr) -> PerWeek:
+    """H(mu_t) for each one-way marginal; (n_transitions + 1, n_max) -> (n_transitions + 1,)."""
+    return entropy(mu, axes=(-1,))
+
+
+def joint_entropy(M: Marginals) -> PerTransition:
+    """H(M_t) of each joint (two-way) marginal; (T, n_max, n_max) -> (T,)."""
+    return entropy(M, axes=(-2, -1))
+
+
+def entropy_term(mu: WeeklyDistr, M: Marginals):
+    """BirdFlowPy's ``ent``: ``sum_t H(M_t) - sum_{t=1..T+1} H(mu_t)`` (a scalar, nats).
+
+    The objective *subtracts* ``ent_weight`` times this value.
+    """
+    return joint_entropy(M).sum() - marginal_entropy(mu).sum()

@@ -1,0 +1,284 @@
+"""Location losses: how far each modelled weekly distribution is from the S&T target.
+
+* L2 (BirdFlowPy): ``||mu_t - s_t||^2`` per marginal-week.
+* W2: entropic optimal-transport cost (OTT-JAX Sinkhorn ``reg_ot_cost``) between ``mu_t``
+  and ``s_t`` over that week's slots, all weeks in one vmapped solve, optionally debiased
+  (Sinkhorn divergence ``W(mu, s) - W(mu, mu)/2 - W(s, s)/2``, one batched solve per term).
+
+W2 cost (see :func:`cell_cost`): squared Euclidean distance between projected cell centres
+divided by the squared diameter of the active cells (or, as in the W2 research code,
+``(d_km / 100)^pow`` divided by its maximum), so costs lie in [0, 1] and ``epsilon`` is
+relative to the largest cost on the grid whatever the species or resolution.
+
+Padding slots never enter a solve with zero weight: every slot gets a floor mass
+``MASS_FLOOR`` (so no potential is -inf and no gradient NaN), padding slots sit at a common
+far-away point (cost 0 among themselves, ``PAD_COST`` to any real cell), so the padding
+block decouples from the real cells and adds only an O(n_max * MASS_FLOOR) constant.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
+
+from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
+from birdflow.types import WeeklyDistr
+
+PerWeek = Float[Array, "week"]  # one value per one-way marginal
+WeeklyCost = Float[Array, "week slot slot_to"]  # a ground cost per marginal-week
+
+MASS_FLOOR = 1e-10  # added to every slot of both marginals before a solve
+PAD_COST = 100.0  # padding <-> real-cell cost; 100 x the largest real cost
+GRAD_MODES = ("implicit", "danskin", "unroll")
+COSTS = ("sqeuclidean", "dist_pow")
+
+
+def l2(mu: WeeklyDistr, targets: WeeklyDistr) -> PerWeek:
+    """Squared L2 error per marginal-week; (T+1, n_max) x2 -> (T+1,). Padding adds 0."""
+    return jnp.sum((mu - targets) ** 2, axis=-1)
+
+
+def cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+              cost: str = "sqeuclidean", cost_pow: float = 0.4) -> np.ndarray:
+    """(n_cells, n_cells) W2 ground cost between active cells, normalised to max 1.
+
+    Args:
+        x_m, y_m: (n_cells,) projected cell centres, metres.
+        lon, lat: (n_cells,) the same centres in degrees (used by ``dist_pow``).
+        cost: ``"sqeuclidean"``: ``|x_i - x_j|^2 / D^2`` with D the largest distance between
+            two active cells (the grid diameter); ``"dist_pow"``: ``(d_km / 100)^cost_pow``
+            divided by its maximum (great-circle d, the research code's cost up to scale).
+    """
+    if cost == "sqeuclidean":
+        xy = np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3
+        c = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    elif cost == "dist_pow":
+        d = great_circle_km(lon[:, None], lat[:, None], lon[None, :], lat[None, :])
+        c = np.minimum(d, np.pi * EARTH_RADIUS_KM) / 100.0
+        c = c ** float(cost_pow)
+    else:
+        raise ValueError(f"unknown W2 cost {cost!r}; use one of {COSTS}")
+    top = c.max()
+    return c / top if top > 0 else c
+
+
+def one_cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+                  res_km: float, cost: str = "sqeuclidean", cost_pow: float = 0.4) -> float:
+    """Normalised cost (as :func:`cell_cost` returns it) of moving one cell, ``res_km``.
+
+    The W2 loss is divided by it, so it reads in "cell moves": moving all the mass of a week
+    by one cell costs 1 with the squared-Euclidean cost, whatever the grid's size or extent.
+    """
+    if cost == "sqeuclidean":
+        xy = np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3
+        top = float(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1).max())
+        return float(res_km) ** 2 / top if top > 0 else 1.0
+    d = great_circle_km(lon[:, None], lat[:, None], lon[None, :], lat[None, :])
+    top = float((np.minimum(d, np.pi * EARTH_RADIUS_KM) / 100.0).max() ** float(cost_pow))
+    return (float(res_km) / 100.0) ** float(cost_pow) / top if top > 0 else 1.0
+
+
+def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
+    """Gather per-week (n_max, n_max) costs from a cell cost; padding blocks as documented.
+
+    ``slot_cell`` is the (n_marginals, n_max) static slot -> cell table (-1 = padding).
+    """
+    valid = slot_cell >= 0
+    idx = np.maximum(slot_cell, 0)
+    c = cell_cost_matrix[idx[:, :, None], idx[:, None, :]]
+    both = valid[:, :, None] & valid[:, None, :]
+    neither = ~valid[:, :, None] & ~valid[:, None, :]
+    return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+
+
+@jax.tree_util.register_pytree_node_class
+class SlotGeometry(geometry.Geometry):
+    """One week's (n_max, n_max) slot cost, gathered from the shared cell cost on use.
+
+    Same costs as :func:`slot_cost` gives for that week, but nothing of size
+    (W, n_max, n_max) is stored: every Sinkhorn iteration reads the one shared
+    (n_cells, n_cells) matrix (memory: one cost matrix instead of one per week).
+    """
+
+    def __init__(self, cell_cost: jax.Array, slot_cell: jax.Array, epsilon=None):
+        super().__init__(epsilon=epsilon)
+        self.cell_cost, self.slot_cell = cell_cost, slot_cell
+
+    @property
+    def cost_matrix(self) -> jax.Array:
+        valid = self.slot_cell >= 0
+        idx = jnp.maximum(self.slot_cell, 0)
+        c = self.cell_cost[idx[:, None], idx[None, :]]
+        both, neither = valid[:, None] & valid[None, :], ~valid[:, None] & ~valid[None, :]
+        return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.slot_cell.shape[0], self.slot_cell.shape[0]
+
+    @property
+    def dtype(self):
+        return self.cell_cost.dtype
+
+    def tree_flatten(self):
+        return (self.cell_cost, self.slot_cell, self._epsilon_init), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, children):
+        return cls(*children)
+
+
+class SlotCost(NamedTuple):
+    """The W2 cost as one shared cell cost plus the slot table (see :class:`SlotGeometry`).
+
+    Attributes:
+        cell_cost: (n_cells, n_cells) normalised cost from :func:`cell_cost`.
+        slot_cell: (W, n_max) int32 cell of each slot per marginal-week (-1 = padding).
+    """
+
+    cell_cost: jax.Array
+    slot_cell: jax.Array
+
+
+def _solver(threshold: float, max_iterations: int, grad_mode: str,
+            linear_tol: float = 1e-6, symmetric: bool = False,
+            inner_iterations: int = 10, momentum: float = 1.0) -> sinkhorn.Sinkhorn:
+    kw = {"threshold": threshold, "max_iterations": max_iterations,
+          "inner_iterations": inner_iterations}
+    if momentum != 1.0:  # over-relaxation of the a != b solve
+        kw["momentum"] = acceleration.Momentum(start=0, value=momentum)
+    if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
+        kw.update(parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))
+    if grad_mode == "implicit":  # differentiate the optimality conditions (a linear solve)
+        # lineax (Normal)CG tolerance: OTT's 1e-6 stalls in float32 and then runs to its
+        # step cap (~30x slower); 1e-4 there matches the envelope gradient to ~1e-5.
+        implicit = implicit_differentiation.ImplicitDiff(
+            solver_kwargs={"rtol": linear_tol, "atol": linear_tol})
+        return sinkhorn.Sinkhorn(implicit_diff=implicit, use_danskin=False, **kw)
+    if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
+        return sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
+                                 use_danskin=True, **kw)
+    if grad_mode == "unroll":  # backpropagate through every iteration
+        return sinkhorn.Sinkhorn(implicit_diff=None, **kw)
+    raise ValueError(f"unknown grad_mode {grad_mode!r}; use one of {GRAD_MODES}")
+
+
+def _floor(p: jax.Array) -> jax.Array:
+    p = p + MASS_FLOOR
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def n_solves(debiased: bool) -> int:
+    """Problems per marginal-week in the batched solve (3 when debiased)."""
+    return 3 if debiased else 1
+
+
+def default_week_batch() -> int:
+    """``week_batch`` for -1 ("auto"): weeks one after another on CPU, all at once elsewhere.
+
+    On CPU a week's solve stops as soon as that week converges (a vmapped loop runs every
+    week until the slowest one has), and one week's cost stays in cache.
+    """
+    return 1 if jax.default_backend() == "cpu" else 0
+
+
+def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int):
+    """Solve W problems (a, b: (W, n_max)); ``week_batch`` 0 = one vmap, k = lax.map chunks of k."""
+    shared = isinstance(cost, SlotCost)
+    per_week = cost.slot_cell if shared else cost
+
+    def one(x):
+        a_w, b_w, c_w, f_w, g_w = x
+        geom = (SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon) if shared
+                else geometry.Geometry(cost_matrix=c_w, epsilon=epsilon))
+        out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))
+        return out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged
+
+    xs = (a, b, per_week, f0, g0)
+    week_batch = default_week_batch() if week_batch < 0 else week_batch
+    if week_batch == 0 or week_batch >= a.shape[0]:
+        return jax.vmap(one)(xs)
+    return jax.lax.map(one, xs, batch_size=None if week_batch == 1 else week_batch)
+
+
+def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
+              init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
+              max_iterations: int = 2000, symmetric: bool = True, inner_iterations: int = 10,
+              week_batch: int = 0):
+    """Regularised OT cost W(p, p) per week, no gradient (the debiasing term of a target).
+
+    Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,)).
+    """
+    p = jax.lax.stop_gradient(_floor(p))
+    solver = _solver(threshold, max_iterations, "danskin", symmetric=symmetric,
+                     inner_iterations=inner_iterations)
+    out = _batch_solve(solver, p, p, jax.lax.stop_gradient(cost), epsilon,
+                       *(jax.lax.stop_gradient(x) for x in init), week_batch)
+    return jax.lax.stop_gradient(out)
+
+
+def w2(mu: WeeklyDistr, targets: WeeklyDistr,
+       cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
+       init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
+       max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
+       target_self=None, symmetric: bool = False, inner_iterations: int = 10,
+       week_batch: int = 0, momentum: float = 1.0):
+    """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
+
+    Args:
+        mu, targets: (W, n_max) model and S&T distributions in slot layout (padding = 0).
+        cost: (W, n_max, n_max) ground cost from :func:`slot_cost` (max real cost 1), or a
+            :class:`SlotCost` (the same costs gathered on the fly from one shared matrix).
+        epsilon: entropic regularisation in cost units (scalar, may be traced).
+        init: warm-start potentials (f, g), each (n_solves * W, n_max) (zeros = cold start).
+        threshold: L1 marginal error at which Sinkhorn stops; max_iterations: its cap.
+        grad_mode: "implicit" | "danskin" | "unroll" (see module docs).
+        debiased: return the Sinkhorn divergence instead of the regularised cost.
+        target_self: debiased only: the W(s, s) term already solved, as :func:`self_cost`
+            returns it (it does not depend on mu); None solves it here.
+        symmetric: solve the W(mu, mu) and W(s, s) terms with averaged parallel updates.
+        inner_iterations: Sinkhorn iterations between two convergence checks.
+        week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
+            week stopping at its own convergence); -1 = :func:`default_week_batch`.
+        momentum: over-relaxation of the W(mu, s) Sinkhorn updates (1 = none).
+
+    Returns:
+        (values (W,), (f, g) potentials for the next warm start, iterations (n_solves * W,),
+        converged (n_solves * W,) bool).
+    """
+    a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
+    linear_tol = 1e-4 if jnp.finfo(mu.dtype).bits < 64 else 1e-6
+    solver = _solver(threshold, max_iterations, grad_mode, linear_tol,
+                     inner_iterations=inner_iterations, momentum=momentum)
+    f0, g0 = (jax.lax.stop_gradient(p) for p in init)
+    w = mu.shape[0]
+    solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch)
+
+    if not debiased:
+        vals, f, g, iters, conv = solve(solver, a, b, cost, f0=f0, g0=g0)
+    else:
+        # W(s, s) has no gradient (a zero cotangent makes the implicit linear solve NaN);
+        # W(mu, mu) uses the envelope gradient when grad_mode is implicit: its float32
+        # implicit system (a == b) fails in lineax, and at convergence both are the same.
+        self_mode = "danskin" if grad_mode == "implicit" else grad_mode
+        sym = _solver(threshold, max_iterations, self_mode, symmetric=symmetric,
+                      inner_iterations=inner_iterations)
+        main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
+        auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
+        if target_self is None:
+            target_self = self_cost(targets, cost, epsilon, (f0[2 * w:], g0[2 * w:]),
+                                    threshold=threshold, max_iterations=max_iterations,
+                                    symmetric=symmetric, inner_iterations=inner_iterations,
+                                    week_batch=week_batch)
+        vals, f, g, iters, conv = (jnp.concatenate(x) for x in zip(main, auto, target_self,
+                                                                   strict=True))
+        vals = vals[:w] - 0.5 * vals[w:2 * w] - 0.5 * vals[2 * w:]
+    return vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv

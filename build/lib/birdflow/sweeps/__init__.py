@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: Hydra multiruns, their summary table and BirdFlowPipeline's model selection."""

@@ -1,0 +1,1 @@
+"""Training: the optax loop over the objective, checkpoints, settings and run directories."""

@@ -1,0 +1,237 @@
+"""Fit the Markov chain (the loop behind ``birdflow train`` and ``bf.fit``).
+
+:func:`train` takes a composed config; the command (:mod:`birdflow.train`) and the Python API
+(:func:`birdflow.fit`) compose it and pass what a finished run should also write (metrics,
+figures, exports) as the ``after`` callback, so training never imports evaluation.
+One jitted update (value and gradient of the objective + Adam step) runs per step; the loss
+components go to a progress bar, ``loss_history.csv`` and TensorBoard; checkpoints every
+``checkpoint_every`` steps let ``resume`` continue a killed run to the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from omegaconf import DictConfig, OmegaConf
+
+from birdflow.errors import BirdFlowError, ConfigError
+from birdflow.io import write_text_atomic
+from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
+from birdflow.model import markov
+from birdflow.model.fitted import BirdFlowModel, save_model
+from birdflow.synthetic import ensure_synthetic, load_or_preprocess
+from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
+from birdflow.training.settings import OptimSettings, validate_train_config
+
+log = logging.getLogger("birdflow.training.loop")
+
+
+AfterTraining = Callable[[DictConfig, Path, BirdFlowModel, dict], None]
+
+
+class TrainingDiverged(BirdFlowError):
+    """The loss or the parameters became non-finite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: BirdFlowModel
+    history: dict[str, list]
+
+
+def make_optimizer(opt: OptimSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam with the configured learning-rate schedule (optional linear warm-up)."""
+    lr, n = opt.learning_rate, opt.steps
+    decay_steps = max(n - opt.warmup_steps, 1)
+    if opt.schedule == "cosine":
+        sched = optax.cosine_decay_schedule(lr, decay_steps, alpha=opt.final_lr_fraction)
+    elif opt.schedule == "exponential":
+        sched = optax.exponential_decay(lr, decay_steps, opt.final_lr_fraction)
+    else:
+        sched = optax.constant_schedule(lr)
+    if opt.warmup_steps:
+        sched = optax.join_schedules([optax.linear_schedule(0.0, lr, opt.warmup_steps), sched],
+                                     [opt.warmup_steps])
+    return optax.adam(sched, b1=opt.b1, b2=opt.b2), sched
+
+
+def make_update(index: markov.WeekIndex, loss_cfg: LossConfig, optimizer):
+    """The jitted training step: state -> (state, loss terms, all-finite flag)."""
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
+
+    def update(state, problem):
+        (_, (terms, loss_state)), grads = value_and_grad(
+            state["params"], problem, index, loss_cfg, state["loss_state"], state["step"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(terms["total"]) & jnp.all(jnp.array(
+            [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
+        new = {"params": params, "opt_state": opt_state, "loss_state": loss_state,
+               "step": state["step"] + 1}
+        return new, terms, finite
+
+    return jax.jit(update, donate_argnums=(0,))
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _resumed_config(cfg: DictConfig) -> DictConfig:
+    """With ``resume=<run dir>``, continue that run with its own saved config."""
+    if not cfg.get("resume") or cfg.resume is True:
+        return cfg
+    run_dir = Path(str(cfg.resume))
+    saved = run_dir / CONFIG_YAML
+    if not saved.exists():
+        raise ConfigError(f"resume={run_dir}: no {CONFIG_YAML} there; pass a run directory written "
+                          "by `python -m birdflow.train`")
+    old = OmegaConf.load(saved)
+    old.run_dir, old.resume = str(run_dir), True
+    return old
+
+
+def _species_refs(cfg: DictConfig) -> dict:
+    """Tracks and ground-truth references recorded in run.json for evaluation."""
+    refs = {"tracks": cfg.species.get("tracks"), "truth": None}
+    if cfg.species.code == "synthetic":
+        files = ensure_synthetic(cfg.species, Path(cfg.data.root) / "synthetic")
+        refs = {"tracks": refs["tracks"] or str(files.tracks), "truth": str(files.truth)}
+    return refs
+
+
+def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> RunResult:
+    """Fit one model as configured; returns the run dir, fitted model and loss history.
+
+    ``data`` (a BirdFlowData) skips preprocessing; by default the species config is
+    preprocessed (or read from the cache). ``after(cfg, run_dir, model, history)`` runs once the
+    model is saved and before run.json says ``finished`` (metrics, figures, exports).
+    """
+    cfg = _resumed_config(cfg)
+    loss_cfg, opt = validate_train_config(cfg)  # fails on bad values before any work
+    if cfg.precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
+    run_dir = _run_dir(cfg)
+    info = read_run_info(run_dir)
+    if cfg.get("resume") and info.get("status") == "finished":
+        log.info("%s already finished; nothing to do", run_dir)
+        from birdflow.model.fitted import load_model
+
+        model = load_model(run_dir)
+        return RunResult(run_dir, model, {k: list(v) for k, v in model.loss_history.items()})
+
+    if data is None:
+        ds, data_path = load_or_preprocess(cfg.species, cfg.data)
+    else:
+        ds, data_path = data, "<in memory>"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_info(run_dir, species=cfg.species.code, loss=loss_cfg.location, data_path=str(data_path),
+                   seed=int(cfg.seed), status="running", **_species_refs(cfg))
+
+    index = markov.WeekIndex.from_bfdata(ds)
+    problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
+        jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
+    optimizer, schedule = make_optimizer(opt)
+    params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
+    state = {"params": params, "opt_state": optimizer.init(params),
+             "loss_state": init_loss_state(problem, index, loss_cfg), "step": jnp.asarray(0, jnp.int32)}
+    state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
+    history: dict[str, list] = {}
+    start = 0
+    ckpt = latest_checkpoint(run_dir) if cfg.get("resume") else None
+    if ckpt is not None:
+        start, state, history = load_checkpoint(ckpt, state)
+        log.info("resuming %s from step %d", run_dir, start)
+    log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,
+             ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps, run_dir)
+
+    update = make_update(index, loss_cfg, optimizer)
+    params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps, run_dir)
+    return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
+
+
+def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir):
+    from tqdm.auto import tqdm
+
+    writer = None
+    if cfg.tensorboard:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start)
+    t0 = time.perf_counter() - (history["time_s"][-1] if history.get("time_s") else 0.0)  # resumed runs
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not cfg.progress,
+               desc=f"{cfg.species.code}/{cfg.loss.location}", unit="step", dynamic_ncols=True)
+    try:
+        for step in bar:
+            try:
+                state, terms, finite = update(state, problem)
+            except jax.errors.JaxRuntimeError as e:  # e.g. a failed implicit-diff linear solve
+                raise TrainingDiverged(
+                    f"step {step}: the jitted update failed ({str(e).splitlines()[0][:200]}); "
+                    f"last good checkpoint: {latest_checkpoint(run_dir) or 'none'}; for W2 try "
+                    "loss.w2.grad_mode=danskin, a larger loss.w2.epsilon or loss.w2.max_iterations"
+                ) from e
+            terms = {k: float(v) for k, v in jax.device_get(terms).items()}
+            if not bool(finite):
+                ck = latest_checkpoint(run_dir)
+                raise TrainingDiverged(
+                    f"step {step}: loss or parameters became non-finite (total={terms['total']}); "
+                    f"last good checkpoint: {ck or 'none'}; lower optim.learning_rate or, for W2, raise "
+                    "loss.w2.epsilon")
+            row = {"step": step, **terms, "lr": float(schedule(step)), "time_s": time.perf_counter() - t0}
+            for k, v in row.items():
+                history.setdefault(k, []).append(v)
+            if writer is not None:
+                for k, v in terms.items():
+                    writer.add_scalar(f"loss/{k}", v, step)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix({k: f"{terms[k]:.4g}" for k in ("total", "obs", "dist", "ent")})
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == steps:
+                save_checkpoint(run_dir, done, state, history)
+                write_history_csv(run_dir, history)
+                write_run_info(run_dir, steps_done=done)
+            if cfg.debug.raise_after_step is not None and done >= cfg.debug.raise_after_step:
+                raise KeyboardInterrupt(f"debug.raise_after_step={cfg.debug.raise_after_step}")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return state["params"], history
+
+
+def _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after) -> RunResult:
+    _, M = markov.marginals(params, index)
+    hyper = {"obs_weight": loss_cfg.obs_weight, "ent_weight": loss_cfg.ent_weight,
+             "dist_weight": loss_cfg.dist_weight, "dist_pow": loss_cfg.dist_pow,
+             "learning_rate": opt.learning_rate, "training_steps": opt.steps, "rng_seed": int(cfg.seed),
+             "location_loss": loss_cfg.location, "normalized": True}
+    model = BirdFlowModel(data=ds, index=index, marginals=np.asarray(M, dtype=np.float64),
+                          hyperparameters=hyper,
+                          loss_history={k: np.asarray(v) for k, v in history.items() if k != "step"},
+                          run_dir=run_dir)
+    save_model(model, run_dir)
+    write_history_csv(run_dir, history)
+    if after is not None:
+        after(cfg, run_dir, model, history)
+    write_run_info(run_dir, status="finished", steps_done=opt.steps,
+                   runtime_s=float(history["time_s"][-1]) if history.get("time_s") else 0.0)
+    log.info("finished: %s", run_dir)
+    print(f"run dir: {run_dir}")
+    return RunResult(run_dir, model, history)
