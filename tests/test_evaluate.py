@@ -267,3 +267,13 @@ def test_imported_sstspa_model(sstspa_hdf5):
     assert summ["min_distr_cor"] <= summ["mean_distr_cor"]
     assert 0.0 <= summ["mean_tv"] <= 1.0 and len(result["per_week"]["distr_cor"]) == 52
     json.dumps(result, allow_nan=False)
+
+
+def test_cli_multirun_evaluates_each_run(hand_model, tmp_path, monkeypatch):
+    """``birdflow evaluate -m run=a,b``: one Hydra multirun, one metrics.json per run."""
+    monkeypatch.chdir(tmp_path)
+    runs = [_run_dir(hand_model, tmp_path / name) for name in ("a", "b")]
+    assert run_command(main, ["-m", f"run={runs[0]},{runs[1]}", "w2=false"]) == 0
+    for run in runs:
+        summary = json.loads((run / "metrics.json").read_text())["summary"]
+        assert summary["n_cells"] == hand_model.n_cells and summary["mean_w2"] is None
