@@ -314,3 +314,15 @@ def test_failed_job_is_reported_and_resume_skips_finished(tmp_path):
     p = multirun(tmp_path / "data", s, "seed=1,2", check=False)
     assert p.returncode != 0 and "already holds a sweep" in p.stderr + p.stdout
     assert finished_model.read_text() == before
+
+
+def test_expected_jobs_write_fixed_values_as_hydra_writes_overrides_yaml(tmp_path):
+    """A fixed ``progress=false`` beside a sweep reads ``progress=False`` in each job's
+    overrides.yaml (Hydra's basic sweeper formats values that way); the expected jobs must
+    match it, or finished jobs would be listed again as missing."""
+    (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": {
+        "sweeper": {"params": None},
+        "overrides": {"task": ["progress=false", "optim.steps=20", "seed=1,2", "+note=x"]}}})))
+    assert _expected_jobs(tmp_path) == [
+        ["progress=False", "optim.steps=20", "seed=1", "+note=x"],
+        ["progress=False", "optim.steps=20", "seed=2", "+note=x"]]

@@ -79,7 +79,8 @@ def _expected_jobs(sweep_dir: Path) -> list[list[str]]:
     try:
         overrides = OverridesParser.create().parse_overrides(params + task)
         choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-                   if o.is_sweep_override() else [o.input_line] for o in overrides]
+                   if o.is_sweep_override()
+                   else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in overrides]
     except Exception:  # noqa: BLE001 - another sweeper's syntax: no expected-job list
         return []
     # the basic sweeper's order: the cartesian product, the last override varying fastest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -121,6 +122,33 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         fail(self.prog, f"{message} (see `{self.prog} --help`)")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (never a stale stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def console_logging() -> None:
+    """INFO messages of ``birdflow.*`` on stderr, once per process (commands call this).
+
+    Hydra's own logging setup is off in every command config: ``logging.config.dictConfig``
+    closes every existing handler, which breaks callers that run a command in-process.
+    """
+    lg = logging.getLogger("birdflow")
+    if not any(isinstance(h, _ConsoleHandler) for h in lg.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+
+
 def _multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -171,6 +199,7 @@ def command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], obj
                     compose(config_name, args)
                 except ConfigError as e:
                     fail(prog, str(e))
+            console_logging()
             saved = sys.argv
             sys.argv = [prog, *args]
             try:

@@ -8,6 +8,7 @@ runtime_s, steps_done, the job's overrides and, for a failed run, the first line
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -70,7 +71,6 @@ def _expected_jobs(sweep_dir: Path) -> list[list[str]]:
     path = sweep_dir / "multirun.yaml"
     if not path.exists():
         return []
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     cfg = OmegaConf.load(path)
@@ -78,9 +78,12 @@ def _expected_jobs(sweep_dir: Path) -> list[list[str]]:
     task = list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
     try:
         overrides = OverridesParser.create().parse_overrides(params + task)
-        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+                   if o.is_sweep_override() else [o.input_line] for o in overrides]
     except Exception:  # noqa: BLE001 - another sweeper's syntax: no expected-job list
         return []
+    # the basic sweeper's order: the cartesian product, the last override varying fastest
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def _row(sweep_dir: Path, run_dir: Path) -> dict:

@@ -29,7 +29,13 @@ from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
+from birdflow.training.rundir import (
+    CONFIG_YAML,
+    read_run_info,
+    run_log,
+    write_history_csv,
+    write_run_info,
+)
 from birdflow.training.settings import OptimSettings, validate_train_config
 
 log = logging.getLogger("birdflow.training.loop")
@@ -158,12 +164,14 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
     if ckpt is not None:
         start, state, history = load_checkpoint(ckpt, state)
         log.info("resuming %s from step %d", run_dir, start)
-    log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,
-             ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps, run_dir)
-
-    update = make_update(index, loss_cfg, optimizer)
-    params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps, run_dir)
-    return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
+    with run_log(run_dir):  # <run>/train.log, whoever called train
+        log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,
+                 ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps,
+                 run_dir)
+        update = make_update(index, loss_cfg, optimizer)
+        params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
+                                run_dir)
+        return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
 
 
 def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir):

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from birdflow.errors import DataError
@@ -56,3 +59,23 @@ def read_history_csv(run_dir: str | os.PathLike) -> dict[str, list[float]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path, name: str = "train.log") -> Iterator[Path]:
+    """Append the ``birdflow.*`` log records (INFO and up) to ``<run_dir>/<name>`` meanwhile."""
+    path = Path(run_dir) / name
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("birdflow")
+    old_level = logger.level
+    if old_level == logging.NOTSET or old_level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
