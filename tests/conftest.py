@@ -62,3 +62,21 @@ def run_command(main, args: list[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0
+
+
+def independence_model(ds):
+    """A consistent chain on ``ds`` with joints M_t = outer(distr_t, distr_{t+1}).
+
+    Row sums are the S&T week t, column sums the S&T week t + 1, so every one-way marginal
+    equals the S&T distribution; a quick stand-in for a fitted model (no training).
+    """
+    from birdflow.model.fitted import BirdFlowModel
+    from birdflow.model.markov import WeekIndex
+
+    index = WeekIndex.from_bfdata(ds)
+    slots = index.slot_values(ds["distr"].values)
+    M = np.stack([np.outer(slots[t], slots[(t + 1) % index.n_weeks])
+                  for t in range(index.n_transitions)])
+    return BirdFlowModel(data=ds, index=index, marginals=M,
+                         hyperparameters={"obs_weight": 1.0, "ent_weight": 1e-3,
+                                          "dist_weight": 1e-2, "dist_pow": 0.4})

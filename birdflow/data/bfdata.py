@@ -36,6 +36,7 @@ import xarray as xr
 from pyproj import CRS
 
 from birdflow.data.grid import distance_matrix_km, to_lonlat
+from birdflow.data.weeks import increasing_dates
 from birdflow.errors import DataError
 from birdflow.io import atomic_path
 
@@ -66,7 +67,9 @@ def make_bfdata(
         abundance: (week, nrow, ncol) non-negative relative abundance; NaN = no data (-> 0).
         x, y: column and row centres in metres of ``crs`` (y from north to south).
         crs: anything ``pyproj.CRS.from_user_input`` takes.
-        weeks: S&T week numbers (1..52) of the cube's first axis; dates: their centre dates.
+        weeks: S&T week numbers (1..52) of the cube's first axis; dates: their centre dates
+            (moved by whole years where needed so that they increase: a season crossing
+            new year, weeks 45..52, 1..10, gets its January dates in the next year).
         species_code, version_year, res_km, source: recorded as attributes.
         uci, lci: optional bounds cubes shaped like ``abundance`` (divided by the same totals).
     """
@@ -105,7 +108,7 @@ def make_bfdata(
             "distance_km": (("cell", "cell_to"), distance_matrix_km(lon, lat)),
             "totals": ("week", totals),
         },
-        coords={"week": weeks, "date": ("week", pd.DatetimeIndex(dates).values.astype("datetime64[ns]")),
+        coords={"week": weeks, "date": ("week", increasing_dates(dates).values.astype("datetime64[ns]")),
                 "x": np.asarray(x, float), "y": np.asarray(y, float)},
     )
     for name, bound in (("uci", uci), ("lci", lci)):
@@ -175,6 +178,8 @@ def load_bfdata(path: str | os.PathLike) -> xr.Dataset:
         if name in ds:
             ds[name] = ds[name].astype(bool)
             ds[name].attrs.pop("flag_meaning", None)
+    if "date" in ds.coords:  # files written before dates were made increasing
+        ds = ds.assign_coords(date=("week", increasing_dates(ds["date"].values).values))
     validate_bfdata(ds, str(path))
     return ds
 

@@ -33,3 +33,20 @@ def date_to_week(dates) -> np.ndarray:
 def week_labels(version_year: int) -> list[str]:
     """Labels such as 'January 4' for the 52 week centres."""
     return [f"{d:%B} {d.day}" for d in week_dates(version_year)]
+
+
+def increasing_dates(dates, direction: int = 1) -> pd.DatetimeIndex:
+    """Shift dates by whole years so that they strictly increase (``direction=-1``: decrease).
+
+    A season that crosses new year (S&T weeks 45..52, 1..10) has week-centre dates of one
+    version year that jump back in January; each date that does not follow its predecessor
+    in ``direction`` is moved by as many years as it takes (the first date is kept).
+    """
+    idx = pd.DatetimeIndex(pd.to_datetime(dates))
+    out = list(idx[:1])
+    for d in idx[1:]:
+        years = 0
+        while (d + pd.DateOffset(years=years) - out[-1]) * direction <= pd.Timedelta(0):
+            years += direction
+        out.append(d + pd.DateOffset(years=years))
+    return pd.DatetimeIndex(out)
