@@ -5,11 +5,11 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pandas as pd
+from conftest import independence_model, make_tiny_bfdata
 
 from birdflow.data.bfdata import load_bfdata, save_bfdata
 from birdflow.data.weeks import increasing_dates, week_dates
 from birdflow.export.hdf5_write import export_birdflowr
-from conftest import independence_model, make_tiny_bfdata
 
 WINTER = np.r_[45:53, 1:11]  # S&T weeks 45..52, 1..10
 

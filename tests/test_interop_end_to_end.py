@@ -47,7 +47,7 @@ def test_imported_sstspa_model_metrics_routes_and_map(sstspa_hdf5, tmp_path):
     routes = sample_routes(model, 20, start_week=10, n_weeks=20, seed=1)
     dm = model.data["dynamic_mask"].values
     pos = routes["week"].values - 1
-    assert dm[pos, routes["cell"].values].all(), "routes stay inside the weekly dynamic masks"
+    assert dm[pos, routes["i"].values - 1].all(), "routes stay inside the weekly dynamic masks"
     p1, p2 = tmp_path / "sstspa_distr.png", tmp_path / "sstspa_routes.png"
     plot_distributions(model, [10, 20, 30], p1)
     plot_routes(model, routes, p2)

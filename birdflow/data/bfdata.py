@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from pyproj import CRS

@@ -130,6 +130,8 @@ def read_st_raster(path: str | os.PathLike, version_year: int | None = None) -> 
         except RasterioIOError as e:
             raise DataError(f"{path}: unreadable pixel data ({e}); re-download the file") from e
         nodata, crs, dates = src.nodata, src.crs, _band_dates(src)
+        seasons = {k: v for k, v in src.tags().items()
+                   if k.endswith(("_start", "_end", "_quality")) and "breeding" in k}
         height, width = src.height, src.width
     if t.e > 0:  # south-up grid: flip to the usual north-up orientation
         values = values[:, ::-1, :]
@@ -163,7 +165,7 @@ def read_st_raster(path: str | os.PathLike, version_year: int | None = None) -> 
         values, dims=("week", "y", "x"), name="abundance",
         coords={"week": weeks, "date": ("week", dates.values.astype("datetime64[ns]")),
                 "x": xs, "y": ys},
-        attrs={"source": str(path)},
+        attrs={"source": str(path), **seasons},  # season dates when the file has them
     )
     da = da.rio.write_crs(crs.to_wkt()).rio.write_transform(t).rio.write_nodata(np.nan)
     return da

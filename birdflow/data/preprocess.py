@@ -35,12 +35,13 @@ from birdflow.data.download import DEFAULT_BASE_URL, KEY_ENV, KEY_HELP, download
 from birdflow.data.ebirdst import bound_paths, normalize_source_res, read_st_raster, st_raster_path
 from birdflow.data.regrid import read_clip, regrid, source_res_m
 from birdflow.data.resolution import choose_resolution, max_params_for
+from birdflow.data.seasons import season_attrs
 from birdflow.data.weeks import N_WEEKS
 from birdflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 1  # bump when the output for the same inputs changes
+PREPROCESS_VERSION = 2  # 2: season dates, increasing dates; bump when the output for the same inputs changes
 AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 +datum=WGS84 "
                  "+units=m +no_defs")
 DEFAULT_DATA = {"root": "data", "ebirdst_base_url": DEFAULT_BASE_URL, "download": True,
@@ -205,6 +206,7 @@ def preprocess(species: Mapping, data: Mapping | None = None) -> xr.Dataset:
     if trim_q is not None:
         ds = _trim(ds, float(trim_q))
         validate_bfdata(ds, str(files.median))
+    ds.attrs.update(season_attrs(ds, species.get("seasons"), cubes["median"].attrs))
     if grid.percent_lost is not None:
         log.info("clip %s: %% density lost per week min %.2f max %.2f", attrs["clip"],
                  grid.percent_lost.min(), grid.percent_lost.max())

@@ -36,16 +36,17 @@ def week_labels(version_year: int) -> list[str]:
 
 
 def increasing_dates(dates, direction: int = 1) -> pd.DatetimeIndex:
-    """Shift dates by whole years so that they strictly increase (``direction=-1``: decrease).
+    """Move dates by whole years so that they strictly increase (``direction=-1``: decrease).
 
-    A season that crosses new year (S&T weeks 45..52, 1..10) has week-centre dates of one
-    version year that jump back in January; each date that does not follow its predecessor
-    in ``direction`` is moved by as many years as it takes (the first date is kept).
+    The first date is kept; each next one is put in the first year where it follows its
+    predecessor (for -1: the last year where it precedes it). A season that crosses new
+    year (S&T weeks 45..52, 1..10, all dated in one version year) gets its January dates in
+    the next year; a route sampled backwards from week 2 gets week 52 in the year before.
     """
     idx = pd.DatetimeIndex(pd.to_datetime(dates))
     out = list(idx[:1])
     for d in idx[1:]:
-        years = 0
+        years = out[-1].year - d.year
         while (d + pd.DateOffset(years=years) - out[-1]) * direction <= pd.Timedelta(0):
             years += direction
         out.append(d + pd.DateOffset(years=years))

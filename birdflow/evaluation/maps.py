@@ -150,12 +150,12 @@ def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.Pa
     res = float(data.attrs.get("res_km", 100.0)) * 1e3
     rng = np.random.default_rng(seed)
     segs, seg_vals, dots = [], [], []
-    for _, r in routes_df.sort_values(["route_id", "step"]).groupby("route_id", sort=True):
+    for _, r in routes_df.sort_values(["route_id", "date"], kind="stable").groupby("route_id", sort=True):
         xy = r[["x", "y"]].to_numpy(float) + rng.uniform(-jitter, jitter, 2) * res
         season = season_colour_values(r["date"])
         segs += [xy[i:i + 2] for i in range(len(xy) - 1)]
         seg_vals += list(season[:-1])
-        cell = r["cell"].to_numpy()
+        cell = r["i"].to_numpy()  # 1-based cell, as in BirdFlowR Routes tables
         starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
         lengths = np.diff(np.r_[starts, len(cell)])
         dots += [(xy[s, 0], xy[s, 1], season[s], n) for s, n in zip(starts, lengths, strict=True)]

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from birdflow.data.bfdata import load_bfdata, save_bfdata
-from birdflow.errors import DataError
+from birdflow.errors import ConfigError, DataError
 from birdflow.io import atomic_path
+from birdflow.model import starts
 from birdflow.model.markov import WeekIndex
+from birdflow.model.sampling import routes_table, sample_cells
+from birdflow.model.timeline import Timeline, timeline
 
 MODEL_FILE = "model.nc"
 DATA_FILE = "data.nc"
@@ -103,6 +108,100 @@ class BirdFlowModel:
         fi, ti = np.flatnonzero(sf >= 0), np.flatnonzero(st >= 0)
         out[np.ix_(sf[fi], st[ti])] = P[np.ix_(fi, ti)]
         return out
+
+    def timeline(self, start, end=None, *, n_steps: int | None = None,
+                 direction: str | None = None) -> Timeline:
+        """Steps from ``start`` to ``end``: see :func:`birdflow.model.timeline.timeline`."""
+        return timeline(self.data, self.cyclic, start, end, n_steps=n_steps, direction=direction)
+
+    def propagate(self, distr: np.ndarray, tl: Timeline) -> np.ndarray:
+        """Push (k, n_cells) distributions along ``tl``: returns (n_steps + 1, k, n_cells).
+
+        Forward steps use ``M_t / rowsum``, backward steps ``(M_t / colsum)^T``; mass on cells
+        with no probability onward (outside the week's support) is dropped.
+        """
+        d = np.atleast_2d(np.asarray(distr, dtype=np.float64))
+        out = [d]
+        sc = self.index.slot_cell
+        for k, t in enumerate(tl.transitions):
+            here, there = sc[tl.positions[k]], sc[tl.positions[k + 1]]
+            M = self.marginals[t] if tl.sign > 0 else self.marginals[t].T
+            norm = M.sum(axis=1)
+            x = np.where(here >= 0, out[-1][:, np.maximum(here, 0)], 0.0)  # (k, n_max)
+            x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+            y = x @ M
+            nxt = np.zeros_like(d)
+            ok = there >= 0
+            nxt[:, there[ok]] = y[:, ok]
+            out.append(nxt)
+        return np.stack(out)
+
+    def predict(self, distr_or_point, start, end=None, *, n_steps: int | None = None,
+                direction: str | None = None) -> xr.DataArray:
+        """Where birds at ``distr_or_point`` on ``start`` are at each week up to ``end``.
+
+        Args:
+            distr_or_point: a distribution over active cells, (n_cells,) or (k, n_cells); or a
+                point (lon, lat) in degrees, or (k, 2) points (each becomes a one-hot).
+            start, end: dates or 1-based S&T week numbers (dates imply the direction).
+            n_steps: weekly steps when ``end`` is None.
+            direction: "forward" (default) or "backward" (transposed 2-way marginals).
+
+        Returns:
+            DataArray (time, cell) or (time, start, cell) of probabilities, with coordinates
+            ``date``, ``week`` and ``timestep`` (1-based model week) along ``time``.
+            Input mass on cells the start week cannot hold is dropped with a warning.
+
+        Raises:
+            ConfigError: dates/weeks outside the model; DataError: a point outside the mask.
+        """
+        tl = self.timeline(start, end, n_steps=n_steps, direction=direction)
+        d, single = starts.start_distributions(self, distr_or_point, tl.positions[0])
+        support = self.support(tl)
+        lost = d[:, ~support].sum(axis=1)
+        if np.any(lost > 1e-12 * np.maximum(d.sum(axis=1), 1e-300)):
+            warnings.warn(f"{float(lost.max()):.3g} of the start mass lies on cells the model "
+                          f"cannot move from in S&T week {int(tl.weeks[0])}; it is dropped",
+                          stacklevel=2)
+        seq = self.propagate(np.where(support, d, 0.0), tl)
+        coords = {"date": ("time", tl.dates.values), "week": ("time", tl.weeks),
+                  "timestep": ("time", tl.positions + 1)}
+        if single:
+            return xr.DataArray(seq[:, 0], dims=("time", "cell"), coords=coords, name="distr")
+        return xr.DataArray(seq, dims=("time", "start", "cell"), coords=coords, name="distr")
+
+    def support(self, tl: Timeline) -> np.ndarray:
+        """(n_cells,) bool: cells of the first week of ``tl`` with probability onward."""
+        if not tl.n_steps:
+            return self.distr(tl.positions[0]) > 0
+        M = self.marginals[tl.transitions[0]]
+        return self._scatter(tl.positions[0], M.sum(axis=1 if tl.sign > 0 else 0)) > 0
+
+    def route(self, n: int = 1, start=1, end=None, *, n_steps: int | None = None,
+              direction: str | None = None, lonlat=None, distr: np.ndarray | None = None,
+              from_marginals: bool = False, seed: int = 0) -> pd.DataFrame:
+        """Sample routes: BirdFlowR's ``route()`` (reference §4.3).
+
+        Args:
+            n: routes per start point, or routes in all when sampling the starts.
+            start, end: dates or 1-based S&T week numbers; or ``n_steps`` weekly steps.
+            direction: "forward" (default; implied by dates) or "backward".
+            lonlat: (lon, lat) or (k, 2) start points in degrees; each starts ``n`` routes.
+            distr: (n_cells,) distribution to draw the ``n`` start cells from.
+            from_marginals: with neither, draw starts from the model's distribution of the
+                start week instead of the S&T one (BirdFlowR's default is S&T).
+            seed: numpy random seed.
+
+        Returns:
+            The route table of :mod:`birdflow.model.sampling` (BirdFlowRoutes columns).
+        """
+        if int(n) < 1:
+            raise ConfigError(f"n={n}: the number of routes must be >= 1")
+        tl = self.timeline(start, end, n_steps=n_steps, direction=direction)
+        rng = np.random.default_rng([seed, 7])
+        cells = starts.start_cells(self, tl, int(n), lonlat=lonlat, distr=distr,
+                                   from_marginals=from_marginals, rng=rng)
+        return routes_table(self, sample_cells(self, cells, tl, seed), tl)
 
     def forecast(self, start: np.ndarray, t_from: int, n_steps: int) -> np.ndarray:
         """Project a cell distribution from week index t_from: (n_steps + 1, n_cells)."""

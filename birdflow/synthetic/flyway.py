@@ -58,6 +58,24 @@ def season_position(week: np.ndarray) -> np.ndarray:
     return np.interp(week, SEASON_KEYFRAMES[:, 0], SEASON_KEYFRAMES[:, 1])
 
 
+def true_season_weeks() -> dict[str, tuple[int, int]]:
+    """S&T (first, last) week of each season of the known chain.
+
+    Breeding: the weeks on the breeding range (position 0); nonbreeding: on the wintering
+    range (position 3, across new year); prebreeding migration: the weeks in between going
+    north, postbreeding migration: going south.
+    """
+    weeks = np.arange(1, N_WEEKS + 1)
+    pos = season_position(weeks)
+    breeding = weeks[pos == 0.0]
+    north = weeks[(pos > 0) & (pos < 3) & (weeks < breeding[0])]
+    south = weeks[(pos > 0) & (pos < 3) & (weeks > breeding[-1])]
+    return {"prebreeding_migration": (int(north[0]), int(north[-1])),
+            "breeding": (int(breeding[0]), int(breeding[-1])),
+            "postbreeding_migration": (int(south[0]), int(south[-1])),
+            "nonbreeding": (int(south[-1]) + 1, int(north[0]) - 1)}
+
+
 @dataclass
 class FlywayChain:
     """The true chain on its grid (numpy, float64).

@@ -35,9 +35,15 @@ from birdflow.errors import ConfigError
 from birdflow.io import atomic_path, write_text_atomic
 from birdflow.model.fitted import DATA_FILE, MODEL_FILE, BirdFlowModel, save_model
 from birdflow.model.markov import WeekIndex
-from birdflow.synthetic.flyway import EDGE_M, LAEA_AMERICAS, N_WEEKS, build_flyway
+from birdflow.synthetic.flyway import (
+    EDGE_M,
+    LAEA_AMERICAS,
+    N_WEEKS,
+    build_flyway,
+    true_season_weeks,
+)
 
-GENERATOR_VERSION = 2  # bump when the generated data change, so old folders are not reused
+GENERATOR_VERSION = 3  # 3: season dates in the GeoTIFF tags; bump when the generated data change, so old folders are not reused
 NODATA = float(np.float32(-3.4e38))  # the S&T GeoTIFF sentinel
 DEFAULTS = {"seed": 0, "native_res_km": 100, "size": 1.0, "n_tracks": 200}
 
@@ -93,6 +99,16 @@ class SyntheticFiles:
     truth: Path
 
 
+def season_tags(version_year: int) -> dict[str, str]:
+    """BirdFlowR species fields of the known seasons: week-centre dates, quality 3."""
+    dates = week_dates(version_year)
+    out = {}
+    for name, (w0, w1) in true_season_weeks().items():
+        out[f"{name}_start"], out[f"{name}_end"] = f"{dates[w0 - 1]:%Y-%m-%d}", f"{dates[w1 - 1]:%Y-%m-%d}"
+        out[f"{name}_quality"] = "3"
+    return out
+
+
 def _truth(s: SyntheticSettings) -> tuple[xr.Dataset, BirdFlowModel, tuple]:
     """Truth data (cropped to cells with data) and chain, plus the full (cube, x, y) grid."""
     chain = build_flyway(s.seed, s.native_res_km, s.size)
@@ -104,7 +120,7 @@ def _truth(s: SyntheticSettings) -> tuple[xr.Dataset, BirdFlowModel, tuple]:
     ds = make_bfdata(cube[:, rs, cs], chain.x[cs], chain.y[rs], LAEA_AMERICAS, np.arange(1, N_WEEKS + 1),
                      week_dates(s.version_year), species_code=s.code, version_year=s.version_year,
                      res_km=s.native_res_km, source=f"synthetic:{s.key()}",
-                     attrs={"cache_key": s.key()})
+                     attrs={"cache_key": s.key(), **season_tags(s.version_year)})
     index = WeekIndex.from_bfdata(ds)
     if not np.array_equal(index.slot_cell, WeekIndex.from_dynamic_mask(chain.dynamic_mask, True).slot_cell):
         raise AssertionError("synthetic cube lost cells in float32; raise flyway.FLOOR")
@@ -191,7 +207,8 @@ def _write_tif(full: tuple, ds: xr.Dataset, path: Path) -> None:
         dst.write(np.where(np.isnan(cube), np.float32(NODATA), cube).astype(np.float32))
         for band, d in enumerate(dates, start=1):
             dst.set_band_description(band, f"{d:%Y-%m-%d}")
-        dst.update_tags(species=str(ds.attrs["species_code"]), source="birdflow synthetic generator")
+        dst.update_tags(species=str(ds.attrs["species_code"]), source="birdflow synthetic generator",
+                        **season_tags(int(ds.attrs["version_year"])))
 
 
 def ensure_synthetic(species_cfg: Mapping, out_dir: str | Path) -> SyntheticFiles:
