@@ -1,7 +1,9 @@
 """Tracking/banding CSV -> observations snapped to (cell, week) -> intervals to score.
 
 The CSV has one observation per row with columns ``bird_id,date,lat,lon`` (extra columns
-are kept but unused). Rows that cannot be used (unparsable date, latitude or longitude out of
+are kept but unused). A ``route_id`` column stands in for ``bird_id`` when that is absent, so
+BirdFlowR ``Routes``/``BirdFlowRoutes`` tables (``route_id, date, lon, lat, ...``) and the
+routes birdflow samples (``routes.csv``) are read as tracks. Rows that cannot be used (unparsable date, latitude or longitude out of
 range, a point outside the grid or on an inactive cell) are reported with their CSV line
 number (1-based, the header is line 1) and the rest is still evaluated. Consecutive
 observations of one bird, ordered by date, form intervals; each interval gets an ``exclude``
@@ -41,6 +43,7 @@ TRACK_COLUMNS = ("bird_id", "date", "lat", "lon")
 EXCLUDE_REASONS = ("bad_row", "not_active", "too_long", "truncated", "same_week",
                    "dynamic_mask", "filtered", "zero_probability")
 MAX_DAYS = 365.0
+ID_ALIAS = "route_id"  # BirdFlowR Routes tables name the bird column so
 
 
 class TrackRowWarning(UserWarning):
@@ -86,10 +89,13 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in (reader.fieldnames or [])]
+        if "bird_id" not in header and ID_ALIAS in header:  # a Routes table
+            header = ["bird_id" if c == ID_ALIAS else c for c in header]
         missing = [c for c in TRACK_COLUMNS if c not in header]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing} in header {header}; expected a "
-                            f"header line '{','.join(TRACK_COLUMNS)}' (extra columns allowed)")
+                            f"header line '{','.join(TRACK_COLUMNS)}' (extra columns allowed; "
+                            f"'{ID_ALIAS}' may replace 'bird_id')")
         reader.fieldnames = header
         records = []
         for rec in reader:
