@@ -200,6 +200,9 @@ def _bfdata(f: h5py.File, path: Path, distr, dm, dates: pd.DataFrame, cyclic: bo
         **{k: v for k, v in species.items() if k != "species_code"},
     )
     ds.attrs[METADATA_ATTR] = json.dumps(kept)
+    sparse = kept.get("sparse", {}).get("value", [""])
+    if sparse and sparse[0]:  # a sparsified model: keep its stats where sparsify puts them
+        ds.attrs["sparse"] = str(sparse[0])
     ds.attrs[GEOM_RES_ATTR], ds.attrs[GEOM_EXT_ATTR] = res, ext
     validate_bfdata(ds, str(path))
     return ds

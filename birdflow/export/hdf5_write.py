@@ -173,6 +173,10 @@ def _metadata_entries(model: BirdFlowModel) -> dict:
     for key, entry in kept_metadata(ds.attrs).items():
         if key not in DERIVED_METADATA:
             entries[key] = (decode_entry(entry), bool(entry.get("logical", False)))
+    if ds.attrs.get("sparse"):  # sparsified here (birdflow.model.sparsify): its stats as JSON
+        entries["sparse"] = (fixed_strings([str(ds.attrs["sparse"])]), False)
+    sparse_txt = np.asarray(entries["sparse"][0]).ravel()
+    is_sparse = bool(sparse_txt.size and sparse_txt[0] not in (b"", ""))
     derived = {
         "birdflow_version": (np.array([float(FORMAT_VERSION)]), False),
         "n_active": (np.array([model.n_cells], dtype=np.int32), False),
@@ -181,7 +185,7 @@ def _metadata_entries(model: BirdFlowModel) -> dict:
         "timestep_padding": (np.array([TIMESTEP_PADDING], dtype=np.int32), False),
         "has_distr": (np.array([1]), True),
         "has_transitions": (np.array([0]), True),
-        "is_sparse": (np.array([0]), True),
+        "is_sparse": (np.array([int(is_sparse)]), True),
     }
     entries.update(derived)
     return entries

@@ -58,6 +58,10 @@ class BirdFlowModel:
             f"{self.n_transitions} transitions",
             f"  location loss {hp.get('location_loss', '?')}" + (f"; {fit}" if fit else ""),
         ]
+        if a.get("sparse"):  # birdflow.model.sparsify
+            st = json.loads(a["sparse"])
+            lines.append(f"  sparse ({st['method']}, p={st['p']:g}): density "
+                         f"{st['density_after']:.3f}, {st['pct_density_lost']:.2f}% mass lost")
         if self.run_dir is not None:
             lines.append(f"  run dir {self.run_dir}")
         return "\n".join(lines)
