@@ -34,6 +34,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from pyproj import CRS
 
+from birdflow.data.cf import from_cf, to_cf
 from birdflow.data.grid import distance_matrix_km, to_lonlat
 from birdflow.data.weeks import increasing_dates
 from birdflow.errors import DataError
@@ -152,8 +153,14 @@ def validate_bfdata(ds: xr.Dataset, source: str = "") -> None:
 
 
 def save_bfdata(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write BirdFlowData to NetCDF atomically (temporary name, then rename)."""
-    out = ds.copy()
+    """Write BirdFlowData to CF-1.8 NetCDF atomically (temporary name, then rename).
+
+    Besides the variables above the file holds ``distr_map`` (and ``uci_map``/``lci_map``):
+    the distributions on (week, y, x) with the CRS, for GIS tools (:mod:`birdflow.data.cf`).
+    """
+    maps = {v: v + "_map" for v in ("distr", "uci", "lci") if v in ds}
+    out = to_cf(ds, maps, title=f"BirdFlowData {ds.attrs.get('species_code', '')}: eBird S&T "
+                "weekly distributions on the model grid")
     for name in ("dynamic_mask", "static_mask"):
         out[name] = out[name].astype(np.int8)
         out[name].attrs["flag_meaning"] = "bool"
@@ -177,6 +184,7 @@ def load_bfdata(path: str | os.PathLike) -> xr.Dataset:
         if name in ds:
             ds[name] = ds[name].astype(bool)
             ds[name].attrs.pop("flag_meaning", None)
+    ds = from_cf(ds)
     if "date" in ds.coords:  # files written before dates were made increasing
         ds = ds.assign_coords(date=("week", increasing_dates(ds["date"].values).values))
     validate_bfdata(ds, str(path))

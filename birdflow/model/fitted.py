@@ -19,6 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from birdflow.data.bfdata import load_bfdata, save_bfdata
+from birdflow.data.cf import to_cf
 from birdflow.errors import ConfigError, DataError
 from birdflow.io import atomic_path
 from birdflow.model import starts
@@ -221,14 +222,22 @@ class BirdFlowModel:
 def save_model(model: BirdFlowModel, run_dir: str | os.PathLike) -> Path:
     """Write ``model.nc`` (marginals, slot layout, hyperparameters, losses) and ``data.nc``."""
     run_dir = Path(run_dir)
+    data = model.data
     ds = xr.Dataset(
         {
             "marginals": (("transition", "slot", "slot_to"), model.marginals.astype(np.float32)),
             "slot_cell": (("week", "slot"), model.index.slot_cell),
             "mu": (("week", "cell"), model.distrs()),
+            "cell_row": data["cell_row"], "cell_col": data["cell_col"],
         },
+        coords={"week": data["week"].values, "date": ("week", data["date"].values),
+                "x": data["x"].values, "y": data["y"].values},
         attrs={"cyclic": int(model.cyclic), "hyperparameters": json.dumps(model.hyperparameters)},
     )
+    ds = to_cf(ds.rio.write_crs(data.attrs.get("crs_wkt") or data.rio.crs.to_wkt()),
+               {"mu": "distr"}, title=f"BirdFlow model {data.attrs.get('species_code', '')}: "
+               "weekly distributions of the fitted chain")
+    ds["distr"].attrs["long_name"] = "model distribution of the week (map; NaN = inactive cell)"
     for name, values in model.loss_history.items():
         ds[f"loss_{name}"] = ("step", np.asarray(values, dtype=np.float64))
     with atomic_path(run_dir / MODEL_FILE) as tmp:

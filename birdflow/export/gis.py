@@ -1,0 +1,80 @@
+"""GIS-ready rasters: weekly distributions as (week, y, x) GeoTIFFs with CRS and band dates.
+
+``export_geotiffs(model, out_dir)`` writes
+
+* ``<species>_model_distr.tif``: the fitted chain's distribution of each week;
+* ``<species>_st_distr.tif``: the S&T distribution the model was fitted to;
+
+one float32 band per model week (NaN = inactive cell, the nodata value), the model CRS and
+north-up transform, band descriptions = the week-centre dates (``YYYY-MM-DD``, increasing,
+as BirdFlowR's ``export_rasters`` labels them) and band tags ``week``/``date``. Each band sums
+to 1 over its cells (a proportion of the population per cell). GDAL, QGIS and R's terra read
+them directly; the NetCDF files of a run (:mod:`birdflow.data.cf`) carry the same maps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import xarray as xr
+from rasterio.crs import CRS as RioCRS
+from rasterio.transform import Affine
+
+from birdflow.data.cf import cell_to_grid
+from birdflow.io import atomic_path
+
+
+def grid_transform(ds: xr.Dataset) -> Affine:
+    """North-up affine transform of the grid from its column/row centres (metres)."""
+    x, y = ds["x"].values.astype(float), ds["y"].values.astype(float)
+    fallback = float(ds.attrs.get("res_km", 0.0)) * 1000.0
+    xres = (x[-1] - x[0]) / (len(x) - 1) if len(x) > 1 else fallback
+    yres = (y[0] - y[-1]) / (len(y) - 1) if len(y) > 1 else fallback
+    return Affine(xres, 0.0, x[0] - xres / 2, 0.0, -yres, y[0] + yres / 2)
+
+
+def write_weekly_geotiff(ds: xr.Dataset, per_cell: np.ndarray, path: str | os.PathLike, *,
+                         dates=None, weeks=None, description: str = "",
+                         units: str = "proportion of the population per cell") -> Path:
+    """Write (n_bands, n_cells) values on active cells as an n-band GeoTIFF, atomically.
+
+    Args:
+        ds: BirdFlowData giving the grid (x, y, cell_row, cell_col) and the CRS.
+        per_cell: (n_bands, n_cells) values.
+        path: output file.
+        dates, weeks: per band; default the data's weeks and dates.
+        description, units: dataset tags.
+    """
+    cube = cell_to_grid(ds, per_cell).astype(np.float32)
+    dates = pd.DatetimeIndex(ds["date"].values if dates is None else dates)
+    weeks = ds["week"].values if weeks is None else np.asarray(weeks)
+    profile = {"driver": "GTiff", "dtype": "float32", "count": cube.shape[0],
+               "width": cube.shape[2], "height": cube.shape[1],
+               "crs": RioCRS.from_wkt(ds.attrs.get("crs_wkt") or ds.rio.crs.to_wkt()),
+               "transform": grid_transform(ds), "nodata": np.nan, "compress": "lzw"}
+    path = Path(path)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(cube)
+        for band, (d, w) in enumerate(zip(dates, weeks, strict=True), start=1):
+            dst.set_band_description(band, f"{d:%Y-%m-%d}")
+            dst.update_tags(band, week=str(int(w)), date=f"{d:%Y-%m-%d}")
+        dst.update_tags(species=str(ds.attrs.get("species_code", "")), description=description,
+                        units=units, software="birdflow")
+    return path
+
+
+def export_geotiffs(model, out_dir: str | os.PathLike) -> list[Path]:
+    """Model and S&T weekly distributions of ``model`` as GeoTIFFs in ``out_dir``."""
+    out_dir = Path(out_dir)
+    ds = model.data
+    code = ds.attrs.get("species_code", "model")
+    return [
+        write_weekly_geotiff(ds, model.distrs(), out_dir / f"{code}_model_distr.tif",
+                             description="BirdFlow model distribution of each week"),
+        write_weekly_geotiff(ds, ds["distr"].values, out_dir / f"{code}_st_distr.tif",
+                             description="eBird S&T distribution of each week (training target)"),
+    ]
