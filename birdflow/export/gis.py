@@ -37,19 +37,19 @@ def grid_transform(ds: xr.Dataset) -> Affine:
     return Affine(xres, 0.0, x[0] - xres / 2, 0.0, -yres, y[0] + yres / 2)
 
 
-def write_weekly_geotiff(ds: xr.Dataset, per_cell: np.ndarray, path: str | os.PathLike, *,
-                         dates=None, weeks=None, description: str = "",
-                         units: str = "proportion of the population per cell") -> Path:
-    """Write (n_bands, n_cells) values on active cells as an n-band GeoTIFF, atomically.
+def write_grid_geotiff(ds: xr.Dataset, cube: np.ndarray, path: str | os.PathLike, *,
+                       dates=None, weeks=None, description: str = "",
+                       units: str = "proportion of the population per cell") -> Path:
+    """Write an (n_bands, nrow, ncol) cube on the grid of ``ds`` as a GeoTIFF, atomically.
 
     Args:
-        ds: BirdFlowData giving the grid (x, y, cell_row, cell_col) and the CRS.
-        per_cell: (n_bands, n_cells) values.
+        ds: BirdFlowData giving the grid (x, y) and the CRS.
+        cube: (n_bands, nrow, ncol) values; NaN is the nodata value.
         path: output file.
-        dates, weeks: per band; default the data's weeks and dates.
+        dates, weeks: per band (band descriptions and tags); default the data's.
         description, units: dataset tags.
     """
-    cube = cell_to_grid(ds, per_cell).astype(np.float32)
+    cube = np.asarray(cube, dtype=np.float32)
     dates = pd.DatetimeIndex(ds["date"].values if dates is None else dates)
     weeks = ds["week"].values if weeks is None else np.asarray(weeks)
     profile = {"driver": "GTiff", "dtype": "float32", "count": cube.shape[0],
@@ -65,6 +65,12 @@ def write_weekly_geotiff(ds: xr.Dataset, per_cell: np.ndarray, path: str | os.Pa
         dst.update_tags(species=str(ds.attrs.get("species_code", "")), description=description,
                         units=units, software="birdflow")
     return path
+
+
+def write_weekly_geotiff(ds: xr.Dataset, per_cell: np.ndarray, path: str | os.PathLike,
+                         **kwargs) -> Path:
+    """:func:`write_grid_geotiff` of (n_bands, n_cells) values on the active cells."""
+    return write_grid_geotiff(ds, cell_to_grid(ds, per_cell), path, **kwargs)
 
 
 def export_geotiffs(model, out_dir: str | os.PathLike) -> list[Path]:
