@@ -69,3 +69,40 @@ def test_resolution_from_a_parameter_budget(setup):
     finer = ladder[np.flatnonzero(ladder == res)[0] - 1]
     n_finer = n_parameters(preprocess({**species, "res_km": float(finer)}, data)["dynamic_mask"].values)
     assert n_finer > budget
+
+
+def test_season_dates_from_the_raster_reach_the_birdflowr_export(setup, tmp_path):
+    import h5py
+    from conftest import independence_model
+
+    from birdflow.data.seasons import season_span
+    from birdflow.export import export_birdflowr
+    from birdflow.synthetic.flyway import true_season_weeks
+
+    species, data, truth = setup
+    # the known chain: north weeks 11..20, breeding 21..32, south 33..44, winter 45..10
+    assert true_season_weeks() == {"prebreeding_migration": (11, 20), "breeding": (21, 32),
+                                   "postbreeding_migration": (33, 44), "nonbreeding": (45, 10)}
+    ds = preprocess({**species, "res_km": 100}, data)
+    assert ds.attrs["prebreeding_migration_start"] == "2022-03-15"  # week 11 centre, 2022
+    assert ds.attrs["nonbreeding_end"] == "2022-03-08" and ds.attrs["breeding_quality"] == "3"
+    assert season_span(ds, "prebreeding") == (10, 21)  # buffered by one week, as BirdFlowR
+    path = export_birdflowr(independence_model(ds), tmp_path / "syn.hdf5")
+    with h5py.File(path, "r") as f:
+        fields = {k: f[f"species/{k}"][0] for k in f["species"]}
+    assert fields["prebreeding_migration_start"] == b"2022-03-15"
+    assert fields["postbreeding_migration_end"] == b"2022-11-01" and fields["breeding_quality"] == 3
+    # the species config wins over the raster
+    own = preprocess({**species, "res_km": 100, "seasons": {"breeding": ["2022-06-01",
+                                                                         "2022-08-01"]}}, data)
+    assert own.attrs["breeding_start"] == "2022-06-01" and own.attrs["breeding_end"] == "2022-08-01"
+
+
+def test_seasons_inferred_from_distributions_when_nothing_gives_them(setup):
+    from birdflow.data.seasons import infer_seasons
+
+    _, _, truth = setup
+    got = infer_seasons(truth.data)  # weekly mean latitude rule, thresholds 0.9 / 0.1
+    # close to the generator's seasons (breeding 21..32, winter 45..10): within a week
+    assert got["breeding_start"] == "2022-05-24" and got["nonbreeding_start"] == "2022-11-08"
+    assert got["prebreeding_migration_start"] == "2022-03-15"

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from birdflow.data.cf import CONVENTIONS, GRID_MAPPING
-from birdflow.export.gis import write_grid_geotiff
+from birdflow.data.geotiff import write_grid_geotiff
 from birdflow.io import atomic_path
 from birdflow.model.fitted import BirdFlowModel
 
