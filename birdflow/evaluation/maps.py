@@ -172,9 +172,9 @@ def plot_routes(model: BirdFlowModel, routes_df: pd.DataFrame, path: str | os.Pa
     months = pd.date_range("2001-01-01", periods=12, freq="MS")
     cb.set_ticks(season_colour_values(months), labels=[f"{m:%b}" for m in months])
     n = routes_df["route_id"].nunique()
-    first = pd.Timestamp(routes_df["date"].min())
+    first, last = pd.Timestamp(routes_df["date"].min()), pd.Timestamp(routes_df["date"].max())
     ax.set_title(f"{species_label(model)}: {n} sampled routes from {first:%b} {first.day}, "
-                 f"{routes_df['step'].max()} weeks", fontsize=11)
+                 f"{round((last - first).days / 7)} weeks", fontsize=11)
     return _finish(fig, path, dpi)
 
 

@@ -203,10 +203,10 @@ class BirdFlowModel:
         if int(n) < 1:
             raise ConfigError(f"n={n}: the number of routes must be >= 1")
         tl = self.timeline(start, end, n_steps=n_steps, direction=direction)
-        rng = np.random.default_rng([seed, 7])
+        rng = np.random.default_rng(seed)
         cells = starts.start_cells(self, tl, int(n), lonlat=lonlat, distr=distr,
                                    from_marginals=from_marginals, rng=rng)
-        return routes_table(self, sample_cells(self, cells, tl, seed), tl)
+        return routes_table(self, sample_cells(self, cells, tl, rng), tl)
 
     def forecast(self, start: np.ndarray, t_from: int, n_steps: int) -> np.ndarray:
         """Project a cell distribution from week index t_from: (n_steps + 1, n_cells)."""

@@ -33,14 +33,15 @@ def _slot_of(slot_cell_week: np.ndarray, n_cells: int) -> np.ndarray:
     return out
 
 
-def sample_cells(model, start_cells: np.ndarray, tl: Timeline, seed: int = 0) -> np.ndarray:
+def sample_cells(model, start_cells: np.ndarray, tl: Timeline,
+                 rng: np.random.Generator | int = 0) -> np.ndarray:
     """Sample every route's cell at each step of ``tl``.
 
     Args:
         model: a :class:`birdflow.model.fitted.BirdFlowModel`.
         start_cells: (n,) active-cell index of each route at ``tl.positions[0]``.
         tl: the timeline (positions, transitions, direction).
-        seed: numpy random seed.
+        rng: numpy generator (or seed) drawing one uniform per route and step.
 
     Returns:
         (n, n_steps + 1) active-cell indices in the order of travel.
@@ -49,7 +50,7 @@ def sample_cells(model, start_cells: np.ndarray, tl: Timeline, seed: int = 0) ->
         DataError: a route reaches a cell with no probability onward (a dead end, e.g. after
             sparsifying without fixing dead ends).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng)
     slot_cell = model.index.slot_cell
     cells = np.asarray(start_cells, dtype=np.int64)
     path = [cells]
