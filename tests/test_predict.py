@@ -89,6 +89,11 @@ def test_season_routes_cover_the_season_and_cross_new_year(na_model):
     r = df[df["route_id"] == 1]
     assert r["week"].iloc[0] == w0 and r["week"].iloc[-1] == w1
     assert pd.DatetimeIndex(r["date"]).is_monotonic_increasing
+    p = na_model.predict(na_model.distr(w0 - 1), season="nonbreeding")
+    assert p.sizes["time"] == (w1 - w0) % 52 + 1 and int(p["week"][-1]) == w1
+    assert pd.DatetimeIndex(p["date"].values).is_monotonic_increasing
+    with pytest.raises(ConfigError, match="sets the start and end"):
+        na_model.route(2, 10, season="breeding")
 
 
 def test_predict_from_points_and_bad_input_one_liners(na_model):

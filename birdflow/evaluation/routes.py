@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from birdflow.data.grid import great_circle_km
-from birdflow.data.seasons import season_span
 from birdflow.errors import ConfigError
 from birdflow.io import atomic_path, write_text_atomic
 from birdflow.model import starts
@@ -67,18 +66,12 @@ def sample_routes(model: BirdFlowModel, n: int, start_week=None, n_weeks: int | 
     if start_week is not None and start is not None:
         raise ConfigError("give start= or start_week=, not both")
     start = start if start is not None else start_week
-    if season is not None:
-        if start is not None or end is not None:
-            raise ConfigError(f"season={season} sets the start and end; leave start/end out")
-        w0, w1 = season_span(model.data, season, buffer=season_buffer)
-        start, end = (w0, w1) if direction != "backward" else (w1, w0)
-    weeks = model.data["week"].values
-    if start is None:
-        start = int(weeks[0])
-    if end is None and n_weeks is None:
-        n_weeks = model.n_transitions - (0 if model.cyclic else week_position(model.data, start))
+    if end is None and n_weeks is None and season is None:  # to the model's end / a year
+        first = start if start is not None else int(model.data["week"].values[0])
+        n_weeks = model.n_transitions - (0 if model.cyclic else week_position(model.data, first))
     return model.route(n, start, end, n_steps=n_weeks, direction=direction, lonlat=start_lonlat,
-                       distr=distr, from_marginals=from_marginals, seed=seed)
+                       distr=distr, from_marginals=from_marginals, season=season,
+                       season_buffer=season_buffer, seed=seed)
 
 
 def lonlat_to_cell(model: BirdFlowModel, lon: float, lat: float) -> int:

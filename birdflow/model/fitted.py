@@ -20,6 +20,7 @@ import xarray as xr
 
 from birdflow.data.bfdata import load_bfdata, save_bfdata
 from birdflow.data.cf import to_cf
+from birdflow.data.seasons import season_span
 from birdflow.errors import ConfigError, DataError
 from birdflow.io import atomic_path
 from birdflow.model import starts
@@ -114,9 +115,21 @@ class BirdFlowModel:
         out[np.ix_(sf[fi], st[ti])] = P[np.ix_(fi, ti)]
         return out
 
-    def timeline(self, start, end=None, *, n_steps: int | None = None,
-                 direction: str | None = None) -> Timeline:
-        """Steps from ``start`` to ``end``: see :func:`birdflow.model.timeline.timeline`."""
+    def timeline(self, start=None, end=None, *, n_steps: int | None = None,
+                 direction: str | None = None, season: str | None = None,
+                 season_buffer: int = 1) -> Timeline:
+        """Steps from ``start`` to ``end``: see :func:`birdflow.model.timeline.timeline`.
+
+        ``season`` ("prebreeding", "breeding", ... or an alias) replaces start and end by the
+        season's weeks widened by ``season_buffer`` weeks (:func:`season_span`); ``start``
+        None is the model's first week.
+        """
+        if season is not None:
+            if start is not None or end is not None:
+                raise ConfigError(f"season={season} sets the start and end; leave them out")
+            w0, w1 = season_span(self.data, season, buffer=season_buffer)
+            start, end = (w1, w0) if direction == "backward" else (w0, w1)
+        start = int(self.data["week"].values[0]) if start is None else start
         return timeline(self.data, self.cyclic, start, end, n_steps=n_steps, direction=direction)
 
     def propagate(self, distr: np.ndarray, tl: Timeline) -> np.ndarray:
@@ -141,8 +154,8 @@ class BirdFlowModel:
             out.append(nxt)
         return np.stack(out)
 
-    def predict(self, distr_or_point, start, end=None, *, n_steps: int | None = None,
-                direction: str | None = None) -> xr.DataArray:
+    def predict(self, distr_or_point, start=None, end=None, *, n_steps: int | None = None,
+                direction: str | None = None, season: str | None = None) -> xr.DataArray:
         """Where birds at ``distr_or_point`` on ``start`` are at each week up to ``end``.
 
         Args:
@@ -151,6 +164,7 @@ class BirdFlowModel:
             start, end: dates or 1-based S&T week numbers (dates imply the direction).
             n_steps: weekly steps when ``end`` is None.
             direction: "forward" (default) or "backward" (transposed 2-way marginals).
+            season: predict over a season (instead of start/end), see :meth:`timeline`.
 
         Returns:
             DataArray (time, cell) or (time, start, cell) of probabilities, with coordinates
@@ -160,7 +174,7 @@ class BirdFlowModel:
         Raises:
             ConfigError: dates/weeks outside the model; DataError: a point outside the mask.
         """
-        tl = self.timeline(start, end, n_steps=n_steps, direction=direction)
+        tl = self.timeline(start, end, n_steps=n_steps, direction=direction, season=season)
         d, single = starts.start_distributions(self, distr_or_point, tl.positions[0])
         support = self.support(tl)
         lost = d[:, ~support].sum(axis=1)
@@ -182,14 +196,17 @@ class BirdFlowModel:
         M = self.marginals[tl.transitions[0]]
         return self._scatter(tl.positions[0], M.sum(axis=1 if tl.sign > 0 else 0)) > 0
 
-    def route(self, n: int = 1, start=1, end=None, *, n_steps: int | None = None,
+    def route(self, n: int = 1, start=None, end=None, *, n_steps: int | None = None,
               direction: str | None = None, lonlat=None, distr: np.ndarray | None = None,
-              from_marginals: bool = False, seed: int = 0) -> pd.DataFrame:
+              from_marginals: bool = False, season: str | None = None, season_buffer: int = 1,
+              seed: int = 0) -> pd.DataFrame:
         """Sample routes: BirdFlowR's ``route()`` (reference §4.3).
 
         Args:
             n: routes per start point, or routes in all when sampling the starts.
             start, end: dates or 1-based S&T week numbers; or ``n_steps`` weekly steps.
+            season, season_buffer: route over a season instead (BirdFlowR's
+                ``route(season = ...)``, buffered by 1 week), see :meth:`timeline`.
             direction: "forward" (default; implied by dates) or "backward".
             lonlat: (lon, lat) or (k, 2) start points in degrees; each starts ``n`` routes.
             distr: (n_cells,) distribution to draw the ``n`` start cells from.
@@ -202,7 +219,8 @@ class BirdFlowModel:
         """
         if int(n) < 1:
             raise ConfigError(f"n={n}: the number of routes must be >= 1")
-        tl = self.timeline(start, end, n_steps=n_steps, direction=direction)
+        tl = self.timeline(start, end, n_steps=n_steps, direction=direction, season=season,
+                           season_buffer=season_buffer)
         rng = np.random.default_rng(seed)
         cells = starts.start_cells(self, tl, int(n), lonlat=lonlat, distr=distr,
                                    from_marginals=from_marginals, rng=rng)
