@@ -121,3 +121,22 @@ def test_predict_from_points_and_bad_input_one_liners(na_model):
     with pytest.raises(ConfigError, match="unknown season"):
         sample_routes(m, 2, season="monsoon")
     assert all("\n" not in msg for msg in errors)
+
+
+def test_many_start_points_and_time_arguments(na_model):
+    m, ds = na_model, na_model.data
+    c = [int(np.argmax(m.distr(9))), int(np.argsort(m.distr(9))[-3])]
+    pts = [(float(ds["cell_lon"][i]), float(ds["cell_lat"][i])) for i in c]
+    df = m.route(3, 10, 14, lonlat=pts, seed=0)
+    assert df["route_id"].nunique() == 6
+    firsts = cells_by_step(df)[:, 0]
+    assert firsts.tolist() == [c[0]] * 3 + [c[1]] * 3
+    for bad, message in ((3.5, "whole numbers 1..52"), (60, "whole numbers 1..52"),
+                         ("March 40th", "not a date")):
+        with pytest.raises(ConfigError, match=message) as e:
+            m.predict(m.distr(0), bad, n_steps=1)
+        assert "\n" not in str(e.value)
+    tl = m.timeline("2021-12-30", "2022-01-20")  # S&T weeks 52 -> 3, one year boundary
+    assert tl.weeks.tolist() == [52, 1, 2, 3]
+    assert [f"{d:%Y-%m-%d}" for d in tl.dates] == ["2021-12-27", "2022-01-04", "2022-01-11",
+                                                   "2022-01-18"]

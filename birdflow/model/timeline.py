@@ -36,8 +36,9 @@ def is_date(when) -> bool:
 def parse_when(when, key: str = "start") -> tuple[int, pd.Timestamp | None]:
     """``(S&T week 1..52, the date or None)`` of a date or a week number; ConfigError otherwise."""
     if is_date(when):
-        try:
-            date = pd.Timestamp(when)
+        try:  # strings: ISO 8601 only (dateutil would read "March 40th" as 2040-03-01)
+            date = pd.Timestamp(pd.to_datetime(when, format="ISO8601") if isinstance(when, str)
+                                else when)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{key}={when!r}: not a date; give YYYY-MM-DD or an S&T week "
                               "number 1..52") from e
