@@ -140,3 +140,18 @@ def test_many_start_points_and_time_arguments(na_model):
     assert tl.weeks.tolist() == [52, 1, 2, 3]
     assert [f"{d:%Y-%m-%d}" for d in tl.dates] == ["2021-12-27", "2022-01-04", "2022-01-11",
                                                    "2022-01-18"]
+
+
+@pytest.mark.shared
+def test_sstspa_routes_by_its_own_season_dates(sstspa_hdf5):
+    from birdflow.export import import_birdflowr
+
+    model = import_birdflowr(sstspa_hdf5)
+    assert model.data.attrs["prebreeding_migration_start"]  # S&T season dates in the file
+    df = model.route(10, season="prebreeding", seed=0)
+    r = df[df["route_id"] == 1]
+    assert pd.DatetimeIndex(r["date"]).is_monotonic_increasing and len(r) > 5
+    back = model.predict(model.distr(int(r["timestep"].iloc[-1]) - 1), season="prebreeding",
+                         direction="backward")
+    assert int(back["week"][0]) == int(r["week"].iloc[-1])
+    assert int(back["week"][-1]) == int(r["week"].iloc[0])

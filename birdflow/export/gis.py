@@ -33,3 +33,13 @@ def export_geotiffs(model, out_dir: str | os.PathLike) -> list[Path]:
         write_weekly_geotiff(ds, ds["distr"].values, out_dir / f"{code}_st_distr.tif",
                              description="eBird S&T distribution of each week (training target)"),
     ]
+
+
+def export_run_geotiffs(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """:func:`export_geotiffs` of a run directory's model into ``out`` (default: the run dir).
+
+    What ``python -m birdflow.export run=<dir> format=geotiff`` runs.
+    """
+    from birdflow.model.fitted import load_model
+
+    return export_geotiffs(load_model(run_dir), Path(out) if out is not None else Path(run_dir))

@@ -10,7 +10,9 @@ across new year included (a step from week 52 to week 1 moves into the next year
 Direction: ``forward`` moves with the transitions ``M_t`` (week t -> t + 1), ``backward``
 against them with the transposed joints (``p_t(i) = sum_j M_t[i, j] / colsum_j p_{t+1}(j)``).
 Two dates imply it (an end before the start is backward); with week numbers the default is
-forward, and a cyclic model wraps around the year in either direction.
+forward, and a cyclic model wraps around the year in either direction. (A fitted cyclic chain
+is not tied at 52 -> 1: the last joint's column sums differ a little from the first joint's
+row sums, so forward/backward agreement across new year holds only up to that mismatch.)
 """
 
 from __future__ import annotations
