@@ -48,3 +48,15 @@ def test_season_across_new_year_has_increasing_dates_in_data_and_export(tmp_path
         written = pd.DatetimeIndex([d.decode() for d in f["dates"]["date"]])
         assert list(f["dates"]["week"]) == WINTER.tolist()
     assert written.is_monotonic_increasing and written[-1] == pd.Timestamp("2023-03-08")
+
+
+def test_routes_and_predictions_on_the_winter_model_run_with_time():
+    model = independence_model(winter_bfdata())
+    df = model.route(4, 45, 10, from_marginals=True, seed=0)
+    r = df[df["route_id"] == 1]
+    assert r["week"].tolist() == WINTER.tolist() and r["timestep"].tolist() == list(range(1, 19))
+    assert pd.DatetimeIndex(r["date"]).is_monotonic_increasing
+    assert pd.Timestamp(r["date"].iloc[-1]) == pd.Timestamp("2023-03-08")
+    back = model.predict(model.distr(17), "2023-03-08", "2022-11-08")  # dates imply backward
+    assert pd.DatetimeIndex(back["date"].values).is_monotonic_decreasing
+    np.testing.assert_allclose(back.values[-1], model.distr(0), atol=1e-12)
