@@ -1,9 +1,12 @@
-"""Synthetic flight paths sampled from a fitted chain, their statistics, and forecasts.
+"""Synthetic flight paths sampled from a fitted chain, their files, statistics and forecasts.
 
-A route is a sequence of weekly cells drawn from the model: the first cell from the model's
-distribution at the start week (or the cell holding a given lon/lat), each next cell from
-the transition row of the current one. Routes only ever sit in cells of their week's dynamic
-mask because the transition rows put zero probability elsewhere.
+A route is a sequence of weekly cells drawn from the model (:meth:`BirdFlowModel.route`):
+the first cell at a given point, or drawn from a distribution (the start week's S&T or model
+distribution by default), each next one from the forward transition of the current cell, or
+from the backward one (the joint normalised by columns) when sampling back in time. Routes
+only ever sit in cells of their week's dynamic mask. Time is given as dates or 1-based S&T
+weeks (:mod:`birdflow.model.timeline`); tables follow BirdFlowR's ``BirdFlowRoutes``
+(:mod:`birdflow.model.sampling`) and read back through the tracks reader.
 
 CLI: ``python -m birdflow.routes run=<dir> [n=100] [start_week=1] [weeks=52] [lon=.. lat=..]
 [seed=0]`` writes ``routes.csv``, ``routes.geojson`` and ``route_stats.csv`` into the run dir.
@@ -27,6 +30,7 @@ from birdflow.model.timeline import week_position
 
 __all__ = ["ROUTE_COLUMNS", "forecast", "lonlat_to_cell", "route_stats", "sample_routes",
            "write_routes"]
+
 
 def _week_position(model: BirdFlowModel, week: int) -> int:
     """0-based index in the model's weeks of S&T week number ``week``."""
