@@ -1,16 +1,17 @@
-"""``birdflow routes run=<run dir> [n=100] [start_week=..] [weeks=..] [lon=.. lat=..] [seed=0]``.
+"""``birdflow routes run=<run dir> [n=100] [start=..] [end=..] [direction=..] [season=..] ...``.
 
-Also ``python -m birdflow.routes``. Samples flight paths from a fitted model and writes
-``routes.csv``, ``routes.geojson`` and ``route_stats.csv`` into the run dir (options in
-``conf/routes.yaml``; :mod:`birdflow.evaluation.routes` does the work).
+Also ``python -m birdflow.routes``. Samples flight paths from a fitted model, forward or
+backward in time, and writes ``routes.csv`` (BirdFlowR's Routes columns; the tracks reader and
+``birdflow evaluate tracks=`` read it), ``routes.geojson`` (lines), ``routes_points.geojson``
+(one point per route and week with its ``time``) and ``route_stats.csv`` into the run dir
+(options in ``conf/routes.yaml``; :mod:`birdflow.evaluation.routes` does the work).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from birdflow.app import command, numbers
 from birdflow.errors import ConfigError
@@ -18,33 +19,62 @@ from birdflow.evaluation.routes import route_stats, sample_routes, write_routes
 from birdflow.io import atomic_path
 from birdflow.model.fitted import load_model
 
+START_FROM = ("model", "st")
+
+
+def _when(value, key: str):
+    """A date string or an S&T week number from the config (Hydra gives ints or strings)."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value) if value.strip().isdigit() else value
+    raise ConfigError(f"{key}={value!r}: give a date (YYYY-MM-DD) or an S&T week number 1..52")
+
+
+def _points(lon, lat):
+    """None, one (lon, lat) or a list of them from lon=/lat= (numbers or equal-length lists)."""
+    if (lon is None) != (lat is None):
+        raise ConfigError("lon/lat: give both lon=<degrees> and lat=<degrees>, or neither")
+    if lon is None:
+        return None
+    lons = list(lon) if isinstance(lon, ListConfig | list) else [lon]
+    lats = list(lat) if isinstance(lat, ListConfig | list) else [lat]
+    if len(lons) != len(lats):
+        raise ConfigError(f"lon/lat: {len(lons)} longitudes but {len(lats)} latitudes; give "
+                          "one latitude per longitude, e.g. lon=[-90,-85] lat=[30,35]")
+    try:
+        pts = [(float(a), float(b)) for a, b in zip(lons, lats, strict=True)]
+    except (TypeError, ValueError):
+        raise ConfigError(f"lon={lon}, lat={lat}: must be numbers (degrees)") from None
+    return pts[0] if len(pts) == 1 else pts
+
 
 @command("routes", "birdflow routes")
 def main(cfg: DictConfig) -> dict:
-    numbers(cfg, "start_week", "weeks", "lon", "lat")
-    run = Path(cfg.run)
-    model = load_model(run)
-    weeks = model.data["week"].values
-    start_week = int(weeks[0]) if cfg.start_week is None else int(cfg.start_week)
-    if start_week not in weeks:
-        raise ConfigError(f"start_week={start_week}: not one of the model's weeks "
-                          f"({int(weeks[0])}..{int(weeks[-1])})")
-    position = int(np.flatnonzero(weeks == start_week)[0])
-    n_weeks = cfg.weeks if cfg.weeks is not None else \
-        model.n_transitions - (0 if model.cyclic else position)
-    if (cfg.lon is None) != (cfg.lat is None):
-        raise ConfigError("lon/lat: give both lon=<degrees> and lat=<degrees>, or neither")
+    numbers(cfg, "start_week", "weeks", "season_buffer")
     if int(cfg.n) <= 0:
         raise ConfigError(f"n={cfg.n}: must be a positive number of routes")
-    start = None if cfg.lon is None else (float(cfg.lon), float(cfg.lat))
-    df = sample_routes(model, int(cfg.n), start_week, int(n_weeks), start, int(cfg.seed))
-    write_routes(df, run / "routes.csv", run / "routes.geojson")
+    if cfg.start_from not in START_FROM:
+        raise ConfigError(f"start_from={cfg.start_from!r}: use model (the model's distribution "
+                          "of the start week) or st (the S&T distribution)")
+    if cfg.start is not None and cfg.start_week is not None:
+        raise ConfigError("start/start_week: give one of them (start takes a date or a week)")
+    run = Path(cfg.run)
+    model = load_model(run)
+    start = _when(cfg.start if cfg.start is not None else cfg.start_week, "start")
+    df = sample_routes(model, int(cfg.n), start, None if cfg.weeks is None else int(cfg.weeks),
+                       _points(cfg.lon, cfg.lat), int(cfg.seed), end=_when(cfg.end, "end"),
+                       direction=cfg.direction, season=cfg.season,
+                       season_buffer=int(cfg.season_buffer),
+                       from_marginals=cfg.start_from == "model")
+    write_routes(df, run / "routes.csv", run / "routes.geojson", run / "routes_points.geojson")
     per_route, summary = route_stats(df)
     with atomic_path(run / "route_stats.csv") as tmp:
         per_route.to_csv(tmp)
     for key, value in summary.items():
         print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
-    print(f"wrote {run / 'routes.csv'}, {run / 'routes.geojson'}, {run / 'route_stats.csv'}")
+    print(f"wrote {run / 'routes.csv'}, {run / 'routes.geojson'}, "
+          f"{run / 'routes_points.geojson'}, {run / 'route_stats.csv'}")
     return summary
 
 

@@ -89,3 +89,15 @@ def test_gdalinfo_reads_the_geotiff_and_the_netcdf_maps(run):
         assert "Size is 5, 4" in nc and "Band 52" in nc, nc[:2000]
         assert "Origin = (0.000000000000000,3550000.000000000000000)" in nc
         assert "Albers" in nc
+
+
+def test_export_command_writes_geotiffs(run, tmp_path, capsys):
+    from conftest import run_command
+
+    from birdflow.export.__main__ import main
+
+    out, _ = run
+    assert run_command(main, [f"run={out}", "format=geotiff", f"out={tmp_path}"]) == 0
+    assert (tmp_path / "tiny_model_distr.tif").exists() and (tmp_path / "tiny_st_distr.tif").exists()
+    assert run_command(main, [f"run={out}", "format=png"]) == 2
+    assert "format='png'" in capsys.readouterr().err

@@ -190,3 +190,36 @@ def test_write_routes_and_cli(na_model, tmp_path, capsys):
     assert "mean_distance_km" in capsys.readouterr().out
     assert run_command(main, [f"run={run}", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_dates_direction_season_points_and_bad_input(na_model, tmp_path, capsys):
+    from birdflow.data.seasons import infer_seasons
+
+    run = tmp_path / "run"
+    model = make_na_model()
+    model.data.attrs.update(infer_seasons(model.data))
+    save_model(model, run)
+    (run / "run.json").write_text(json.dumps({"species": "tstspc", "loss": "l2", "status": "finished"}))
+    main([f"run={run}", "n=3", "start=2022-12-13", "end=2022-11-29", "seed=1"])  # backward
+    df = pd.read_csv(run / "routes.csv", parse_dates=["date"])
+    assert list(df.columns[:11]) == ["route_id", "i", "x", "y", "lon", "lat", "date", "timestep",
+                                     "route_type", "stay_id", "stay_len"]
+    assert df[df["route_id"] == 1]["week"].tolist() == [48, 49, 50]
+    points = json.loads((run / "routes_points.geojson").read_text())["features"]
+    assert len(points) == 9 and points[0]["properties"]["time"] == "2022-11-29"
+    main([f"run={run}", "n=2", "season=winter", "start_from=st"])
+    winter = pd.read_csv(run / "routes.csv", parse_dates=["date"])
+    assert pd.DatetimeIndex(winter["date"][winter["route_id"] == 1]).is_monotonic_increasing
+    c = [int(np.argmax(model.distr(4))), int(np.argsort(model.distr(4))[-4])]
+    lons = ",".join(f"{float(model.data['cell_lon'][i]):.4f}" for i in c)
+    lats = ",".join(f"{float(model.data['cell_lat'][i]):.4f}" for i in c)
+    main([f"run={run}", "n=2", "start=5", "weeks=2", f"lon=[{lons}]", f"lat=[{lats}]"])
+    starts = pd.read_csv(run / "routes.csv").groupby("route_id")["i"].first().tolist()
+    assert starts == [c[0] + 1] * 2 + [c[1] + 1] * 2
+    capsys.readouterr()
+    for args, words in ((["end=60"], "whole numbers 1..52"), (["lon=10", "lat=50"], "not in an active"),
+                        (["start=2022-03-01", "end=2022-02-01", "direction=forward"], "imply backward"),
+                        (["start_from=prior"], "start_from")):
+        assert run_command(main, [f"run={run}", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err

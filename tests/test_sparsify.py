@@ -109,3 +109,24 @@ def test_sstspa_sparsifies_and_reexports_with_the_v3_layout(sstspa_hdf5, tmp_pat
         assert fb["metadata/is_sparse"].attrs["storage.mode"] == b"logical"
     back = import_birdflowr(out)
     assert np.count_nonzero(back.marginals) == np.count_nonzero(sparse.marginals)
+
+
+def test_sparsify_command_reports_and_writes_a_sparse_run(tmp_path, capsys):
+    from conftest import run_command
+
+    from birdflow.model.fitted import load_model, save_model
+    from birdflow.sparsify import main
+
+    run = tmp_path / "run"
+    save_model(tiny_model(), run)
+    table = main([f"run={run}", "score=false"])
+    assert table["model"].tolist() == ["full", *METHODS]
+    assert table["density"].iloc[0] == 1.0 and (table["density"].iloc[1:] < 1).all()
+    assert "pct_density_lost" in capsys.readouterr().out
+    main([f"run={run}", "method=conditional", f"out={tmp_path / 'sparse'}", "score=false"])
+    sparse = load_model(tmp_path / "sparse")
+    assert json.loads(sparse.data.attrs["sparse"])["method"] == "conditional"
+    assert "sparse (conditional, p=0.99)" in repr(sparse)
+    assert json.loads((tmp_path / "sparse" / "run.json").read_text())["sparsified_from"] == str(run)
+    assert run_command(main, [f"run={run}", "method=dense"]) == 2
+    assert "unknown sparsify method" in capsys.readouterr().err

@@ -7,26 +7,21 @@ models on the same intervals. ``mean_ll`` uses BirdFlowR's ``calc_interval_metri
 model makes impossible counts (as log 1e-8 = -18.4) instead of silently leaving the mean;
 ``n_impossible`` counts those.
 
-CLI: ``python -m birdflow.evaluation.sparsity run=<dir> [tracks=<csv>] [p=0.99]
-[methods=model,marginal,conditional]`` prints the table (tracks default to the run's).
+Command: ``birdflow sparsify run=<dir>`` (``python -m birdflow.sparsify``) prints the table
+and can write a sparse copy of the model (:mod:`birdflow.sparsify`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from birdflow.cli import parse_key_values
 from birdflow.data.tracks import Tracks, load_tracks
-from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.evaluation.metrics import distribution_performance, score_intervals
-from birdflow.model.fitted import BirdFlowModel, load_model
+from birdflow.model.fitted import BirdFlowModel
 from birdflow.model.sparsify import METHODS, density, sparsify
-from birdflow.training.rundir import read_run_info
 
 LL_FLOOR = 1e-8  # BirdFlowR's calc_interval_metrics floor
 
@@ -69,33 +64,3 @@ def sparsify_report(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | N
                     "n_impossible": int((ll <= np.log(LL_FLOOR) + 1e-9).sum())}
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: prints the table; 2 and a one-line message on bad input."""
-    usage = ("usage: python -m birdflow.evaluation.sparsity run=<dir> [tracks=<csv>] [p=0.99] "
-             "[methods=model,marginal,conditional]")
-    try:
-        args = parse_key_values(sys.argv[1:] if argv is None else argv,
-                                ("run", "tracks", "p", "methods"), usage)
-        if "run" not in args:
-            raise ConfigError(f"no run dir given; {usage}")
-        run = Path(args["run"])
-        model = load_model(run)
-        tracks = args.get("tracks") or read_run_info(run).get("tracks")
-        methods = [m.strip() for m in args.get("methods", ",".join(METHODS)).split(",") if m.strip()]
-        try:
-            p = float(args.get("p", 0.99))
-        except ValueError as e:
-            raise ConfigError(f"p={args['p']!r}: expected a number in (0, 1]") from e
-        table = sparsify_report(model, tracks, methods, p)
-    except BirdFlowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

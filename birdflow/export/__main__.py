@@ -3,6 +3,9 @@
     birdflow export run=<run dir> [out=<file.hdf5 | dir/>]
         Export the fitted model of a run directory (default: the pipeline file name
         ``<species>_<year>_<res>km_obs…_pow….hdf5`` inside the run directory).
+    birdflow export run=<run dir> format=geotiff [out=<dir>]
+        Write the model and S&T weekly distributions as GeoTIFFs (one band per week, CRS,
+        band dates) into the run directory or ``out`` (:mod:`birdflow.export.gis`).
     birdflow export hdf5=<file.hdf5> out=<run dir>
         Import a BirdFlowR model into a new run directory (model.nc, data.nc, run.json), so
         evaluate, routes and maps can read it.
@@ -19,6 +22,7 @@ from omegaconf import DictConfig
 
 from birdflow.app import command
 from birdflow.errors import ConfigError
+from birdflow.export.gis import export_run_geotiffs
 from birdflow.export.hdf5_read import import_birdflowr
 from birdflow.export.hdf5_write import export_birdflowr
 from birdflow.io import write_text_atomic
@@ -48,10 +52,22 @@ def import_to_run_dir(hdf5: str | Path, run_dir: str | Path) -> Path:
     return run_dir
 
 
+FORMATS = ("hdf5", "geotiff")
+
+
 @command("export", "birdflow export")
 def main(cfg: DictConfig) -> Path:
     if (cfg.run is None) == (cfg.hdf5 is None):
         raise ConfigError("give exactly one of run=<run dir> (export) or hdf5=<file.hdf5> (import)")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}: use hdf5 (BirdFlowR v3) or geotiff")
+    if cfg.format == "geotiff":
+        if cfg.run is None:
+            raise ConfigError("format=geotiff exports a run: give run=<run dir>")
+        written = export_run_geotiffs(cfg.run, cfg.out)
+        for path in written:
+            print(path)
+        return written[0]
     if cfg.run is not None:
         written = export_birdflowr(load_model(cfg.run), cfg.out or f"{cfg.run}/")
     elif cfg.out is None:
