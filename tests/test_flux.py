@@ -85,3 +85,15 @@ def test_flux_files_maps_and_routes_gif(model, tmp_path):
     gif = animate_routes(model, routes, tmp_path / "routes.gif", basemap=False)
     with Image.open(gif) as im:
         assert im.n_frames == 7  # one frame per week 10..16
+
+
+def test_export_command_writes_flux(model, tmp_path):
+    from conftest import run_command
+
+    from birdflow.export.__main__ import main
+    from birdflow.model.fitted import save_model
+
+    save_model(model, tmp_path / "run")
+    assert run_command(main, [f"run={tmp_path / 'run'}", "format=flux", f"out={tmp_path}"]) == 0
+    with rasterio.open(tmp_path / "flux_gross_north.tif") as src:
+        assert src.count == 52 and src.crs is not None

@@ -6,6 +6,9 @@
     birdflow export run=<run dir> format=geotiff [out=<dir>]
         Write the model and S&T weekly distributions as GeoTIFFs (one band per week, CRS,
         band dates) into the run directory or ``out`` (:mod:`birdflow.export.gis`).
+    birdflow export run=<run dir> format=flux [out=<dir>]
+        Write net/gross flux across cell boundaries and movement vectors per week as
+        ``flux.nc`` and ``flux_<quantity>.tif`` (:mod:`birdflow.evaluation.flux`).
     birdflow export hdf5=<file.hdf5> out=<run dir>
         Import a BirdFlowR model into a new run directory (model.nc, data.nc, run.json), so
         evaluate, routes and maps can read it.
@@ -22,6 +25,7 @@ from omegaconf import DictConfig
 
 from birdflow.app import command
 from birdflow.errors import ConfigError
+from birdflow.evaluation.flux import flux_dataset, write_flux
 from birdflow.export.gis import export_run_geotiffs
 from birdflow.export.hdf5_read import import_birdflowr
 from birdflow.export.hdf5_write import export_birdflowr
@@ -52,7 +56,7 @@ def import_to_run_dir(hdf5: str | Path, run_dir: str | Path) -> Path:
     return run_dir
 
 
-FORMATS = ("hdf5", "geotiff")
+FORMATS = ("hdf5", "geotiff", "flux")
 
 
 @command("export", "birdflow export")
@@ -60,11 +64,15 @@ def main(cfg: DictConfig) -> Path:
     if (cfg.run is None) == (cfg.hdf5 is None):
         raise ConfigError("give exactly one of run=<run dir> (export) or hdf5=<file.hdf5> (import)")
     if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r}: use hdf5 (BirdFlowR v3) or geotiff")
-    if cfg.format == "geotiff":
+        raise ConfigError(f"format={cfg.format!r}: use hdf5 (BirdFlowR v3), geotiff or flux")
+    if cfg.format in ("geotiff", "flux"):
         if cfg.run is None:
-            raise ConfigError("format=geotiff exports a run: give run=<run dir>")
-        written = export_run_geotiffs(cfg.run, cfg.out)
+            raise ConfigError(f"format={cfg.format} exports a run: give run=<run dir>")
+        if cfg.format == "geotiff":
+            written = export_run_geotiffs(cfg.run, cfg.out)
+        else:
+            model = load_model(cfg.run)
+            written = write_flux(flux_dataset(model), model, cfg.out or cfg.run)
         for path in written:
             print(path)
         return written[0]
