@@ -33,8 +33,9 @@ TABLE = {
     "download": ("birdflow.download", "species", "species.version_year",
                  ["species=barswa", f"data.root={MISSING}"]),
     "synthetic": ("birdflow.synthetic.__main__", "species", "species.synthetic.size", None),
+    "sparsify": ("birdflow.sparsify", "p_protected", "p", [f"run={MISSING}"]),
 }
-NEEDS_RUN = {"evaluate", "routes", "maps"}
+NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify"}
 
 
 def _main(name):
