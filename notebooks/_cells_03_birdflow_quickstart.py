@@ -386,7 +386,7 @@ for name in ("W2", "true chain"):
 model = results["W2"].model
 date = pd.Timestamp("2022-03-01")
 t_start = int(np.flatnonzero(model.data["week"].values == date_to_week([date])[0])[0])
-start_cell = int(np.argmax(model.distr(t_start)))
+start_cell = int(np.argmax(model.distr_at(t_start)))
 lon, lat = float(model.data["cell_lon"][start_cell]), float(model.data["cell_lat"][start_cell])
 fc = forecast(model, lon, lat, date, k_weeks=12)
 print(f"sighting at lon {lon:.2f}, lat {lat:.2f} on {date:%Y-%m-%d} (S&T week {date_to_week([date])[0]}); "

@@ -57,6 +57,6 @@ def test_routes_and_predictions_on_the_winter_model_run_with_time():
     assert r["week"].tolist() == WINTER.tolist() and r["timestep"].tolist() == list(range(1, 19))
     assert pd.DatetimeIndex(r["date"]).is_monotonic_increasing
     assert pd.Timestamp(r["date"].iloc[-1]) == pd.Timestamp("2023-03-08")
-    back = model.predict(model.distr(17), "2023-03-08", "2022-11-08")  # dates imply backward
+    back = model.predict(model.distr_at(17), "2023-03-08", "2022-11-08")  # dates imply backward
     assert pd.DatetimeIndex(back["date"].values).is_monotonic_decreasing
-    np.testing.assert_allclose(back.values[-1], model.distr(0), atol=1e-12)
+    np.testing.assert_allclose(back.values[-1], model.distr_at(0), atol=1e-12)

@@ -178,7 +178,7 @@ def test_forecasts_match_dense_projection(tmp_path):
     p = forecast_intervals(model, iv)
     for k, r in iv.iterrows():
         start = np.eye(model.n_cells)[r.cell1]
-        np.testing.assert_allclose(p[k], model.forecast(start, r.t1, r.lag)[-1], atol=1e-12)
+        np.testing.assert_allclose(p[k], model.forecast_at(start, r.t1, r.lag)[-1], atol=1e-12)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
 
 

@@ -94,16 +94,16 @@ def test_sstspa_numpy_api(sstspa_hdf5):
     ds = model.data
     assert model.cyclic and model.n_transitions == 52 and model.n_cells == 68
     assert np.array_equal(ds["distr"].values, stored[:, :52].T)  # bit for bit
-    assert np.array_equal(model.marginal(51), m52.astype(np.float64))
+    assert np.array_equal(model.marginal_at(51), m52.astype(np.float64))
     assert ds.attrs["species_code"] == "sstspa" and ds.attrs["common_name"] == "Saltmarsh Sparrow"
     # Saltmarsh Sparrow lives on the US Atlantic and Gulf coasts
     assert -84 < ds["cell_lon"].min() and ds["cell_lon"].max() < -66
     assert np.allclose(model.distrs().sum(axis=1), 1.0, atol=1e-5)
     for t in (0, 20, 51):
-        P = model.transition(t)
-        live = model.distr(t) > 0
+        P = model.transition_at(t)
+        live = model.distr_at(t) > 0
         assert np.allclose(P[live].sum(axis=1), 1.0, atol=1e-5)
-    fc = model.forecast(ds["distr"].values[10], t_from=10, n_steps=52)
+    fc = model.forecast_at(ds["distr"].values[10], t_from=10, n_steps=52)
     assert fc.shape == (53, 68) and np.allclose(fc.sum(axis=1), 1.0, atol=1e-5)
     assert model.hyperparameters["obs_weight"] == 1.0 and model.hyperparameters["normalized"]
     assert {k: len(v) for k, v in model.loss_history.items()} == dict.fromkeys(
@@ -116,8 +116,8 @@ def test_tiny_model_round_trip(tmp_path):
     back = import_birdflowr(out)
     assert back.cyclic and back.index.n_transitions == 52
     for t in range(52):
-        assert np.array_equal(back.marginal(t), model.marginal(t).astype(np.float32)), t
-        assert np.array_equal(back.transition(t), model.transition(t)), t
+        assert np.array_equal(back.marginal_at(t), model.marginal_at(t).astype(np.float32)), t
+        assert np.array_equal(back.transition_at(t), model.transition_at(t)), t
     assert np.array_equal(back.distrs(), model.distrs())
     for name in ("distr", "dynamic_mask", "static_mask", "cell_x", "cell_y", "x", "y"):
         assert np.array_equal(back.data[name].values, model.data[name].values), name
@@ -178,7 +178,7 @@ def test_truncated_model_round_trip(tmp_path):
         assert f["distr"].shape[1] == 10 and len(f["dates"]) == 10 and len(f["marginals"]) == 9
     back = import_birdflowr(out)
     assert not back.cyclic and back.n_transitions == 9
-    assert all(np.array_equal(back.marginal(t), model.marginal(t)) for t in range(9))
+    assert all(np.array_equal(back.marginal_at(t), model.marginal_at(t)) for t in range(9))
 
 
 def test_r_reexported_layout_is_read(tmp_path):
@@ -196,7 +196,7 @@ def test_r_reexported_layout_is_read(tmp_path):
             f[key].attrs.update(attrs)
     back = import_birdflowr(out)
     assert back.cyclic
-    assert all(np.array_equal(back.marginal(t), model.marginal(t)) for t in range(52))
+    assert all(np.array_equal(back.marginal_at(t), model.marginal_at(t)) for t in range(52))
 
 
 def corrupt(tmp_path, edit) -> str:

@@ -49,7 +49,7 @@ def test_flux_is_conservative_for_every_cell_and_week(model):
         outflow += n
         outflow[:-1, :] -= n[1:, :]  # north edge out, south edge (north edge of the row below) in
         change = np.zeros(ds["static_mask"].shape)
-        change[rows, cols] = model.distr(t) - model.distr(t + 1)
+        change[rows, cols] = model.distr_at(t) - model.distr_at(t + 1)
         np.testing.assert_allclose(outflow, change, atol=1e-15)
         assert np.all(F["gross_east"] >= np.abs(e) - 1e-15)
 
@@ -58,8 +58,8 @@ def test_movement_vectors_are_mean_displacements(model):
     ds = model.data
     t = 20
     F = transition_flux(model, t)
-    P = model.transition(t)
-    i = int(np.argmax(model.distr(t)))
+    P = model.transition_at(t)
+    i = int(np.argmax(model.distr_at(t)))
     r, c = int(ds["cell_row"][i]), int(ds["cell_col"][i])
     cx, cy = ds["cell_x"].values, ds["cell_y"].values
     assert F["move_dx"][r, c] == pytest.approx(P[i] @ (cx - cx[i]))

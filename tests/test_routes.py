@@ -95,7 +95,7 @@ def test_weekly_frequencies_match_model_marginals(na_model):
     n, t0, k = 20000, 8, 20  # S&T weeks 9..29: spring migration
     df = sample_routes(na_model, n, start_week=t0 + 1, n_weeks=k, seed=1)
     assert len(df) == n * (k + 1)
-    expected = na_model.forecast(na_model.distr(t0), t0, k)
+    expected = na_model.forecast_at(na_model.distr_at(t0), t0, k)
     cells = cells_by_step(df)
     for step in range(k + 1):
         freq = np.bincount(cells[:, step], minlength=na_model.n_cells) / n
@@ -103,7 +103,7 @@ def test_weekly_frequencies_match_model_marginals(na_model):
         tv = 0.5 * np.abs(freq - p).sum()
         assert tv < tv_bound(p, n), (step, tv, tv_bound(p, n))
         # before the year wraps, the projection is the model's own marginal of that week
-        np.testing.assert_allclose(expected[step], na_model.distr(t0 + step), atol=1e-6)
+        np.testing.assert_allclose(expected[step], na_model.distr_at(t0 + step), atol=1e-6)
 
 
 def test_routes_stay_inside_dynamic_masks_and_wrap_the_year(na_model):
@@ -118,7 +118,7 @@ def test_routes_stay_inside_dynamic_masks_and_wrap_the_year(na_model):
 
 def test_start_lonlat_starts_every_route_in_that_cell(na_model):
     ds = na_model.data
-    c = int(np.argmax(na_model.distr(0)))
+    c = int(np.argmax(na_model.distr_at(0)))
     lon, lat = float(ds["cell_lon"][c]) + 0.2, float(ds["cell_lat"][c]) - 0.2
     df = sample_routes(na_model, 50, start_week=1, n_weeks=3, start_lonlat=(lon, lat))
     assert (cells_by_step(df)[:, 0] == c).all()
@@ -157,13 +157,13 @@ def test_route_stats_on_a_hand_made_route():
 
 
 def test_forecast_is_a_projected_one_hot(na_model):
-    c = int(np.argmax(na_model.distr(10)))
+    c = int(np.argmax(na_model.distr_at(10)))
     lon, lat = float(na_model.data["cell_lon"][c]), float(na_model.data["cell_lat"][c])
     f = forecast(na_model, lon, lat, "2022-03-15", 4)  # 15 March is in S&T week 11
     assert f.shape == (5, na_model.n_cells)
     np.testing.assert_allclose(f.sum(axis=1), 1.0, atol=1e-9)
     assert f[0, c] == 1.0
-    P = [na_model.transition(t) for t in range(10, 14)]
+    P = [na_model.transition_at(t) for t in range(10, 14)]
     np.testing.assert_allclose(f[4], f[0] @ P[0] @ P[1] @ P[2] @ P[3], atol=1e-12)
     assert not f[4][~na_model.data["dynamic_mask"].values[14]].any()
 
@@ -210,7 +210,7 @@ def test_cli_dates_direction_season_points_and_bad_input(na_model, tmp_path, cap
     main([f"run={run}", "n=2", "season=winter", "start_from=st"])
     winter = pd.read_csv(run / "routes.csv", parse_dates=["date"])
     assert pd.DatetimeIndex(winter["date"][winter["route_id"] == 1]).is_monotonic_increasing
-    c = [int(np.argmax(model.distr(4))), int(np.argsort(model.distr(4))[-4])]
+    c = [int(np.argmax(model.distr_at(4))), int(np.argsort(model.distr_at(4))[-4])]
     lons = ",".join(f"{float(model.data['cell_lon'][i]):.4f}" for i in c)
     lats = ",".join(f"{float(model.data['cell_lat'][i]):.4f}" for i in c)
     main([f"run={run}", "n=2", "start=5", "weeks=2", f"lon=[{lons}]", f"lat=[{lats}]"])

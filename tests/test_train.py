@@ -63,7 +63,7 @@ def test_train_writes_run_dir_and_consistent_marginals(tmp_path, data, loss):
     assert np.all(mus[~data["dynamic_mask"].values] == 0), "no mass outside dynamic masks"
     for t in range(m.n_transitions):
         M = m.marginals[t]
-        nxt = m.distr(t + 1)
+        nxt = m.distr_at(t + 1)
         np.testing.assert_allclose(m._scatter(t + 1, M.sum(axis=0)), nxt, atol=1e-6)
 
 

@@ -54,10 +54,10 @@ def transition_tv(model: BirdFlowModel, truth: BirdFlowModel) -> float:
     """
     total = 0.0
     for t in range(truth.n_transitions):
-        P, P_true = model.transition(t), truth.transition(t)
+        P, P_true = model.transition_at(t), truth.transition_at(t)
         tv = 0.5 * np.abs(P - P_true).sum(axis=1)
         tv = np.where(P.sum(axis=1) > 0, tv, 1.0)
-        total += float(truth.distr(t) @ tv)
+        total += float(truth.distr_at(t) @ tv)
     return total / truth.n_transitions
 
 

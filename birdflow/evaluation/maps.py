@@ -104,7 +104,7 @@ def plot_distributions(model: BirdFlowModel, weeks, path: str | os.PathLike | No
         raise ConfigError(f"weeks={missing}: not among the model's S&T weeks "
                           f"({all_weeks[0]}..{all_weeks[-1]})")
     pos = [all_weeks.index(int(w)) for w in weeks]
-    rows = [("BirdFlow model", [model.distr(p) for p in pos]),
+    rows = [("BirdFlow model", [model.distr_at(p) for p in pos]),
             ("eBird S&T", [model.data["distr"].values[p] for p in pos])]
     vmax = max(float(np.max(v)) for _, vals in rows for v in vals)
     norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)

@@ -70,7 +70,7 @@ def export_birdflowr(model: BirdFlowModel, path: str | os.PathLike | None = None
         _write_metadata(f, model)
         for t in range(model.n_transitions):
             f.create_dataset(f"marginals/Week{t + 1}_to_{t + 2}",
-                             data=np.ascontiguousarray(model.marginal(t), dtype=np.float32))
+                             data=np.ascontiguousarray(model.marginal_at(t), dtype=np.float32))
     return path
 
 

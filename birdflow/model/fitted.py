@@ -26,7 +26,7 @@ from birdflow.io import atomic_path
 from birdflow.model import starts
 from birdflow.model.markov import WeekIndex
 from birdflow.model.sampling import routes_table, sample_cells
-from birdflow.model.timeline import Timeline, timeline
+from birdflow.model.timeline import Timeline, timeline, week_position
 
 MODEL_FILE = "model.nc"
 DATA_FILE = "data.nc"
@@ -80,7 +80,23 @@ class BirdFlowModel:
     def cyclic(self) -> bool:
         return self.index.cyclic
 
-    def marginal(self, t: int) -> np.ndarray:
+    def marginal(self, when) -> np.ndarray:
+        """Joint of the transition from ``when`` (a date or 1-based S&T week) to the next week,
+        as (n_t, n_{t+1}) over the two weeks' active cells (BirdFlowR's stored form)."""
+        return self.marginal_at(week_position(self.data, when, "when"))
+
+    def distr(self, when) -> np.ndarray:
+        """Model distribution over all cells in the week of ``when`` (a date or S&T week)."""
+        return self.distr_at(week_position(self.data, when, "when"))
+
+    def transition(self, when) -> np.ndarray:
+        """Dense (n_cells, n_cells) row-stochastic transition from ``when``'s week to the next."""
+        return self.transition_at(week_position(self.data, when, "when"))
+
+    # The *_at methods take 0-based positions in the model's weeks (transition t: position t ->
+    # t + 1): the form the rest of the package computes in. Public code speaks dates or weeks.
+
+    def marginal_at(self, t: int) -> np.ndarray:
         """Joint of transition t as (n_t, n_{t+1}) in dmi order, as BirdFlowR stores it."""
         nf = int(self.index.valid[t % self.index.n_weeks].sum())
         nt = int(self.index.valid[(t + 1) % self.index.n_weeks].sum())
@@ -93,7 +109,7 @@ class BirdFlowModel:
         out[sc[ok]] = slot_vals[ok]
         return out
 
-    def distr(self, t: int) -> np.ndarray:
+    def distr_at(self, t: int) -> np.ndarray:
         """Model distribution over active cells at marginal-week t (0..n_transitions)."""
         if t < self.n_transitions:
             return self._scatter(t, self.marginals[t].sum(axis=1))
@@ -101,9 +117,9 @@ class BirdFlowModel:
 
     def distrs(self) -> np.ndarray:
         """(n_weeks, n_cells) model distributions of weeks 1..T (row sums of each marginal)."""
-        return np.stack([self.distr(t) for t in range(self.index.n_weeks)])
+        return np.stack([self.distr_at(t) for t in range(self.index.n_weeks)])
 
-    def transition(self, t: int) -> np.ndarray:
+    def transition_at(self, t: int) -> np.ndarray:
         """Dense (n_cells, n_cells) row-stochastic transition t; rows with no mass are zero."""
         M = self.marginals[t]
         rows = M.sum(axis=1, keepdims=True)
@@ -192,7 +208,7 @@ class BirdFlowModel:
     def support(self, tl: Timeline) -> np.ndarray:
         """(n_cells,) bool: cells of the first week of ``tl`` with probability onward."""
         if not tl.n_steps:
-            return self.distr(tl.positions[0]) > 0
+            return self.distr_at(tl.positions[0]) > 0
         M = self.marginals[tl.transitions[0]]
         return self._scatter(tl.positions[0], M.sum(axis=1 if tl.sign > 0 else 0)) > 0
 
@@ -226,14 +242,14 @@ class BirdFlowModel:
                                    from_marginals=from_marginals, rng=rng)
         return routes_table(self, sample_cells(self, cells, tl, rng), tl)
 
-    def forecast(self, start: np.ndarray, t_from: int, n_steps: int) -> np.ndarray:
+    def forecast_at(self, start: np.ndarray, t_from: int, n_steps: int) -> np.ndarray:
         """Project a cell distribution from week index t_from: (n_steps + 1, n_cells)."""
         out = [np.asarray(start, dtype=np.float64)]
         for k in range(n_steps):
             t = t_from + k
             if not self.cyclic and t >= self.n_transitions:
                 raise ValueError(f"a truncated model has no transition after week index {t}")
-            out.append(out[-1] @ self.transition(t % self.n_transitions))
+            out.append(out[-1] @ self.transition_at(t % self.n_transitions))
         return np.stack(out)
 
 

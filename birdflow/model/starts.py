@@ -37,7 +37,7 @@ def point_cells(model, lonlat, position: int, support: np.ndarray | None = None)
     """Active cells of the start points, each checked against the week at ``position``."""
     weeks = model.data["week"].values
     if support is None:
-        support = model.distr(position) > 0
+        support = model.distr_at(position) > 0
     cells = []
     for lon, lat in as_points(lonlat):
         cell = lonlat_to_cell(model.data, lon, lat)
@@ -82,7 +82,7 @@ def start_cells(model, tl, n: int, *, lonlat=None, distr=None, from_marginals: b
             raise DataError(f"distr: expected {model.n_cells} non-negative values (one per active "
                             f"cell), got shape {p.shape}")
     elif from_marginals:
-        p = model.distr(tl.positions[0])
+        p = model.distr_at(tl.positions[0])
     else:
         p = model.data["distr"].values[tl.positions[0]]
     p = np.where(support, p, 0.0)

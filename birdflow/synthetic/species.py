@@ -156,7 +156,7 @@ def sample_tracks(model: BirdFlowModel, n_tracks: int, seed: int, *, max_gap_wee
     cell = np.zeros((n_tracks, N_WEEKS), dtype=np.int64)
     for w in range(N_WEEKS):
         birds = np.flatnonzero(start == w)
-        p = model.distr(w)
+        p = model.distr_at(w)
         cell[birds, 0] = rng.choice(p.size, size=birds.size, p=p / p.sum())
     for u in range(2 * N_WEEKS - 2):  # absolute week index; bird b moves at u = start_b + k
         t = u % N_WEEKS
@@ -168,7 +168,7 @@ def sample_tracks(model: BirdFlowModel, n_tracks: int, seed: int, *, max_gap_wee
         dmi = np.full(model.n_cells, -1)
         dmi[src[src >= 0]] = np.arange(int((src >= 0).sum()))
         rows = dmi[cell[movers, k[movers]]]
-        cum = np.cumsum(model.marginal(t), axis=1)
+        cum = np.cumsum(model.marginal_at(t), axis=1)
         cum = np.divide(cum, cum[:, -1:], out=np.ones_like(cum), where=cum[:, -1:] > 0)
         # searchsorted over all rows at once: row r occupies (r, r + 1] after adding r
         flat = (cum + np.arange(cum.shape[0])[:, None]).ravel()

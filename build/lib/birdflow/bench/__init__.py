@@ -1,1 +1,0 @@
-"""Benchmarks: ``python -m birdflow.bench`` times the real training step (see the README)."""

@@ -1,1 +1,0 @@
-"""Hyperparameter sweeps: Hydra multiruns, their summary table and BirdFlowPipeline's model selection."""

@@ -1,1 +1,0 @@
-"""Training: the optax loop over the objective, checkpoints, settings and run directories."""
