@@ -30,6 +30,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
+from birdflow.losses import sinkhorn_implicit
 from birdflow.types import WeeklyDistr
 
 PerWeek = Float[Array, "week"]  # one value per one-way marginal
@@ -149,20 +150,18 @@ class SlotCost(NamedTuple):
 
 
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
-            linear_tol: float = 1e-6, symmetric: bool = False,
-            inner_iterations: int = 10, momentum: float = 1.0) -> sinkhorn.Sinkhorn:
+            symmetric: bool = False, inner_iterations: int = 10, momentum: float = 1.0):
+    """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one."""
     kw = {"threshold": threshold, "max_iterations": max_iterations,
           "inner_iterations": inner_iterations}
     if momentum != 1.0:  # over-relaxation of the a != b solve
         kw["momentum"] = acceleration.Momentum(start=0, value=momentum)
     if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
         kw.update(parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))
-    if grad_mode == "implicit":  # differentiate the optimality conditions (a linear solve)
-        # lineax (Normal)CG tolerance: OTT's 1e-6 stalls in float32 and then runs to its
-        # step cap (~30x slower); 1e-4 there matches the envelope gradient to ~1e-5.
-        implicit = implicit_differentiation.ImplicitDiff(
-            solver_kwargs={"rtol": linear_tol, "atol": linear_tol})
-        return sinkhorn.Sinkhorn(implicit_diff=implicit, use_danskin=False, **kw)
+    if grad_mode == "implicit":  # our IFT derivatives (sinkhorn_implicit); OTT only solves
+        inner = sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
+                                  use_danskin=True, **kw)
+        return sinkhorn_implicit.SolveSettings(inner)
     if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
         return sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
                                  use_danskin=True, **kw)
@@ -190,23 +189,66 @@ def default_week_batch() -> int:
     return 1 if jax.default_backend() == "cpu" else 0
 
 
-def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int):
-    """Solve W problems (a, b: (W, n_max)); ``week_batch`` 0 = one vmap, k = lax.map chunks of k."""
+def _slot_geom(cell_cost, slot_cell, epsilon=None):
+    return SlotGeometry(cell_cost, slot_cell, epsilon=epsilon)
+
+
+def _dense_geom(cost_matrix, epsilon=None):
+    return geometry.Geometry(cost_matrix=cost_matrix, epsilon=epsilon)
+
+
+def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=None):
+    """Solve W problems (a, b: (W, n_max)); ``week_batch`` 0 = one vmap, k = lax.map chunks of k.
+
+    ``solver`` is an OTT Sinkhorn, or a :class:`sinkhorn_implicit.SolveSettings` (implicit
+    gradients; then ``valid`` (W, n_max) marks the real slots). Returns (values, f, g,
+    iterations, converged, fallback) per week; ``fallback`` is False except for implicit
+    solves whose gradient fell back to the envelope gradient.
+    """
     shared = isinstance(cost, SlotCost)
     per_week = cost.slot_cell if shared else cost
+    implicit = isinstance(solver, sinkhorn_implicit.SolveSettings)
+    if valid is None:
+        valid = jnp.ones(a.shape, bool)
 
     def one(x):
-        a_w, b_w, c_w, f_w, g_w = x
+        a_w, b_w, c_w, f_w, g_w, v_w = x
+        if implicit:
+            make, args = (_slot_geom, (cost.cell_cost, c_w)) if shared else (_dense_geom, (c_w,))
+            out = sinkhorn_implicit.reg_ot(solver, make, a_w, b_w, args, v_w, epsilon, f_w, g_w)
+            neg_ent = jnp.sum(jax.scipy.special.xlogy(a_w, a_w) + jax.scipy.special.xlogy(b_w, b_w))
+            return (out[0] - epsilon * neg_ent, *out[1:])  # OTT's reg_ot_cost (KL to a x b)
         geom = (SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon) if shared
                 else geometry.Geometry(cost_matrix=c_w, epsilon=epsilon))
         out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))
-        return out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged
+        return (out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged,
+                jnp.zeros((), bool))
 
-    xs = (a, b, per_week, f0, g0)
+    xs = (a, b, per_week, f0, g0, valid)
     week_batch = default_week_batch() if week_batch < 0 else week_batch
     if week_batch == 0 or week_batch >= a.shape[0]:
         return jax.vmap(one)(xs)
     return jax.lax.map(one, xs, batch_size=None if week_batch == 1 else week_batch)
+
+
+class W2Result(NamedTuple):
+    """What :func:`w2` returns.
+
+    Attributes:
+        values: (W,) entropic OT cost (or Sinkhorn divergence) per marginal-week.
+        potentials: (f, g), each (n_solves * W, n_max), for the next warm start.
+        iterations: (n_solves * W,) int32 Sinkhorn iterations per solve.
+        converged: (n_solves * W,) bool, Sinkhorn reached ``threshold`` (W(s, s) included,
+            as solved or as cached).
+        fallback: (n_solves * W,) bool, implicit mode only: the gradient's linear solve
+            failed and that solve used the envelope gradient (known when a gradient is taken).
+    """
+
+    values: jax.Array
+    potentials: tuple[jax.Array, jax.Array]
+    iterations: jax.Array
+    converged: jax.Array
+    fallback: jax.Array
 
 
 def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
@@ -215,7 +257,8 @@ def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.
               week_batch: int = 0):
     """Regularised OT cost W(p, p) per week, no gradient (the debiasing term of a target).
 
-    Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,)).
+    Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,) bool,
+    fallback (W,) bool, always False).
     """
     p = jax.lax.stop_gradient(_floor(p))
     solver = _solver(threshold, max_iterations, "danskin", symmetric=symmetric,
@@ -230,7 +273,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
        target_self=None, symmetric: bool = False, inner_iterations: int = 10,
-       week_batch: int = 0, momentum: float = 1.0):
+       week_batch: int = 0, momentum: float = 1.0) -> W2Result:
     """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
@@ -240,7 +283,9 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         epsilon: entropic regularisation in cost units (scalar, may be traced).
         init: warm-start potentials (f, g), each (n_solves * W, n_max) (zeros = cold start).
         threshold: L1 marginal error at which Sinkhorn stops; max_iterations: its cap.
-        grad_mode: "implicit" | "danskin" | "unroll" (see module docs).
+        grad_mode: "implicit" (implicit-function-theorem derivatives of W(mu, s) and
+            W(mu, mu), :mod:`birdflow.losses.sinkhorn_implicit`) | "danskin" (envelope
+            gradient) | "unroll" (backpropagation through the iterations).
         debiased: return the Sinkhorn divergence instead of the regularised cost.
         target_self: debiased only: the W(s, s) term already solved, as :func:`self_cost`
             returns it (it does not depend on mu); None solves it here.
@@ -249,27 +294,22 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
             week stopping at its own convergence); -1 = :func:`default_week_batch`.
         momentum: over-relaxation of the W(mu, s) Sinkhorn updates (1 = none).
-
-    Returns:
-        (values (W,), (f, g) potentials for the next warm start, iterations (n_solves * W,),
-        converged (n_solves * W,) bool).
     """
     a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
-    linear_tol = 1e-4 if jnp.finfo(mu.dtype).bits < 64 else 1e-6
-    solver = _solver(threshold, max_iterations, grad_mode, linear_tol,
+    solver = _solver(threshold, max_iterations, grad_mode,
                      inner_iterations=inner_iterations, momentum=momentum)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
-    solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch)
+    if isinstance(cost, SlotCost):
+        valid = cost.slot_cell >= 0
+    else:  # padding slots carry no mass on either side
+        valid = (jax.lax.stop_gradient(mu) > 0) | (jax.lax.stop_gradient(targets) > 0)
+    solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch, valid=valid)
 
     if not debiased:
-        vals, f, g, iters, conv = solve(solver, a, b, cost, f0=f0, g0=g0)
-    else:
-        # W(s, s) has no gradient (a zero cotangent makes the implicit linear solve NaN);
-        # W(mu, mu) uses the envelope gradient when grad_mode is implicit: its float32
-        # implicit system (a == b) fails in lineax, and at convergence both are the same.
-        self_mode = "danskin" if grad_mode == "implicit" else grad_mode
-        sym = _solver(threshold, max_iterations, self_mode, symmetric=symmetric,
+        vals, f, g, iters, conv, fb = solve(solver, a, b, cost, f0=f0, g0=g0)
+    else:  # W(s, s) has no gradient: solved (or cached) without any derivative
+        sym = _solver(threshold, max_iterations, grad_mode, symmetric=symmetric,
                       inner_iterations=inner_iterations)
         main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
         auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
@@ -278,7 +318,8 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
                                     threshold=threshold, max_iterations=max_iterations,
                                     symmetric=symmetric, inner_iterations=inner_iterations,
                                     week_batch=week_batch)
-        vals, f, g, iters, conv = (jnp.concatenate(x) for x in zip(main, auto, target_self,
-                                                                   strict=True))
+        vals, f, g, iters, conv, fb = (jnp.concatenate(x) for x in zip(main, auto, target_self,
+                                                                       strict=True))
         vals = vals[:w] - 0.5 * vals[w:2 * w] - 0.5 * vals[2 * w:]
-    return vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv
+    return W2Result(vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv,
+                    jax.lax.stop_gradient(fb))

@@ -177,15 +177,16 @@ def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
     """W2 loss state; ``{}`` for L2.
 
     ``f``, ``g``: warm-start Sinkhorn potentials (zeros = cold start), (n_solves * W, n_max);
-    ``ref``: the cached W(s, s) per week (W,) and ``ref_eps`` the epsilon it was solved at
-    (-1: not yet solved).
+    ``ref``: the cached W(s, s) per week (W,), ``ref_eps`` the epsilon it was solved at
+    (-1: not yet solved) and ``ref_converged`` (W,) whether each of those solves converged.
     """
     if cfg.location != "w2":
         return {}
     w = problem.targets.shape[0]
     dtype = problem.targets.dtype
     zeros = jnp.zeros((location.n_solves(cfg.w2.debiased) * w, index.n_max), dtype)
-    return {"f": zeros, "g": zeros, "ref": jnp.zeros((w,), dtype), "ref_eps": jnp.asarray(-1.0, dtype)}
+    return {"f": zeros, "g": zeros, "ref": jnp.zeros((w,), dtype), "ref_eps": jnp.asarray(-1.0, dtype),
+            "ref_converged": jnp.zeros((w,), bool)}
 
 
 def epsilon_at(cfg: W2Config, step) -> jax.Array:
@@ -203,7 +204,10 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     Returns:
         ``(total, (terms, new_state))``; terms: "total", "obs" (location loss in use, W2 after
         ``scale``), "dist", "ent" (BirdFlowPy's bracket, subtracted), "l2", and for W2 "w2"
-        (unscaled sum over weeks, in one-cell-move units), "sinkhorn_iterations" (slowest week), "epsilon".
+        (unscaled sum over weeks, in one-cell-move units), "sinkhorn_iterations" (slowest week),
+        "epsilon", "n_unconverged" (week-solves, all terms, that stopped at max_iterations before
+        the threshold) and "n_fallback" (implicit mode: week-solves whose gradient fell back to
+        the envelope gradient).
     """
     mu, M = marginals(params, index)
     l2 = location.l2(mu, problem.targets).sum()
@@ -214,8 +218,9 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     if cfg.location == "w2":
         c = cfg.w2
         eps = epsilon_at(c, step)
-        vals, iters, new_state = _w2_term(mu, problem, index, c, state, eps)
-        terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps)
+        vals, iters, counts, new_state = _w2_term(mu, problem, index, c, state, eps)
+        terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps,
+                     **counts)
         obs = c.scale * terms["w2"]
     else:
         obs = l2
@@ -245,16 +250,18 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
         def fresh():
             return location.self_cost(problem.targets, cost, eps, ref_init, **solve_kw)
 
-        def cached():
+        def cached():  # the flags W(s, s) had when it was solved
             return (state["ref"].astype(mu.dtype), *ref_init, jnp.zeros((w,), jnp.int32),
-                    jnp.ones((w,), bool))
+                    state["ref_converged"], jnp.zeros((w,), bool))
 
         ref = jax.lax.cond(state["ref_eps"] == eps, cached, fresh)
         ref_val, ref_eps = ref[0], jnp.asarray(eps, state["ref_eps"].dtype)
-    vals, (f, g), iters, _ = location.w2(
+    res = location.w2(
         mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode, debiased=c.debiased,
         target_self=ref, momentum=c.momentum, **solve_kw)
+    f, g = res.potentials
     new_state = {"f": f, "g": g}
     if ref_val is not None:
-        new_state.update(ref=ref_val, ref_eps=ref_eps)
-    return vals, iters, new_state
+        new_state.update(ref=ref_val, ref_eps=ref_eps, ref_converged=ref[4])
+    counts = {"n_unconverged": jnp.sum(~res.converged), "n_fallback": jnp.sum(res.fallback)}
+    return res.values, res.iterations, counts, new_state
