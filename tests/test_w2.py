@@ -68,9 +68,9 @@ def _grad_w2(mu, tg, cost, grad_mode="implicit", debiased=False, eps=EPS, thresh
 
 
 def _converged_w2(*args, **kw):
-    vals, _, _, conv = _solve(*args, **kw)
-    assert bool(conv.all())
-    return vals
+    res = _solve(*args, **kw)
+    assert bool(res.converged.all())
+    return res.values
 
 
 def test_padding_does_not_change_the_solution():

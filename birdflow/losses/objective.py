@@ -23,6 +23,7 @@ from birdflow.losses import distance, entropy, location
 from birdflow.model.markov import WeekIndex, marginals
 
 LOCATIONS = ("l2", "w2")
+ON_UNCONVERGED = ("warn", "stop")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class W2Config:
     1 one after another, -1 auto: 1 on CPU, 0 on GPU); ``momentum`` over-relaxes the
     W(mu, s) updates (1 = none; 1.5 halved warm iterations at 300 and 1000 cells, 1.9
     diverged at 300 cells).
+
+    ``on_unconverged`` says what training does when a week's Sinkhorn solve stops at
+    ``max_iterations`` before ``threshold`` (counted per step as ``n_unconverged``):
+    ``warn`` (log it and go on) or ``stop`` (end the run with an error).
     """
 
     cost: str = "sqeuclidean"
@@ -71,6 +76,7 @@ class W2Config:
     inner_iterations: int = 10
     week_batch: int = -1
     momentum: float = 1.5
+    on_unconverged: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class LossConfig:
         c = cfg.w2
         _check_choice("loss.w2.cost", c.cost, location.COSTS)
         _check_choice("loss.w2.grad_mode", c.grad_mode, location.GRAD_MODES)
+        _check_choice("loss.w2.on_unconverged", c.on_unconverged, ON_UNCONVERGED)
         _check("loss.w2.momentum", c.momentum, lambda v: 0 < v < 2, "in (0, 2)")
         for key in ("epsilon", "threshold", "scale", "cost_pow"):
             _check(f"loss.w2.{key}", getattr(c, key), lambda v: v > 0, "> 0")

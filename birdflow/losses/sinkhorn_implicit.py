@@ -1,19 +1,23 @@
 """Implicit-function-theorem derivatives of one entropic OT solve (``grad_mode: implicit``).
 
-At the Sinkhorn solution the potentials (f, g) solve ``F = [a - P 1, b - P^T 1] = 0`` with
-``P_ij = exp((f_i + g_j - C_ij) / eps)``. Its Jacobian in (f, g) is ``-K`` with
+At the Sinkhorn solution the potentials (f, g) solve the log-marginal conditions (OTT's
+``ImplicitDiff`` form) ``F = eps [log(P 1) - log a, log(P^T 1) - log b] = 0`` with
+``P_ij = exp((f_i + g_j - C_ij) / eps)``. Their Jacobian in (f, g) is ``eps D^-1 K`` with
+``D = diag(P 1, P^T 1)`` and
 
     K = (1/eps) [[diag(P 1), P], [P^T, diag(P^T 1)]]          (symmetric, PSD),
 
-so ``d(f, g) = K^+ (da, db)`` (the implicit function theorem), and the regularised cost
-``D = <a, f> + <b, g> - eps (sum P - 1)`` (OTT's ``reg_ot_cost``) has the gradient
+so ``d(f, g) = K^+ [(P1 / a) da, (P^T 1 / b) db]`` (the implicit function theorem), and the
+regularised cost ``D = <a, f> + <b, g> - eps (sum P - 1)`` has the gradient
 
-    dD/da = f + [K^+ r]_f,   dD/db = g + [K^+ r]_g,   r = (a - P 1, b - P^T 1).
+    dD/da = f + (P 1 / a) [K^+ r]_f,   dD/db = g + (P^T 1 / b) [K^+ r]_g,
+    r = (a - P 1, b - P^T 1)  (the marginal errors Sinkhorn stopped at).
 
 At convergence r = 0 and this is the envelope (``danskin``) gradient; before it, the
-correction term is what a derivative through the optimality conditions adds. Derivatives
-of the potentials themselves (Hessian-vector products, ``jax.jvp`` of ``jax.grad``) need
-``K^+`` applied to the perturbation: :func:`potentials` carries that as its JVP rule.
+correction is what differentiating through the optimality conditions adds (equal to OTT's
+``ImplicitDiff(use_danskin=False)``, tested). Derivatives of the potentials themselves
+(Hessian-vector products, ``jax.jvp`` of ``jax.grad``) apply the same solve to the
+perturbation: :func:`potentials` carries it as its JVP rule.
 
 Linear system: with ``A = diag(P1)^-1/2 P diag(P^T 1)^-1/2`` (Jacobi scaling, singular
 values in [0, 1]) K reduces to the Schur complement ``(I - A A^T) x = rhs`` whose null
@@ -117,7 +121,8 @@ def _potentials_jvp(settings, make_geom, primals, tangents):
     da, db = tangents[0], tangents[1]
     f, g, it, conv = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
     P = _plan(make_geom, cost_args, eps, f, g)
-    df, dg, _ = kkt_solve(P, valid, eps, _zero_if_none(da, a), _zero_if_none(db, b), settings)
+    da, db = _zero_if_none(da, a) * P.sum(1) / a, _zero_if_none(db, b) * P.sum(0) / b
+    df, dg, _ = kkt_solve(P, valid, eps, da, db, settings)
     zero_int = jnp.zeros(it.shape, jax.dtypes.float0)
     zero_bool = jnp.zeros(conv.shape, jax.dtypes.float0)
     return (f, g, it, conv), (df, dg, zero_int, zero_bool)
@@ -165,7 +170,7 @@ def _reg_ot_jvp(settings, make_geom, primals, tangents):
     m = valid.astype(a.dtype)
     x, y, ok = kkt_solve(P, valid, eps, (a - P.sum(1)) * m, (b - P.sum(0)) * m, settings)
     value = dual_value(P, a, b, f, g, eps)
-    dvalue = (f + x) @ da + (g + y) @ db
+    dvalue = (f + x * P.sum(1) / a) @ da + (g + y * P.sum(0) / b) @ db
     zeros = (jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros(it.shape, jax.dtypes.float0),
              jnp.zeros(conv.shape, jax.dtypes.float0), jnp.zeros((), jax.dtypes.float0))
     return (value, f, g, it, conv, ~ok), (dvalue, *zeros)

@@ -48,6 +48,33 @@ class TrainingDiverged(BirdFlowError):
     """The loss or the parameters became non-finite."""
 
 
+class SinkhornNotConverged(BirdFlowError):
+    """A W2 Sinkhorn solve stopped at max_iterations and ``loss.w2.on_unconverged`` is stop."""
+
+
+def check_convergence(terms: dict, step: int, loss_cfg: LossConfig, seen: dict) -> None:
+    """Warn (first time, and on every new maximum) or stop on unconverged W2 week-solves.
+
+    ``seen`` carries the largest count warned about so far between steps.
+    """
+    n = int(terms.get("n_unconverged", 0))
+    if n > 0 and loss_cfg.w2.on_unconverged == "stop":
+        raise SinkhornNotConverged(
+            f"step {step}: {n} W2 week-solve(s) stopped at loss.w2.max_iterations="
+            f"{loss_cfg.w2.max_iterations} before loss.w2.threshold={loss_cfg.w2.threshold}; raise "
+            "loss.w2.max_iterations or loss.w2.epsilon, or set loss.w2.on_unconverged=warn")
+    if n > seen.get("n_unconverged", 0):
+        seen["n_unconverged"] = n
+        log.warning("step %d: %d W2 week-solve(s) did not converge (loss.w2.max_iterations=%d, "
+                    "threshold=%g); their values and gradients are approximate", step, n,
+                    loss_cfg.w2.max_iterations, loss_cfg.w2.threshold)
+    fb = int(terms.get("n_fallback", 0))
+    if fb > seen.get("n_fallback", 0):
+        seen["n_fallback"] = fb
+        log.warning("step %d: %d W2 implicit linear solve(s) failed; those weeks used the "
+                    "envelope (danskin) gradient", step, fb)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -170,11 +197,11 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
                  run_dir)
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
-                                run_dir)
+                                run_dir, loss_cfg)
         return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
 
 
-def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir):
+def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir, loss_cfg):
     from tqdm.auto import tqdm
 
     writer = None
@@ -183,6 +210,8 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start)
     t0 = time.perf_counter() - (history["time_s"][-1] if history.get("time_s") else 0.0)  # resumed runs
+    seen: dict = {}
+    shown = ("total", "obs", "dist", "ent", "n_unconverged")
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not cfg.progress,
                desc=f"{cfg.species.code}/{cfg.loss.location}", unit="step", dynamic_ncols=True)
     try:
@@ -202,6 +231,7 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
                     f"step {step}: loss or parameters became non-finite (total={terms['total']}); "
                     f"last good checkpoint: {ck or 'none'}; lower optim.learning_rate or, for W2, raise "
                     "loss.w2.epsilon")
+            check_convergence(terms, step, loss_cfg, seen)
             row = {"step": step, **terms, "lr": float(schedule(step)), "time_s": time.perf_counter() - t0}
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
@@ -209,7 +239,7 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir)
                 for k, v in terms.items():
                     writer.add_scalar(f"loss/{k}", v, step)
             if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix({k: f"{terms[k]:.4g}" for k in ("total", "obs", "dist", "ent")})
+                bar.set_postfix({k: f"{terms[k]:.4g}" for k in shown if k in terms})
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == steps:
                 save_checkpoint(run_dir, done, state, history)
