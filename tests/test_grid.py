@@ -38,6 +38,20 @@ def test_snap_to_cells_row_major_edges_and_outside():
     np.testing.assert_array_equal(snap_to_cells(pts_x, pts_y, x_c, y_c, mask), [0, -1, 1, 4, 2, -1, -1])
 
 
+def test_snap_to_cells_edge_tolerance_is_absolute_metres_at_real_coordinates():
+    """At 10^7 m coordinates a relative tolerance would take points ~100 m beyond the east
+    and south edges into the grid; only round-off (1 mm) counts as on the edge."""
+    res = 100_000.0
+    x_c = 9.5e6 + res / 2 + res * np.arange(3)  # east edge at 9.8e6 m
+    y_c = 1.2e7 - res / 2 - res * np.arange(2)  # south edge at 1.18e7 m
+    mask = np.ones((2, 3), bool)
+    east, south = 9.8e6, 1.18e7
+    pts_x = [east, east + 1e-4, east + 50.0, east + 90.0, 9.6e6, 9.6e6, 9.6e6]
+    pts_y = [1.195e7, 1.195e7, 1.195e7, 1.195e7, south, south - 1e-4, south - 50.0]
+    np.testing.assert_array_equal(snap_to_cells(pts_x, pts_y, x_c, y_c, mask),
+                                  [2, 2, -1, -1, 4, 4, -1])
+
+
 def test_snap_to_cells_one_row_grid():
     cells = snap_to_cells([50, 150, 250, -1], [0, 0, 0, 0], np.array([50.0, 150, 250]), np.array([0.0]),
                           np.ones((1, 3), bool))

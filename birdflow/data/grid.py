@@ -10,6 +10,7 @@ import numpy as np
 from pyproj import CRS, Transformer
 
 EARTH_RADIUS_KM = 6371.01  # the spherical radius BirdFlowR's s2 distances use
+EDGE_TOLERANCE_M = 1e-3  # a point this close to the east/south outer edge is on it (round-off)
 
 
 def great_circle_km(lon1, lat1, lon2, lat2) -> np.ndarray:
@@ -42,7 +43,8 @@ def snap_to_cells(x, y, x_centres, y_centres, static_mask, res_m: float | None =
     """Cell index (0-based, row-major over the static mask) of projected points; -1 outside.
 
     ``x_centres``/``y_centres`` are the grid's column and row centres (y decreasing from the
-    north). A point on the east or south outer edge belongs to the last column/row.
+    north). A point on the east or south outer edge (within ``EDGE_TOLERANCE_M``, an absolute
+    tolerance in metres) belongs to the last column/row; beyond it a point is outside.
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
@@ -58,8 +60,8 @@ def snap_to_cells(x, y, x_centres, y_centres, static_mask, res_m: float | None =
     ncol, nrow = len(x_centres), len(y_centres)
     col = np.floor((x - xmin) / xres)
     row = np.floor((ymax - y) / yres)
-    col = np.where(np.isclose(x, xmin + ncol * xres), ncol - 1, col)
-    row = np.where(np.isclose(y, ymax - nrow * yres), nrow - 1, row)
+    col = np.where(np.abs(x - (xmin + ncol * xres)) <= EDGE_TOLERANCE_M, ncol - 1, col)
+    row = np.where(np.abs(y - (ymax - nrow * yres)) <= EDGE_TOLERANCE_M, nrow - 1, row)
     ok = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < ncol) & (row >= 0) & (row < nrow)
     cell_id = np.full(static_mask.shape, -1, dtype=np.int64)
     cell_id[static_mask] = np.arange(int(static_mask.sum()))
