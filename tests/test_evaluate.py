@@ -89,15 +89,45 @@ def test_sinkhorn_w2_hand_values():
     assert conv.all()
 
 
-def test_fit_metrics_w2_on_model(hand_model):
-    fit = fit_metrics(hand_model, w2=True, epsilon=1e-4)
+def test_w2_metric_reads_a_one_cell_shift_within_5_percent(hand_model):
+    """Default blur: week 2 of the hand model moves 5 % of the mass by one 100 km cell
+    (cells 0 and 1), exact W2 = sqrt(.05) 100 km = 22.4 km; the metric reads it within 5 %."""
+    fit = fit_metrics(hand_model, w2=True)
     x, y = hand_model.data["cell_x"].values, hand_model.data["cell_y"].values
     d01 = np.hypot(x[1] - x[0], y[1] - y[0]) / 1e3  # projected km, the W2 ground metric
-    # week 2 moves 5 % of the mass between cells 0 and 1 (100 km): exact W2 = sqrt(.05) 100 km;
-    # at eps = 1e-4 (10 km blur) the debiased value is within 2 %
     assert d01 == pytest.approx(100.0)
     assert fit["w2"][0] == pytest.approx(0.0, abs=0.5)
-    assert fit["w2"][1] == pytest.approx(math.sqrt(0.05) * 100, rel=0.02)
+    assert fit["w2"][1] == pytest.approx(math.sqrt(0.05) * 100, rel=0.05)
+    assert fit["w2_converged"].all()
+
+
+@pytest.mark.parametrize("res_km", [100.0, 27.0])
+def test_w2_metric_one_cell_shift_of_part_of_a_blob_against_the_exact_lp(res_km):
+    """A 10 x 10 blob with 5 % of its mass moved one cell east; exact W2 from a linear
+    program (squared-Euclidean cost); the default blur for the resolution is within 5 %."""
+    from scipy.optimize import linprog
+
+    from birdflow.evaluation.metrics import w2_epsilon
+
+    side = 10
+    yy, xx = np.mgrid[:side, :side]
+    pts = np.stack([xx.ravel(), yy.ravel()], 1) * res_km / 1000.0  # 1000 km units
+    blob = np.exp(-((xx - 4.5) ** 2 + (yy - 4.5) ** 2) / 8).ravel()
+    blob /= blob.sum()
+    src = np.flatnonzero(xx.ravel() == 4)
+    moved = blob.copy()
+    moved[src] -= blob[src] * 0.05 / blob[src].sum()
+    moved[src + 1] += blob[src] * 0.05 / blob[src].sum()
+    C = ((pts[:, None] - pts[None]) ** 2).sum(-1)
+    n = len(blob)
+    eq = np.vstack([np.kron(np.eye(n), np.ones((1, n))), np.kron(np.ones((1, n)), np.eye(n))])
+    lp = linprog(C.ravel(), A_eq=eq, b_eq=np.r_[moved, blob], bounds=(0, None), method="highs")
+    exact_km = 1000 * np.sqrt(lp.fun)
+    assert exact_km == pytest.approx(np.sqrt(0.05) * res_km, rel=1e-6)
+    w2, conv = sinkhorn_w2_km(moved[None], blob[None], pts, w2_epsilon(res_km))
+    assert conv.all() and w2[0] == pytest.approx(exact_km, rel=0.05)
+    old, _ = sinkhorn_w2_km(moved[None], blob[None], pts, 0.01)  # the former default blur
+    assert old[0] < 0.6 * exact_km
 
 
 def test_interval_scores_by_hand(hand_model, tmp_path):
@@ -105,39 +135,65 @@ def test_interval_scores_by_hand(hand_model, tmp_path):
     with pytest.warns(TrackRowWarning):
         tracks = load_tracks(write_csv(tmp_path / "t.csv", ds, hand_rows(ds)), ds)
     scored = score_intervals(hand_model, tracks.intervals).set_index("line1")
-    # bird B: cell 0 -> (1, 0, 0) P1 P2 = (.4, .6, 0), so cell 2 in week 3 has probability 0
-    assert scored.loc[5, "exclude"] == "zero_probability"
     kept = scored[scored["exclude"] == ""]
-    assert kept.index.tolist() == [2, 3]
+    # B (line 5): cell 0 -> (1, 0, 0) P1 P2 = (.4, .6, 0): end cell 2 in week 3 has p = 0 and is
+    # scored with BirdFlowR's floor, not dropped; H (line 17, 378 days): no day cap by default
+    assert kept.index.tolist() == [2, 3, 5, 17]
+    assert kept["zero_probability"].tolist() == [False, False, True, False]
     D = ds["distance_km"].values
     d01, d02, d12 = D[0, 1], D[0, 2], D[1, 2]
     # A1: cell 1 wk 1 -> cell 0 wk 2: p = (.5, .5), s2 = (.6, .4)
     # A2: cell 0 wk 2 -> cell 1 wk 3: p = (.4, .6, 0), s3 = (.2, .3, .5)
-    np.testing.assert_allclose(kept["ll"], np.log([0.5, 0.6]))
-    np.testing.assert_allclose(kept["null_ll"], np.log([0.6, 0.3]))
-    np.testing.assert_allclose(kept["win_distance"], [0.4 * d01 - 0.5 * d01,
-                                                      0.2 * d01 + 0.5 * d12 - 0.4 * d01])
+    # B:  cell 0 wk 1 -> cell 2 wk 3: p = (.4, .6, 0); H: cell 0 wk 1 -> cell 1 wk 3, same p
+    ll = np.log(np.array([0.5, 0.6, 0.0, 0.6]) + 1e-8)
+    null_ll = np.log(np.array([0.6, 0.3, 0.5, 0.3]) + 1e-8)
+    np.testing.assert_allclose(kept["ll"], ll)
+    np.testing.assert_allclose(kept["null_ll"], null_ll)
+    assert kept.loc[5, "ll"] == pytest.approx(np.log(1e-8))  # -18.42
+    np.testing.assert_allclose(kept["win_distance"][:2], [0.4 * d01 - 0.5 * d01,
+                                                          0.2 * d01 + 0.5 * d12 - 0.4 * d01])
+    # B: distances to cell 2: pred .4 d02 + .6 d12, st .2 d02 + .3 d12
+    assert kept.loc[5, "win_distance"] == pytest.approx(-0.2 * d02 - 0.3 * d12)
     assert kept.loc[2, "win_distance_fraction"] == pytest.approx(-0.25)
-    # P(D_pred < D_st): A1 = P(pred at 0) P(st at d01) = .5 * .4; A2 = .6 * .7 + .4 * .5 (d12 > d01)
-    np.testing.assert_allclose(kept["win_prob"], [0.2, 0.62])
-    np.testing.assert_allclose(kept["energy_score_bf"], [0.25 * d01, 0.16 * d01])
-    np.testing.assert_allclose(kept["energy_score_st"],
+    # P(D_pred < D_st): A1 = P(pred at 0) P(st at d01) = .5 * .4; A2 = .6 * .7 + .4 * .5 (d12 > d01);
+    # B: P = .4 * P(g_st > d02) + .6 * P(g_st > d12); cells 1 and 2 are diagonal neighbours,
+    # so d02 < d12 and only s at cell 1 (.3) is farther than d02: .4 * .3 + .6 * 0 = .12
+    assert d02 < d12
+    np.testing.assert_allclose(kept["win_prob"], [0.2, 0.62, 0.12, 0.62])
+    np.testing.assert_allclose(kept["energy_score_bf"][:2], [0.25 * d01, 0.16 * d01])
+    np.testing.assert_allclose(kept["energy_score_st"][:2],
                                [0.16 * d01, 0.14 * d01 + 0.35 * d12 - 0.1 * d02])
-    np.testing.assert_allclose(kept["weight"], [0.3 / 52, 0.6 / 52])
+    np.testing.assert_allclose(kept["weight"], [0.3 / 52, 0.6 / 52, 0.5 / 52, 0.5 / 52])
     result = evaluate_model(hand_model, tracks, w2=False)
     summ = result["summary"]
-    assert summ["n_intervals"] == 2 and result["intervals"]["n_scored"] == 2
+    assert summ["n_intervals"] == 4 and result["intervals"]["n_scored"] == 4
+    assert summ["n_zero_probability"] == 1 and result["intervals"]["n_zero_probability"] == 1
     assert result["intervals"]["excluded"] == {
-        "bad_row": 0, "not_active": 2, "too_long": 1, "truncated": 1, "same_week": 1,
-        "dynamic_mask": 1, "filtered": 0, "zero_probability": 1}
-    assert summ["mean_ll"] == pytest.approx(np.log(0.3) / 2)  # (log .5 + log .6) / 2
-    assert summ["mean_null_ll"] == pytest.approx(np.log(0.18) / 2)
-    assert summ["mean_ll_gain"] == pytest.approx(np.log(0.3 / 0.18) / 2)
-    assert summ["weighted_mean_ll"] == pytest.approx((0.3 * np.log(0.5) + 0.6 * np.log(0.6)) / 0.9)
-    assert summ["mean_win_prob"] == pytest.approx(0.41)
-    assert summ["weighted_mean_win_prob"] == pytest.approx((0.3 * 0.2 + 0.6 * 0.62) / 0.9)
+        "bad_row": 0, "not_active": 2, "too_long": 0, "truncated": 1, "same_week": 1,
+        "dynamic_mask": 1, "filtered": 0}
+    w = np.array([0.3, 0.6, 0.5, 0.5]) / 1.9
+    assert summ["mean_ll"] == pytest.approx(ll.mean())
+    assert summ["mean_null_ll"] == pytest.approx(null_ll.mean())
+    assert summ["mean_ll_gain"] == pytest.approx((ll - null_ll).mean())
+    assert summ["weighted_mean_ll"] == pytest.approx(w @ ll)
+    assert summ["mean_win_prob"] == pytest.approx((0.2 + 0.62 + 0.12 + 0.62) / 4)
+    assert summ["weighted_mean_win_prob"] == pytest.approx(w @ [0.2, 0.62, 0.12, 0.62])
     assert summ["mean_l2"] == pytest.approx(0.0392 / 3)
     json.dumps(result, allow_nan=False)
+
+
+def test_interval_day_cap_is_an_option_recorded_in_the_result(hand_model, tmp_path):
+    """Default: no cap (BirdFlowR); max_days=365 excludes the 378-day interval as too_long."""
+    ds = hand_model.data
+    csv = write_csv(tmp_path / "t.csv", ds, hand_rows(ds))
+    with pytest.warns(TrackRowWarning):
+        default = evaluate_model(hand_model, csv, w2=False)["intervals"]
+    with pytest.warns(TrackRowWarning):
+        capped = evaluate_model(hand_model, csv, w2=False, max_days=365)["intervals"]
+    assert default["rules"]["max_days"] is None and "BirdFlowR" in default["rules"]["convention"]
+    assert default["excluded"]["too_long"] == 0 and default["n_scored"] == 4
+    assert capped["rules"]["max_days"] == 365 and capped["rules"]["convention"] == "custom window"
+    assert capped["excluded"]["too_long"] == 1 and capped["n_scored"] == 3
 
 
 def test_interval_across_year_wrap(tmp_path):
@@ -149,13 +205,17 @@ def test_interval_across_year_wrap(tmp_path):
     Ps[51], Ps[0] = A, B
     model = chain_model(ds, np.full(3, 1 / 3), Ps)
     rows = [("W", "2022-12-13", 0), ("W", "2023-01-18", 2),   # week 50 -> 3: e0 A B = (0, .5, .5)
-            ("X", "2022-12-13", 0), ("X", "2023-01-18", 0)]   # same path, end cell has p = 0
+            ("X", "2022-12-13", 0), ("X", "2023-01-18", 0),   # same path, end cell has p = 0
+            ("Y", "2022-01-04", 0), ("Y", "2023-01-03", 1),   # week 1 -> week 1, 364 days:
+            ("Z", "2022-01-04", 0), ("Z", "2022-01-06", 0)]   # a full cycle; Z: same week
     tracks = load_tracks(write_csv(tmp_path / "w.csv", ds, rows), ds)
-    assert tracks.intervals["lag"].tolist() == [5, 5]
+    assert tracks.intervals["lag"].tolist() == [5, 5, 52, -1]
     scored = score_intervals(model, tracks.intervals)
-    assert scored["exclude"].tolist() == ["", "zero_probability"]
-    assert scored["ll"][0] == pytest.approx(np.log(0.5))
-    assert scored["null_ll"][0] == pytest.approx(np.log(1 / 3))
+    assert scored["exclude"].tolist() == ["", "", "", "same_week"]
+    assert scored["zero_probability"].tolist() == [False, True, False, False]
+    # W: e0 A B = (0, .5, .5); Y: e0 B (identity...) A = (.5, .5, 0) A = (0, .5, .5)
+    np.testing.assert_allclose(scored["ll"][:3], np.log(np.array([0.5, 0.0, 0.5]) + 1e-8))
+    assert scored["null_ll"][0] == pytest.approx(np.log(1 / 3 + 1e-8))
 
 
 def test_forecasts_match_dense_projection(tmp_path):
@@ -183,17 +243,25 @@ def test_forecasts_match_dense_projection(tmp_path):
 
 
 def test_truth_metrics(hand_model, tmp_path):
+    """A learned chain that differs from the truth in one row: both scored by hand."""
     ds = hand_model.data
-    rows = [("A", WEEK_DATE[1], 1), ("A", WEEK_DATE[2], 0), ("A", WEEK_DATE[3], 1)]
+    rows = [("A", WEEK_DATE[1], 0), ("A", WEEK_DATE[2], 1), ("A", WEEK_DATE[3], 1)]
     tracks = load_tracks(write_csv(tmp_path / "t.csv", ds, rows), ds)
-    same = evaluate_model(hand_model, tracks, truth=hand_model, w2=False)["summary"]
-    assert same["truth_transition_tv"] == pytest.approx(0.0)
-    assert same["truth_mean_ll"] == pytest.approx(same["mean_ll"])
     P1_learned = P1.copy()
     P1_learned[0] = [0.5, 0.5, 0.0]
     learned = chain_model(ds, HAND_DISTR[0], [P1_learned, P2])
     # only row 0 of transition 1 differs: TV .5, weight mu_true_1(cell 0) = .5; mean over 2
     assert transition_tv(learned, hand_model) == pytest.approx(0.125)
+    res = evaluate_model(learned, tracks, truth=hand_model, w2=False)["summary"]
+    # cell 0 wk 1 -> cell 1 wk 2: learned p = .5, true p = 0 (floored: log 1e-8);
+    # cell 1 wk 2 -> cell 1 wk 3: row 1 of P2 is (0, 0, 1) in both: p = 0 (floored)
+    ll_learned = np.log(np.array([0.5, 0.0]) + 1e-8)
+    ll_true = np.log(np.array([0.0, 0.0]) + 1e-8)
+    null = np.log(np.array([0.4, 0.3]) + 1e-8)
+    assert res["truth_transition_tv"] == pytest.approx(0.125)
+    assert res["mean_ll"] == pytest.approx(ll_learned.mean())
+    assert res["truth_mean_ll"] == pytest.approx(ll_true.mean())
+    assert res["truth_mean_ll_gain"] == pytest.approx((ll_true - null).mean())
     other = chain_model(make_tiny_bfdata(n_rows=2, n_cols=3, n_weeks=3, zero_frac=0.0),
                         np.full(5, 0.2), [np.full((5, 5), 0.2)] * 2)
     res = evaluate_model(hand_model, tracks, truth=other, w2=False)
@@ -222,8 +290,10 @@ def test_cli_writes_metrics_json(hand_model, tmp_path, capsys):
     assert "mean_ll" in out and "intervals excluded: not_active=2" in out
     result = json.loads((run / "metrics.json").read_text())
     summ = result["summary"]
-    assert summ["n_intervals"] == 2 and summ["truth_transition_tv"] == pytest.approx(0, abs=1e-6)
-    assert summ["mean_ll"] == pytest.approx(np.log(0.3) / 2, rel=1e-6)  # float32 on disk
+    assert summ["n_intervals"] == 4 and summ["truth_transition_tv"] == pytest.approx(0, abs=1e-6)
+    ll = np.log(np.array([0.5, 0.6, 0.0, 0.6]) + 1e-8)  # as in test_interval_scores_by_hand
+    assert summ["mean_ll"] == pytest.approx(ll.mean(), rel=1e-6)  # float32 on disk
+    assert result["intervals"]["rules"]["max_days"] is None
     assert summ["range_st_traverse_cor"] == pytest.approx(summ["st_traverse_cor"])
     assert "w2" not in result["per_week"] and summ["mean_w2"] is None
     assert len(result["per_week"]["tv"]) == 3 and result["tracks"] == str(csv)
@@ -255,17 +325,24 @@ def test_cli_subprocess(hand_model, tmp_path):
 
 @pytest.mark.shared
 def test_imported_sstspa_model(sstspa_hdf5):
-    """The real BirdFlowR model evaluates (skips when the importer or the file is absent)."""
+    """The real BirdFlowR model: distribution performance equals an independent computation
+    straight from the HDF5 datasets (h5py + np.corrcoef, BirdFlowR's definitions, section 3.1)."""
+    import h5py
+
     hdf5_read = pytest.importorskip("birdflow.export.hdf5_read")
     model = hdf5_read.import_birdflowr(sstspa_hdf5)
     result = evaluate_model(model, w2=False)
     summ = result["summary"]
+    with h5py.File(sstspa_hdf5, "r") as f:
+        distr = f["distr"][()]  # (68 cells, 53)
+        dyn = f["geom/dynamic_mask"][()].astype(bool)
+        rowsums = [f[f"marginals/Week{t}_to_{t + 1}"][()].sum(axis=1) for t in range(1, 53)]
+    cors = [np.corrcoef(distr[dyn[:, t], t], rowsums[t])[0, 1] for t in range(52)]
     assert summ["n_weeks"] == 52 and summ["n_cells"] == 68
-    for key in ("mean_distr_cor", "min_distr_cor", "mean_step_cor", "min_step_cor",
-                "st_traverse_cor", "md_traverse_cor"):
-        assert -1.0 <= summ[key] <= 1.0
-    assert summ["min_distr_cor"] <= summ["mean_distr_cor"]
-    assert 0.0 <= summ["mean_tv"] <= 1.0 and len(result["per_week"]["distr_cor"]) == 52
+    np.testing.assert_allclose(result["per_week"]["distr_cor"], cors, rtol=1e-5)
+    assert summ["min_distr_cor"] == pytest.approx(min(cors), rel=1e-5)
+    assert summ["mean_distr_cor"] == pytest.approx(np.mean(cors), rel=1e-5)
+    assert summ["n_states"] == sum(int((r > 0).sum()) for r in rowsums)
     json.dumps(result, allow_nan=False)
 
 

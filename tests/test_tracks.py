@@ -69,7 +69,7 @@ def hand_rows(ds):
         ("E", w[1], (-60.0, 10.0)), ("E", w[2], 0),                # 11-12: outside grid
         ("F", w[1], inactive_lonlat()), ("F", w[2], 0),            # 13-14: inactive cell
         ("G", w[1], 0), ("G", "2022-03-01", 0),                    # 15-16: week 9, truncated
-        ("H", w[1], 0), ("H", "2023-01-18", 1),                    # 17-18: too_long
+        ("H", w[1], 0), ("H", "2023-01-18", 1),                    # 17-18: too_long if capped
     ]
 
 
@@ -82,7 +82,7 @@ def test_exclusion_reasons_on_hand_grid(tmp_path):
     iv = tracks.intervals.set_index("line1")
     assert iv["exclude"].to_dict() == {2: "", 3: "", 5: "", 7: "dynamic_mask", 9: "same_week",
                                        11: "not_active", 13: "not_active", 15: "truncated",
-                                       17: "too_long"}
+                                       17: ""}  # BirdFlowR: no day cap unless max_days is set
     assert iv.loc[2, ["cell1", "cell2", "week1", "week2", "t1", "t2", "lag"]].tolist() == \
         [1, 0, 1, 2, 0, 1, 1]
     assert iv.loc[5, "lag"] == 2
@@ -91,7 +91,8 @@ def test_exclusion_reasons_on_hand_grid(tmp_path):
     assert iv.loc[3, "elapsed_km"] == pytest.approx(float(ds["distance_km"].values[0, 1]))
     counts = tracks.excluded_counts()
     assert set(counts) == set(EXCLUDE_REASONS) and counts["not_active"] == 2
-    assert counts["zero_probability"] == 0  # set later by the model
+    capped = load_tracks(path, ds, warn=False, max_days=365).intervals.set_index("line1")
+    assert capped.loc[17, "exclude"] == "too_long" and capped.loc[2, "exclude"] == ""
 
 
 def test_truncated_lag_and_cyclic_wrap(tmp_path):

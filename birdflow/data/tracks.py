@@ -14,13 +14,17 @@ reason              meaning
 ==================  ==============================================================
 bad_row             an end has an unusable latitude or longitude
 not_active          an end lies outside the grid or on an inactive cell
-too_long            more than 365 days between the two observations
+too_long            more days apart than ``max_days`` (only when set: BirdFlowR sets no cap)
 truncated           a week outside a truncated model's weeks, or no forward lag
-same_week           both ends fall in the same S&T week
+same_week           both ends in the same S&T week less than 7 days apart
 dynamic_mask        an end lies outside its week's dynamic mask
-filtered            outside the optional min/max days or km window
-zero_probability    the model gives the end cell exactly 0 (set by birdflow.evaluation.evaluate)
+filtered            outside the optional min_days or min/max km window
 ==================  ==============================================================
+
+The lag (transitions to project) is the S&T week difference, across new year in cyclic
+models; two observations in the same S&T week but 7 or more days apart (a year later) are a
+full cycle, lag = 52, not ``same_week``. Intervals the model gives exactly zero probability
+are scored, not excluded (BirdFlowR's 1e-8 floor, birdflow_reference.md section 3.4).
 """
 
 from __future__ import annotations
@@ -41,8 +45,7 @@ from birdflow.errors import DataError
 
 TRACK_COLUMNS = ("bird_id", "date", "lat", "lon")
 EXCLUDE_REASONS = ("bad_row", "not_active", "too_long", "truncated", "same_week",
-                   "dynamic_mask", "filtered", "zero_probability")
-MAX_DAYS = 365.0
+                   "dynamic_mask", "filtered")
 ID_ALIAS = "route_id"  # BirdFlowR Routes tables name the bird column so
 
 
@@ -168,7 +171,9 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
         ds: BirdFlowData of the model (weeks, dynamic masks).
         cyclic: whether the 52 -> 1 transition exists (default: ``ds.attrs['cyclic']``).
         min_days, max_days, min_km, max_km: optional window on elapsed days / great-circle km
-            (between the observed points); intervals outside it get ``exclude = 'filtered'``.
+            (between the observed points); intervals longer than ``max_days`` get
+            ``exclude = 'too_long'``, others outside it ``'filtered'``. None (default) = no
+            bound, BirdFlowR's ``interval_log_likelihood`` convention.
 
     Returns:
         DataFrame with bird_id, line1, line2, date1, date2, week1, week2 (S&T weeks), t1, t2
@@ -183,9 +188,12 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
     same_bird = (first["bird_id"].to_numpy() == second["bird_id"].to_numpy())
     a, b = first[same_bird].reset_index(drop=True), second[same_bird].reset_index(drop=True)
     t1, t2 = a["t"].to_numpy(), b["t"].to_numpy()
-    lag = (t2 - t1) % n_weeks if cyclic else t2 - t1
-    lag = np.where((t1 < 0) | (t2 < 0) | (lag <= 0), -1, lag)
     days = (b["date"] - a["date"]).dt.days.to_numpy(dtype=float)
+    same_week = (a["week"].to_numpy() == b["week"].to_numpy()) & (days < 7)
+    lag = (t2 - t1) % n_weeks if cyclic else t2 - t1
+    if cyclic:  # same week a year (or more) later: one full cycle
+        lag = np.where((lag == 0) & ~same_week, n_weeks, lag)
+    lag = np.where((t1 < 0) | (t2 < 0) | (lag <= 0), -1, lag)
     km = great_circle_km(a["lon"], a["lat"], b["lon"], b["lat"])
     dyn = ds["dynamic_mask"].values.astype(bool)
     c1, c2 = a["cell"].to_numpy(), b["cell"].to_numpy()
@@ -198,7 +206,7 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
 
     bad_coord = a["lat"].isna().to_numpy() | b["lat"].isna().to_numpy()
     window = np.zeros(len(a), dtype=bool)
-    for value, lo, hi in ((days, min_days, max_days), (km, min_km, max_km)):
+    for value, lo, hi in ((days, min_days, None), (km, min_km, max_km)):
         if lo is not None:
             window |= value < lo
         if hi is not None:
@@ -206,9 +214,9 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
     rules = [
         ("bad_row", bad_coord),
         ("not_active", (c1 < 0) | (c2 < 0)),
-        ("too_long", days > MAX_DAYS),
-        ("truncated", (t1 < 0) | (t2 < 0) | ((lag < 0) & (t1 != t2))),
-        ("same_week", a["week"].to_numpy() == b["week"].to_numpy()),
+        ("too_long", days > max_days if max_days is not None else np.zeros(len(a), bool)),
+        ("truncated", (t1 < 0) | (t2 < 0) | ((lag < 0) & ~same_week)),
+        ("same_week", same_week),
         ("dynamic_mask", ~in_mask(t1, c1) | ~in_mask(t2, c2)),
         ("filtered", window),
     ]

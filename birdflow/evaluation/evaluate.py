@@ -20,7 +20,6 @@ import xarray as xr
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
 from birdflow.evaluation.metrics import (
     SCORE_COLUMNS,
-    W2_EPSILON,
     distribution_performance,
     fit_metrics,
     interval_summary,
@@ -83,7 +82,9 @@ def _clean(v):
 def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | None = None,
                    truth: BirdFlowModel | str | os.PathLike | None = None, *,
                    week_range: tuple[int, int] | None = None, w2: bool = True,
-                   w2_epsilon: float = W2_EPSILON, win_prob: bool = True, **window) -> dict:
+                   w2_epsilon: float | None = None, win_prob: bool = True,
+                   min_days: float | None = None, max_days: float | None = None,
+                   min_km: float | None = None, max_km: float | None = None) -> dict:
     """All metrics of one model as a JSON-serialisable dict.
 
     Args:
@@ -92,20 +93,30 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
             :class:`Tracks` already built on ``model.data``.
         truth: the true chain (model or run dir) of a synthetic species, same grid.
         week_range: (first, last) S&T weeks for extra ``range_*`` distribution metrics.
-        w2, w2_epsilon: compute the Sinkhorn W2 fit, blur in (1000 km)^2.
+        w2, w2_epsilon: compute the Sinkhorn W2 fit, blur in (1000 km)^2 (None: a tenth of a
+            cell, :func:`birdflow.evaluation.metrics.w2_epsilon`).
         win_prob: compute win_prob (O(n log n) per interval).
-        window: min_days, max_days, min_km, max_km interval filters.
+        min_days, max_days, min_km, max_km: interval window; None (default) = no bound, as
+            BirdFlowR's ``interval_log_likelihood`` (no day cap). The rule used is written to
+            ``intervals.rules`` in the result.
 
     Returns:
         {"summary": flat scalars, "per_week": {name: list}, "intervals": {"n_scored",
-        "excluded": {reason: count}, ...}, "notes": [str]}; NaN is written as None.
+        "n_zero_probability", "excluded": {reason: count}, "rules", ...}, "notes": [str]};
+        NaN is written as None.
     """
+    window = {"min_days": min_days, "max_days": max_days, "min_km": min_km, "max_km": max_km}
+    rules = window | {"convention": "BirdFlowR interval_log_likelihood (no day or km window)"
+                      if all(v is None for v in window.values()) else "custom window",
+                      "zero_probability": "scored with log(p + 1e-8) (BirdFlowR "
+                                          "calc_interval_metrics)"}
     fit = fit_metrics(model, w2=w2, epsilon=w2_epsilon)
     perf = distribution_performance(model)
     summary = {"n_weeks": model.index.n_weeks, "n_cells": model.n_cells,
                "mean_l2": float(fit["l2"].mean()), "mean_tv": float(fit["tv"].mean()),
                "mean_w2": float(fit["w2"].mean()) if w2 else None,
-               "max_w2": float(fit["w2"].max()) if w2 else None}
+               "max_w2": float(fit["w2"].max()) if w2 else None,
+               "w2_epsilon": fit["w2_epsilon"] if w2 else None}
     summary |= {k: v for k, v in perf.items() if np.isscalar(v)}
     if week_range is not None:
         rng = distribution_performance(model, week_range)
@@ -125,15 +136,21 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
     if truth is not None and why:
         notes.append(f"truth metrics skipped: {why}")
     summary["truth_transition_tv"] = None if why else transition_tv(model, truth)
-    intervals_out: dict = {"n_scored": 0, "excluded": {r: 0 for r in EXCLUDE_REASONS}}
+    intervals_out: dict = {"n_scored": 0, "n_zero_probability": 0,
+                           "excluded": {r: 0 for r in EXCLUDE_REASONS}, "rules": rules}
     scored = None
     if tracks is not None:
         if not isinstance(tracks, Tracks):
             tracks = load_tracks(tracks, model.data, cyclic=model.cyclic, **window)
+        else:
+            rules["convention"] = "intervals as built by the caller (a Tracks object was given)"
         scored = score_intervals(model, tracks.intervals, win_prob=win_prob)
         counts = scored["exclude"].value_counts()
-        intervals_out = {"n_scored": int((scored["exclude"] == "").sum()),
+        ok = scored["exclude"] == ""
+        intervals_out = {"n_scored": int(ok.sum()),
+                         "n_zero_probability": int(scored["zero_probability"][ok].sum()),
                          "excluded": {r: int(counts.get(r, 0)) for r in EXCLUDE_REASONS},
+                         "rules": rules,
                          "n_rows": len(tracks.rows),
                          "n_rows_left_out": int((tracks.rows["problem"] != "").sum()),
                          "source": tracks.source}
@@ -146,8 +163,10 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
         ok = true_scored["exclude"] == ""
         summary["truth_mean_ll"] = float(true_scored["ll"][ok].mean()) if ok.any() else None
         summary["truth_mean_ll_gain"] = float(true_scored["ll_gain"][ok].mean()) if ok.any() else None
-        if (~ok).any():
-            notes.append(f"{int((~ok).sum())} interval(s) have zero probability under the truth")
+        n_zero = int(true_scored["zero_probability"][ok].sum())
+        if n_zero:
+            notes.append(f"{n_zero} interval(s) have zero probability under the truth "
+                         "(scored with the 1e-8 floor)")
     return _clean({"summary": summary, "per_week": per_week, "intervals": intervals_out,
                    "notes": notes})
 

@@ -14,8 +14,18 @@ import pandas as pd
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel
 
-W2_EPSILON = 0.01  # entropic blur in (1000 km)^2, i.e. about 100 km
+W2_BLUR_CELLS = 0.1  # entropic blur sqrt(eps) of the W2 metric, in grid cells
 W2_UNIT_M = 1e6  # cell centres are scaled to 1000 km so costs are O(1)
+
+
+def w2_epsilon(res_km: float) -> float:
+    """Default blur of the W2 metric, (1000 km)^2: a tenth of a cell, sqrt(eps) = res_km / 10.
+
+    Small enough that moving part of the mass by one cell reads within 5 % of the exact W2
+    (moving 5 % of a blob by one 100 km cell: exact 22.4 km, 22.1 km here; the former
+    eps = 0.01 (1000 km)^2 read 9.5 km), tested in tests/test_evaluate.py.
+    """
+    return (W2_BLUR_CELLS * float(res_km) / 1000.0) ** 2
 
 
 def slot_transitions(model: BirdFlowModel) -> np.ndarray:
@@ -83,33 +93,41 @@ def week_sequence(model: BirdFlowModel, week_range: tuple[int, int] | None = Non
     return [(start + k) % n_weeks for k in range(n_steps + 1)]
 
 
-def fit_metrics(model: BirdFlowModel, *, w2: bool = True, epsilon: float = W2_EPSILON) -> dict:
+def fit_metrics(model: BirdFlowModel, *, w2: bool = True, epsilon: float | None = None) -> dict:
     """Per-week fit of model distributions mu_t to S&T distributions s_t.
+
+    Args:
+        epsilon: W2 blur in (1000 km)^2; None = :func:`w2_epsilon` of the grid's ``res_km``.
 
     Returns:
         dict of (n_weeks,) arrays: ``l2`` = sum (mu - s)^2, ``tv`` = 0.5 sum |mu - s|, and with
-        ``w2``: ``w2`` (km, see :func:`sinkhorn_w2_km`) and ``w2_converged`` (bool).
+        ``w2``: ``w2`` (km, see :func:`sinkhorn_w2_km`), ``w2_converged`` (bool) and the
+        scalar ``w2_epsilon`` used.
     """
     mu = model.distrs()
     s = np.asarray(model.data["distr"].values, dtype=np.float64)
     out = {"l2": ((mu - s) ** 2).sum(axis=1), "tv": 0.5 * np.abs(mu - s).sum(axis=1)}
     if w2:
+        if epsilon is None:
+            epsilon = w2_epsilon(float(model.data.attrs.get("res_km", 100.0)))
+        out["w2_epsilon"] = float(epsilon)
         xy = np.stack([model.data["cell_x"].values, model.data["cell_y"].values], axis=1)
         out["w2"], out["w2_converged"] = sinkhorn_w2_km(mu, s, xy / W2_UNIT_M, epsilon)
     return out
 
 
 def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
-                   epsilon: float = W2_EPSILON) -> tuple[np.ndarray, np.ndarray]:
+                   epsilon: float = w2_epsilon(100.0)) -> tuple[np.ndarray, np.ndarray]:
     """Debiased entropic W2 in km between rows of mu and s (n_weeks, n_cells).
 
     Each week uses only its own cells (mass > 0 on either side), padded with zero-weight
     points to a common size so one compiled solve (``lax.map``, O(n^2) memory) serves all
     weeks. Cost: squared Euclidean between ``points`` (n_cells, 2) in 1000 km; the value is
     1000 * sqrt(max(S_eps, 0)) with S_eps OTT's debiased Sinkhorn divergence. The blur
-    ``epsilon`` (1000 km)^2 biases small distances down: moving 5 % of the mass by 100 km
-    (exact W2 22.4 km) gives 5.5 km at eps = 0.01, 18.3 km at 1e-3, 22.0 km at 1e-4; the
-    smaller values cost about 10x (1e-3) and 100x more iterations.
+    ``epsilon`` (1000 km)^2 biases small partial displacements down (a pure translation reads
+    exactly at any blur): moving 5 % of a blob by one 100 km cell (exact W2 22.4 km) gives
+    9.5 km at eps = 0.01, 19.5 km at 1e-3, 22.1 km at 1e-4 (the default for 100 km cells,
+    :func:`w2_epsilon`; about 200 cold iterations there).
     """
     import jax
     import jax.numpy as jnp
@@ -132,7 +150,7 @@ def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
         pts, wa, wb = args
         div, out = sinkhorn_divergence(pointcloud.PointCloud, pts, pts, a=wa, b=wb,
                                        epsilon=epsilon,
-                                       solve_kwargs={"max_iterations": 5000, "threshold": 1e-3})
+                                       solve_kwargs={"max_iterations": 20000, "threshold": 1e-3})
         return div, jnp.all(jnp.stack([jnp.asarray(c) for c in out.converged]))
 
     args = tuple(jnp.asarray(v, jnp.float32) for v in (xy, a, b))
@@ -183,6 +201,7 @@ def distribution_performance(model: BirdFlowModel,
     }
 
 
+LL_FLOOR = 1e-8  # BirdFlowR calc_interval_metrics: log(p + 1e-8), so p = 0 scores -18.4
 SCORE_COLUMNS = ("ll", "null_ll", "ll_gain", "pred_km", "st_km", "win_distance",
                  "win_distance_fraction", "win_prob", "energy_score_bf", "energy_score_st",
                  "energy_improvement", "weight")
@@ -225,14 +244,17 @@ def score_intervals(model: BirdFlowModel, intervals: pd.DataFrame, *,
                     win_prob: bool = True) -> pd.DataFrame:
     """Score the intervals with an empty ``exclude`` (section 3.4 fields, distances in km).
 
-    Intervals whose end cell gets exactly zero forecast probability are marked
-    ``zero_probability``. Adds the columns in :data:`SCORE_COLUMNS` (NaN when excluded):
-    ll = log p(end), null_ll = log s_t2(end), win_distance = E_s[g] - E_p[g] with g the km to
-    the end cell, energy scores E[g] - E[d(X, X')]/2 and weight = s_t1(start) / 52.
+    Every such interval is scored as BirdFlowR's ``calc_interval_metrics`` does, including
+    those whose end cell gets exactly zero forecast probability (flagged in the
+    ``zero_probability`` column): ll = log(p(end) + 1e-8), null_ll = log(s_t2(end) + 1e-8),
+    so every model is ranked on the same intervals. Adds the columns in
+    :data:`SCORE_COLUMNS` (NaN when excluded): win_distance = E_s[g] - E_p[g] with g the km
+    to the end cell, energy scores E[g] - E[d(X, X')]/2 and weight = s_t1(start) / 52.
     """
     out = intervals.copy()
     for col in SCORE_COLUMNS:
         out[col] = np.nan
+    out["zero_probability"] = False
     keep = np.flatnonzero(out["exclude"].to_numpy() == "")
     if keep.size == 0:
         return out
@@ -240,18 +262,15 @@ def score_intervals(model: BirdFlowModel, intervals: pd.DataFrame, *,
     p = forecast_intervals(model, sub)
     end, start = sub["cell2"].to_numpy(), sub["cell1"].to_numpy()
     p_end = p[np.arange(len(sub)), end]
-    zero = p_end <= 0
-    out.loc[out.index[keep[zero]], "exclude"] = "zero_probability"
-    keep, p, end, start, p_end = keep[~zero], p[~zero], end[~zero], start[~zero], p_end[~zero]
-    sub = out.iloc[keep]
+    out.loc[out.index[keep], "zero_probability"] = p_end <= 0
     distr = np.asarray(model.data["distr"].values, dtype=np.float64)
     D = np.asarray(model.data["distance_km"].values, dtype=np.float64)
     s = distr[sub["t2"].to_numpy()]
     g = D[:, end].T
     pred, st = (p * g).sum(1), (s * g).sum(1)
     scores = {
-        "ll": np.log(p_end),
-        "null_ll": np.log(s[np.arange(len(end)), end]),
+        "ll": np.log(p_end + LL_FLOOR),
+        "null_ll": np.log(s[np.arange(len(end)), end] + LL_FLOOR),
         "pred_km": pred,
         "st_km": st,
         "win_distance": st - pred,
@@ -282,7 +301,9 @@ def interval_summary(scored: pd.DataFrame) -> dict:
     def wmean(col):
         return float(np.nansum(w * ok[col].to_numpy())) if len(ok) else None
 
-    out = {"n_intervals": int(len(ok))}
+    out = {"n_intervals": int(len(ok)),
+           "n_zero_probability": int(ok["zero_probability"].sum()) if "zero_probability" in ok
+           else 0}
     for col in ("ll", "null_ll", "ll_gain", "win_distance", "win_distance_fraction", "win_prob",
                 "energy_score_bf", "energy_score_st", "energy_improvement", "elapsed_days",
                 "elapsed_km"):
