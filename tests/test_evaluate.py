@@ -218,6 +218,35 @@ def test_interval_across_year_wrap(tmp_path):
     assert scored["null_ll"][0] == pytest.approx(np.log(1 / 3 + 1e-8))
 
 
+def test_pipeline_season_metrics_from_species_season_dates():
+    """min_dist_cor etc. are BirdFlowPipeline's two-migration means over the buffered season
+    weeks (one week each side), checked against np.corrcoef of the model's distributions."""
+    ds = make_tiny_bfdata(n_rows=3, n_cols=3, seed=5)
+    dyn = ds["dynamic_mask"].values
+    rng = np.random.default_rng(2)
+    Ps = []
+    for t in range(52):
+        P = rng.random((ds.sizes["cell"],) * 2) * dyn[(t + 1) % 52]
+        Ps.append(P / P.sum(axis=1, keepdims=True))
+    model = chain_model(ds, ds["distr"].values[0], Ps)
+    model.data.attrs.update(prebreeding_migration_start="2022-03-01",  # week 9 -> 8..23
+                            prebreeding_migration_end="2022-05-31",  # week 22
+                            postbreeding_migration_start="2022-12-20",  # week 51 -> 50..5
+                            postbreeding_migration_end="2023-01-25")  # week 4 (wraps)
+    summ = evaluate_model(model, w2=False)["summary"]
+    mu, s = model.distrs(), ds["distr"].values
+    cor = np.array([np.corrcoef(mu[t][dyn[t]], s[t][dyn[t]])[0, 1] for t in range(52)])
+    pre = cor[7:22]  # "from" weeks 8..22 of the sequence 8..23
+    post = cor[[49, 50, 51, 0, 1, 2, 3]]  # from weeks 50..52, 1..4 of 50..5
+    assert summ["min_dist_cor_prebreeding"] == pytest.approx(pre.min())
+    assert summ["mean_dist_cor_postbreeding"] == pytest.approx(post.mean())
+    assert summ["min_dist_cor"] == pytest.approx((pre.min() + post.min()) / 2)
+    assert summ["mean_dist_cor"] == pytest.approx((pre.mean() + post.mean()) / 2)
+    assert summ["min_distr_cor"] == pytest.approx(cor.min())  # the whole-year one, unchanged
+    assert summ["min_dist_cor"] != pytest.approx(summ["min_distr_cor"])
+    assert -1 < summ["traverse_cor"] < 1 and "traverse_cor_st_prebreeding" in summ
+
+
 def test_forecasts_match_dense_projection(tmp_path):
     """Slot-layout batched forecasts equal BirdFlowModel.forecast (dense) on a random chain."""
     ds = make_tiny_bfdata(n_rows=3, n_cols=3, seed=3)

@@ -134,8 +134,10 @@ def fake_run(sweep: Path, name: str, status: str, loss: str, ent: float, metrics
     return d
 
 
-def m(cor, wll, ll, win):
-    return {"min_distr_cor": cor, "weighted_mean_ll": wll, "mean_ll": ll,
+def m(cor, wll, ll, win, year_cor=None):
+    """Fake metrics; ``cor`` is the pipeline's two-season min_dist_cor (whole year: year_cor)."""
+    return {"min_dist_cor": cor, "min_distr_cor": cor if year_cor is None else year_cor,
+            "weighted_mean_ll": wll, "mean_ll": ll,
             "weighted_mean_win_distance_fraction": win, "mean_tv": 0.1}
 
 
@@ -215,6 +217,20 @@ def test_best_mo_and_threshold(sweep):
     assert lower["best_ll"]["run"] == "1_synthetic_l2"
     assert lower["best_mo"]["value"] == pytest.approx(0.0)  # run1 has the lowest correlation
     assert math.isfinite(lower["best_dg"]["value"])
+
+
+def test_pipeline_rule_filters_on_the_two_season_correlation():
+    """A model fine over the whole year (0.97) but poor in migration (0.85) passes the
+    whole-year rule and fails BirdFlowPipeline's (min_dist_cor, the two-migration mean)."""
+    rows = [{"run": "a", "species": "x", "status": "finished", **m(0.85, -1.0, -1.0, 0.5, 0.97)},
+            {"run": "b", "species": "x", "status": "finished", **m(0.95, -2.0, -2.0, 0.4, 0.95)}]
+    pipeline = {b["criterion"]: b for b in best_models(rows)}
+    whole_year = {b["criterion"]: b for b in best_models(rows, cor_metric="min_distr_cor")}
+    assert pipeline["best_ll"]["run"] == "b" and "min_dist_cor > 0.9" in pipeline["best_ll"]["note"]
+    assert whole_year["best_ll"]["run"] == "a"
+    bare = [{k: v for k, v in r.items() if k != "min_dist_cor"} for r in rows]
+    note = best_models(bare)[0]["note"]
+    assert "no finished model has min_dist_cor" in note and "min_distr_cor" in note
 
 
 def test_summarize_errors_name_the_problem(tmp_path, capsys):

@@ -25,6 +25,7 @@ from birdflow.evaluation.metrics import (
     interval_summary,
     score_intervals,
 )
+from birdflow.evaluation.seasons import migration_seasons, season_performance
 from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.training.rundir import read_run_info
@@ -84,7 +85,8 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                    week_range: tuple[int, int] | None = None, w2: bool = True,
                    w2_epsilon: float | None = None, win_prob: bool = True,
                    min_days: float | None = None, max_days: float | None = None,
-                   min_km: float | None = None, max_km: float | None = None) -> dict:
+                   min_km: float | None = None, max_km: float | None = None,
+                   seasons: dict[str, tuple[int, int]] | None = None) -> dict:
     """All metrics of one model as a JSON-serialisable dict.
 
     Args:
@@ -99,6 +101,9 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
         min_days, max_days, min_km, max_km: interval window; None (default) = no bound, as
             BirdFlowR's ``interval_log_likelihood`` (no day cap). The rule used is written to
             ``intervals.rules`` in the result.
+        seasons: {"prebreeding": (first, last), "postbreeding": ...} S&T weeks of the
+            migrations for BirdFlowPipeline's per-season metrics (``min_dist_cor`` ...);
+            default: from the data's species season dates, widened by one week.
 
     Returns:
         {"summary": flat scalars, "per_week": {name: list}, "intervals": {"n_scored",
@@ -118,12 +123,14 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                "max_w2": float(fit["w2"].max()) if w2 else None,
                "w2_epsilon": fit["w2_epsilon"] if w2 else None}
     summary |= {k: v for k, v in perf.items() if np.isscalar(v)}
+    seasons = migration_seasons(model.data.attrs) if seasons is None else seasons
+    season_metrics, notes = season_performance(model, seasons)
+    summary |= season_metrics
     if week_range is not None:
         rng = distribution_performance(model, week_range)
         summary |= {f"range_{k}": v for k, v in rng.items() if np.isscalar(v)}
     per_week = {"week": model.data["week"].values, "l2": fit["l2"], "tv": fit["tv"],
                 "distr_cor": perf["distr_cor"], "single_step_cor": perf["single_step_cor"]}
-    notes: list[str] = []
     if w2:
         per_week["w2"] = fit["w2"]
         if not fit["w2_converged"].all():

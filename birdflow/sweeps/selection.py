@@ -1,7 +1,10 @@
-"""Model selection over a sweep's table, and tuning plots (birdflow_reference.md §3.8).
+"""Model selection over a sweep's table, and tuning plots (birdflow_reference.md §3.7-3.8).
 
 The established rule (BirdFlowPipeline ``identify_best_models``, Chen et al. 2026): keep models
-whose distribution correlation ``cor_metric`` (default ``min_distr_cor``) exceeds ``threshold``;
+whose distribution correlation ``cor_metric`` exceeds ``threshold``. The pipeline's
+``min_dist_cor`` (the default here) is the mean over the prebreeding and postbreeding
+migrations of each season's minimum weekly correlation (:mod:`birdflow.evaluation.seasons`);
+``cor_metric="min_distr_cor"`` (the whole-year minimum) is kept as an option;
 among them ``best_ll`` maximises ``weighted_mean_ll``, ``best_dg`` maximises
 ``weighted_mean_win_distance_fraction`` and ``best_mo`` maximises the geometric mean of the
 three desirabilities d_max(cor), d_max(win distance fraction), d_max(weighted ll), each a linear
@@ -15,6 +18,8 @@ import math
 from pathlib import Path
 
 LL = "weighted_mean_ll"
+PIPELINE_COR = "min_dist_cor"  # BirdFlowPipeline: mean over the two migrations of min cor
+WHOLE_YEAR_COR = "min_distr_cor"  # the whole-year minimum weekly correlation
 WIN = "weighted_mean_win_distance_fraction"
 
 
@@ -55,8 +60,11 @@ def _pick(rows: list[dict], key, species: str, criterion: str, what: str) -> dic
 
 
 def best_models(rows: list[dict], threshold: float = 0.9,
-                cor_metric: str = "min_distr_cor") -> list[dict]:
+                cor_metric: str = PIPELINE_COR) -> list[dict]:
     """Best finished model per species by each criterion (best_ll, best_dg, best_mo, best_mean_ll).
+
+    ``cor_metric``: :data:`PIPELINE_COR` (BirdFlowPipeline's rule, the default) or
+    :data:`WHOLE_YEAR_COR` (the whole-year rule), or any summary column.
 
     Returns:
         One record per species and criterion: species, criterion, run, loss, value (the metric
@@ -66,7 +74,12 @@ def best_models(rows: list[dict], threshold: float = 0.9,
     for species in dict.fromkeys(r.get("species") for r in rows if r.get("status") == "finished"):
         done = [r for r in rows if r.get("status") == "finished" and r.get("species") == species]
         passing = [r for r in done if _has(r, cor_metric) and r[cor_metric] > threshold]
-        if not passing:
+        if not any(_has(r, cor_metric) for r in done):
+            why = (" (needs migration season dates in the data; the whole-year rule is "
+                   f"cor_metric={WHOLE_YEAR_COR})" if cor_metric == PIPELINE_COR else "")
+            out.append({"species": species, "criterion": "best_ll", "run": "", "loss": "",
+                        "value": None, "note": f"no finished model has {cor_metric}{why}"})
+        elif not passing:
             out.append({"species": species, "criterion": "best_ll", "run": "", "loss": "", "value": None,
                         "note": f"no finished model has {cor_metric} > {threshold}; lower --threshold"})
         else:
