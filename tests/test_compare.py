@@ -29,6 +29,10 @@ def test_compare_report_scores_synthetic_tracks_for_both_models(tmp_path):
         m = metrics[loss]
         assert m["n_intervals"] > 0 and m["mean_ll"] is not None
         assert m["truth_transition_tv"] is not None and m["truth_mean_ll"] is not None
+    # quality: the model trained on W2 fits the S&T maps better in W2 (km) than the L2 one,
+    # and both beat nothing: the L2 model has the lower L2 error it was trained on
+    assert metrics["w2"]["mean_w2"] < metrics["l2"]["mean_w2"]
+    assert metrics["l2"]["mean_l2"] < metrics["w2"]["mean_l2"]
     # reusing the finished runs gives the same table
     again = compare(cfg, tmp_path / "report")
     assert again.read_text() == text

@@ -126,10 +126,8 @@ def test_tiny_model_round_trip(tmp_path):
     assert back.hyperparameters == {**HYPER, "normalized": True}
     for k, v in model.loss_history.items():
         assert np.array_equal(back.loss_history[k], v), k
-    try:
-        from birdflow.evaluation.evaluate import evaluate_model
-    except ImportError:
-        return
+    from birdflow.evaluation.evaluate import evaluate_model
+
     # W2 (Sinkhorn) and win_prob are skipped for speed; they read the same marginals
     kwargs = {"w2": False, "win_prob": False}
     assert evaluate_model(back, **kwargs) == evaluate_model(model, **kwargs)

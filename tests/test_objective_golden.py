@@ -80,7 +80,11 @@ def test_losses_match_stored_birdflowpy_values(sstspa_hdf5):
 
 
 def test_make_problem_on_the_real_grid(sstspa_hdf5):
-    """make_problem (via a BirdFlowData of the same grid) gives the same targets and costs."""
+    """make_problem from a BirdFlowData of the sstspa grid, against values it did not make:
+    BirdFlowPy's stored loss trace (obs and dist of the stored marginals), distances from
+    the haversine formula written out here, and the projected W2 cost from geom/ext."""
+    import math
+
     f = _read(sstspa_hdf5)
     nrow, ncol = f["mask"].shape
     rows, cols = np.nonzero(f["mask"])
@@ -94,10 +98,27 @@ def test_make_problem_on_the_real_grid(sstspa_hdf5):
     index = WeekIndex.from_bfdata(ds)
     cfg = LossConfig(location="w2", dist_pow=float(f["hp"]["dist_pow"]))
     problem = make_problem(ds, index, cfg)
-    lon, lat = to_lonlat(ds["cell_x"].values, ds["cell_y"].values, f["crs"])
-    expected_cost = transition_cost(distance_matrix_km(lon, lat), index, cfg.dist_pow)
-    np.testing.assert_allclose(problem.targets, index.slot_values(f["distr"][:, :52].T),
-                               rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(problem.dist_cost, expected_cost, rtol=1e-5)
-    assert problem.w2_cell_cost.shape == (68, 68)
-    assert float(problem.w2_cell_cost.max()) == pytest.approx(1.0)
+    M = np.zeros((52, index.n_max, index.n_max))
+    for t, m in enumerate(f["marginals"]):
+        M[t, : m.shape[0], : m.shape[1]] = m
+    mu = np.concatenate([M.sum(axis=2), M[-1].sum(axis=0)[None]])
+    last = {k: float(v[-1]) for k, v in f["loss"].items()}
+    obs = float(l2(jnp.asarray(mu), problem.targets).sum())
+    dist = float(distance_per_transition(jnp.asarray(M), problem.dist_cost).sum())
+    assert obs == pytest.approx(last["obs"], rel=0.01)  # stored by BirdFlowPy: 0.110
+    assert dist == pytest.approx(last["dist"], rel=0.01)  # 17.04
+
+    def haversine_km(lon1, lat1, lon2, lat2, r=6371.01):
+        p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
+        h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+        return 2 * r * math.asin(math.sqrt(h))
+
+    lon, lat = to_lonlat(xmin + (cols + 0.5) * f["res"][0], ymax - (rows + 0.5) * f["res"][1],
+                         f["crs"])
+    for t, i, j in ((0, 0, 1), (10, 3, 7), (40, 5, 2), (51, 2, 9)):
+        ci, cj = index.slot_cell[t][i], index.slot_cell[(t + 1) % 52][j]
+        d = haversine_km(lon[ci], lat[ci], lon[cj], lat[cj])
+        assert float(problem.dist_cost[t, i, j]) == pytest.approx((d / 100) ** cfg.dist_pow,
+                                                                   rel=1e-5)
+    sq = ((cols[:, None] - cols[None]) ** 2 + (rows[:, None] - rows[None]) ** 2).astype(float)
+    np.testing.assert_allclose(problem.w2_cell_cost, sq / sq.max(), rtol=1e-5, atol=1e-7)

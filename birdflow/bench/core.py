@@ -19,7 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from birdflow.app import OneLineArgumentParser
-from birdflow.bench.reference import make_reference_update, reference_costs
+from birdflow.bench.reference import (
+    like_for_like_config,
+    make_reference_update,
+    reference_costs,
+)
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.weeks import week_dates
 from birdflow.losses.objective import LossConfig, W2Config, init_loss_state, make_problem, objective
@@ -41,6 +45,7 @@ VARIANTS = {
     "inner-5": {"inner_iterations": 5},
     "no-momentum": {"momentum": 1.0},
 }
+LIKE = "w2-danskin[reference-settings]"  # like-for-like with the reference
 # Spec memory bandwidth (bytes/s) used for the L2 byte bound; others use a measured copy.
 SPEC_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 BYTES_PER_PARAMETER_ACCESSES = 8  # read logits, m, v; write logits, m, v; write + read grads
@@ -139,6 +144,26 @@ def tight_w2(before: dict, problem, index: WeekIndex, cfg: LossConfig) -> dict:
             "tight_threshold": tight_threshold}
 
 
+def grad_vs_danskin(before: dict, problem, index: WeekIndex, cfg: LossConfig) -> dict:
+    """This case's gradient and the envelope (danskin) one at the same parameters and state.
+
+    Returns ``grad_finite``, ``grad_rel_diff_vs_danskin`` (||g - g_danskin|| / ||g_danskin||,
+    all parameters) and ``n_fallback`` (implicit week-solves that used the envelope gradient).
+    """
+    danskin = dataclasses.replace(cfg, w2=dataclasses.replace(cfg.w2, grad_mode="danskin"))
+    grads, terms = {}, {}
+    for key, c in (("case", cfg), ("danskin", danskin)):
+        vg = jax.jit(jax.value_and_grad(
+            lambda p, prob, s, k, c=c: objective(p, prob, index, c, s, k), has_aux=True))
+        (_, (terms[key], _)), g = vg(before["params"], problem, before["loss_state"],
+                                     before["step"])
+        grads[key] = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
+    diff = jnp.linalg.norm(grads["case"] - grads["danskin"]) / jnp.linalg.norm(grads["danskin"])
+    return {"grad_finite": bool(jnp.isfinite(grads["case"]).all()),
+            "grad_rel_diff_vs_danskin": float(diff),
+            "n_fallback": float(terms["case"].get("n_fallback", 0.0))}
+
+
 def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: int,
              repeats: int, accuracy: bool = True) -> dict:
     """One benchmark case: ``w2cfg`` None = L2; name "reference" = the research-code W2."""
@@ -164,6 +189,8 @@ def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: in
         if accuracy:
             out.update(tight_w2(before, problem, index, cfg))
             out["w2_rel_err"] = abs(out["w2"] - out["w2_tight"]) / abs(out["w2_tight"])
+        if cfg.w2.grad_mode != "danskin":
+            out.update(grad_vs_danskin(before, problem, index, cfg))
     elif name == "reference":
         out["w2"] = res["terms"]["w2"]
     return out
@@ -179,8 +206,11 @@ def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config 
             out.append((f"w2-{c}", W2Config(grad_mode=c)))
         elif c == "reference":
             out.append(("reference", None))
+        elif c == "like":  # our solver at the reference's cost, epsilon and threshold
+            out.append((LIKE, None))  # its W2Config depends on the data (see main)
         else:
-            raise SystemExit(f"--cases: unknown case {c!r}; use l2, {', '.join(GRAD_MODES)}, reference")
+            raise SystemExit(f"--cases: unknown case {c!r}; use l2, {', '.join(GRAD_MODES)}, "
+                             "reference, like")
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {v!r}; use {', '.join(VARIANTS)}")
@@ -191,14 +221,17 @@ def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config 
 def _add_ratios(rows: list[dict], info: dict) -> None:
     """W2/L2 and reference/ours step-time ratios, and the L2 step's byte bound."""
     l2 = next((r for r in rows if r["case"] == "l2"), None)
-    ours = next((r for r in rows if r["case"] == "w2-danskin"), None)
+    ours = next((r for r in rows if r["case"] == "w2-danskin" and not r.get("error")), None)
+    like = next((r for r in rows if r["case"] == LIKE and not r.get("error")), None)
     for r in rows:
         if r.get("error"):
             continue
         if l2 is not None:
             r["ratio_vs_l2"] = r["step_ms"] / l2["step_ms"]
-        if ours is not None and r["case"] == "reference":
+        if ours is not None and r["case"] == "reference":  # different cost, epsilon, threshold
             r["ref_over_ours"] = r["step_ms"] / ours["step_ms"]
+        if like is not None and r["case"] == "reference":  # the same problem, our solver
+            r["ref_over_like"] = r["step_ms"] / like["step_ms"]
         if r["case"] == "l2":
             n_bytes = BYTES_PER_PARAMETER_ACCESSES * 4 * r["parameters"]
             r["l2_min_bytes"] = n_bytes
@@ -206,8 +239,8 @@ def _add_ratios(rows: list[dict], info: dict) -> None:
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'n_max':>5} {'case':<26} {'compile s':>9} {'step ms':>9} {'x L2':>6} {'ref/ours':>8} "
-            f"{'iters':>6} {'mem MB':>8} {'W2 rel err':>10}")
+    head = (f"{'n_max':>5} {'case':<34} {'compile s':>9} {'step ms':>9} {'x L2':>6} {'ref/ours':>8} "
+            f"{'ref/like':>8} {'iters':>6} {'mem MB':>8} {'W2 rel err':>10} {'grad vs danskin':>15}")
     lines = [head, "-" * len(head)]
 
     def fmt(v, spec):
@@ -216,15 +249,19 @@ def _table(rows: list[dict]) -> str:
 
     for r in rows:
         if r.get("error"):
-            lines.append(f"{r['n_max']:>5} {r['case']:<26} failed: {r['error'][:60]}")
+            lines.append(f"{r['n_max']:>5} {r['case']:<34} failed: {r['error'][:60]}")
             continue
         mem = r["memory_bytes"] / 2**20 if r.get("memory_bytes") else None
-        lines.append(f"{r['n_max']:>5} {r['case']:<26} {fmt(r['compile_s'], '9.1f')} "
+        gd = r.get("grad_rel_diff_vs_danskin")
+        gd = ("non-finite" if not r.get("grad_finite", True) else f"{gd:.1e}") if gd is not None \
+            else "-"
+        lines.append(f"{r['n_max']:>5} {r['case']:<34} {fmt(r['compile_s'], '9.1f')} "
                      f"{fmt(r['step_ms'], '9.1f')} {fmt(r.get('ratio_vs_l2'), '6.2f')} "
-                     f"{fmt(r.get('ref_over_ours'), '8.1f')} {fmt(r.get('sinkhorn_iterations'), '6.0f')} "
-                     f"{fmt(mem, '8.0f')} {fmt(r.get('w2_rel_err'), '10.1e')}")
+                     f"{fmt(r.get('ref_over_ours'), '8.1f')} {fmt(r.get('ref_over_like'), '8.1f')} "
+                     f"{fmt(r.get('sinkhorn_iterations'), '6.0f')} "
+                     f"{fmt(mem, '8.0f')} {fmt(r.get('w2_rel_err'), '10.1e')} {gd:>15}")
         if "l2_byte_bound_ms" in r:
-            lines.append(f"{'':>5} {'  (L2 byte bound)':<26} {'':>9} {r['l2_byte_bound_ms']:9.1f}")
+            lines.append(f"{'':>5} {'  (L2 byte bound)':<34} {'':>9} {r['l2_byte_bound_ms']:9.1f}")
     return "\n".join(lines)
 
 
@@ -233,8 +270,9 @@ def main(argv=None) -> list[dict]:
     ap = OneLineArgumentParser(prog="birdflow bench", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, nargs="+", default=[300, 1000] if on_cpu else [1000, 2000, 4000],
                     help="active cells per week (default: 300 1000 on CPU, 1000 2000 4000 on GPU)")
-    ap.add_argument("--cases", default="l2,implicit,danskin,unroll,reference",
-                    help="comma list of l2, implicit, danskin, unroll, reference")
+    ap.add_argument("--cases", default="l2,implicit,danskin,unroll,like,reference",
+                    help="comma list of l2, implicit, danskin, unroll, like (our solver at the "
+                         "reference's cost, epsilon and threshold), reference")
     ap.add_argument("--variants", default="", help=f"comma list of W2 variants: {', '.join(VARIANTS)}")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
@@ -252,6 +290,8 @@ def main(argv=None) -> list[dict]:
         block = []
         for name, w2cfg in todo:
             ref = name == "reference"
+            if name == LIKE:
+                w2cfg = like_for_like_config(ds["distance_km"].values, index)
             try:
                 r = run_case(name, ds, index, w2cfg, warmup=1 if ref else a.warmup,
                              repeats=a.ref_repeats if ref else a.repeats, accuracy=not a.no_accuracy)

@@ -17,9 +17,10 @@ from ott.geometry import geometry
 from ott.solvers import linear
 from ott.solvers.linear import implicit_differentiation
 
+from birdflow.data.grid import EARTH_RADIUS_KM
 from birdflow.losses import distance, entropy
 from birdflow.losses.location import MASS_FLOOR
-from birdflow.losses.objective import LossConfig, Problem
+from birdflow.losses.objective import LossConfig, Problem, W2Config
 from birdflow.model.markov import WeekIndex, marginals
 
 REF_EPSILON_FACTOR = 0.01  # x OTT's default epsilon for the cost
@@ -35,6 +36,25 @@ def reference_costs(distance_km: np.ndarray, index: WeekIndex) -> list[np.ndarra
         cells = index.slot_cell[w][index.valid[w]]
         out.append((np.asarray(distance_km)[np.ix_(cells, cells)] / 100.0) ** REF_DIST_POW)
     return out
+
+
+def like_for_like_config(distance_km: np.ndarray, index: WeekIndex) -> W2Config:
+    """Our W2 solver set to the reference's problem: the same cost, epsilon and threshold.
+
+    The cost is the reference's ``(d_km / 100)^0.4`` (ours divides it by its largest value,
+    so epsilon is divided by the same number: the solve is the same up to that scale);
+    epsilon is the reference's 0.01 x OTT default, which OTT computes per week from that
+    week's cost, so the median over weeks (they differ by a few %) is used; threshold 5e-2,
+    at most 5,000 iterations, the plain regularised cost (no debiasing). Everything else is
+    ours (warm start, scan over weeks, momentum, envelope gradient).
+    """
+    costs = reference_costs(distance_km, index)
+    eps = np.median([REF_EPSILON_FACTOR * float(geometry.Geometry(cost_matrix=c).epsilon)
+                     for c in costs])
+    d = np.minimum(np.asarray(distance_km, float), np.pi * EARTH_RADIUS_KM)  # all active cells
+    top = float((d / 100.0).max() ** REF_DIST_POW)  # what location.cell_cost divides by
+    return W2Config(cost="dist_pow", cost_pow=REF_DIST_POW, epsilon=float(eps) / top,
+                    threshold=REF_THRESHOLD, max_iterations=REF_MAX_ITERATIONS, debiased=False)
 
 
 def reference_w2(mu: jax.Array, targets: jax.Array, costs: list, index: WeekIndex,

@@ -215,9 +215,12 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
         a_w, b_w, c_w, f_w, g_w, v_w = x
         if implicit:
             make, args = (_slot_geom, (cost.cell_cost, c_w)) if shared else (_dense_geom, (c_w,))
-            out = sinkhorn_implicit.reg_ot(solver, make, a_w, b_w, args, v_w, epsilon, f_w, g_w)
+            val, f, g, it, conv, fb = sinkhorn_implicit.reg_ot(solver, make, a_w, b_w, args, v_w,
+                                                               epsilon, f_w, g_w)
             neg_ent = jnp.sum(jax.scipy.special.xlogy(a_w, a_w) + jax.scipy.special.xlogy(b_w, b_w))
-            return (out[0] - epsilon * neg_ent, *out[1:])  # OTT's reg_ot_cost (KL to a x b)
+            return (val - epsilon * neg_ent,  # OTT's reg_ot_cost (KL to a x b)
+                    f, g, jax.lax.stop_gradient(it).astype(jnp.int32),
+                    jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5)
         geom = (SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon) if shared
                 else geometry.Geometry(cost_matrix=c_w, epsilon=epsilon))
         out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))

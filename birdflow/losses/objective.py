@@ -269,6 +269,7 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
     f, g = res.potentials
     new_state = {"f": f, "g": g}
     if ref_val is not None:
-        new_state.update(ref=ref_val, ref_eps=ref_eps, ref_converged=ref[4])
+        new_state.update(ref=ref_val, ref_eps=ref_eps,
+                         ref_converged=state["ref_converged"] if ref is None else ref[4])
     counts = {"n_unconverged": jnp.sum(~res.converged), "n_fallback": jnp.sum(res.fallback)}
     return res.values, res.iterations, counts, new_state

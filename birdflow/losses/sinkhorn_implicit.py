@@ -22,8 +22,8 @@ perturbation: :func:`potentials` carries it as its JVP rule.
 Linear system: with ``A = diag(P1)^-1/2 P diag(P^T 1)^-1/2`` (Jacobi scaling, singular
 values in [0, 1]) K reduces to the Schur complement ``(I - A A^T) x = rhs`` whose null
 vector ``sqrt(P 1)`` (the potentials' constant shift) is known exactly; it is added back as
-``q q^T`` so the operator is positive definite and lineax CG solves it in float32 at
-n >= 1000. Padding slots are kept out of the system (identity there, zero derivative).
+``q q^T`` so the operator is positive definite and conjugate gradients solve it in float32
+at n >= 1000 (a small ridge in float32 damps directions the plan barely determines). Padding slots are kept out of the system (identity there, zero derivative).
 A week whose solve does not reach its tolerance (or is not finite) falls back to the
 envelope gradient and is counted (``fallback``).
 """
@@ -35,9 +35,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
+from jax.scipy.sparse.linalg import cg
 
 CG_MAX_STEPS = 1000
+MIN_PLAN_MASS = 1e-20  # plan row/column sums below this are left out of the linear system
+FLOAT32_DEFAULTS = (1e-4, 1e-6, 1e-5)  # CG rtol, atol, ridge (eigenvalues lie in [0, 1])
+FLOAT64_DEFAULTS = (1e-8, 1e-12, 0.0)
 
 
 class SolveSettings(NamedTuple):
@@ -47,12 +50,24 @@ class SolveSettings(NamedTuple):
         solver: the OTT Sinkhorn solver (danskin mode: no autodiff inside it).
         rtol: CG relative tolerance of the Schur-complement solve; atol: absolute.
         max_steps: CG step cap; a solve that hits it falls back to the envelope gradient.
+        ridge: added to the Schur complement's diagonal (Tikhonov): directions the plan
+            barely determines (eigenvalue << ridge; a kernel that hardly mixes, epsilon
+            small for the cell spacing) get no derivative instead of a float32-noise one.
+        None picks :data:`FLOAT32_DEFAULTS` or :data:`FLOAT64_DEFAULTS` by dtype.
     """
 
     solver: object
-    rtol: float = 1e-5
-    atol: float = 1e-7
+    rtol: float | None = None
+    atol: float | None = None
     max_steps: int = CG_MAX_STEPS
+    ridge: float | None = None
+
+    def resolved(self, dtype) -> tuple[float, float, float]:
+        """(rtol, atol, ridge) for ``dtype``: None picks the float32 / float64 defaults."""
+        single = jnp.finfo(dtype).bits < 64
+        default = FLOAT32_DEFAULTS if single else FLOAT64_DEFAULTS
+        return tuple(d if v is None else v for v, d in
+                     zip((self.rtol, self.atol, self.ridge), default, strict=True))
 
 
 def _plan(make_geom, cost_args, eps, f, g):
@@ -74,30 +89,40 @@ def kkt_solve(P: jax.Array, valid: jax.Array, eps, u: jax.Array, v: jax.Array,
         finite result.
     """
     dtype = P.dtype
-    m = valid.astype(dtype)
-    P = P * m[:, None] * m[None, :]
+    P = P * valid[:, None] * valid[None, :]
     ra, rb = P.sum(1), P.sum(0)
+    # rows/columns the plan leaves (almost) empty carry no derivative: kept out, like padding
+    m_a = (valid & (ra > MIN_PLAN_MASS)).astype(dtype)
+    m_b = (valid & (rb > MIN_PLAN_MASS)).astype(dtype)
     tiny = jnp.finfo(dtype).tiny
-    ia = jnp.where(valid, jax.lax.rsqrt(jnp.maximum(ra, tiny)), 0.0)
-    ib = jnp.where(valid, jax.lax.rsqrt(jnp.maximum(rb, tiny)), 0.0)
+    ia = m_a * jax.lax.rsqrt(jnp.maximum(ra, MIN_PLAN_MASS))
+    ib = m_b * jax.lax.rsqrt(jnp.maximum(rb, MIN_PLAN_MASS))
     A = ia[:, None] * P * ib[None, :]
+    m = m_a
     q = jnp.sqrt(jnp.maximum(ra, tiny)) * m
     q = q / jnp.maximum(jnp.linalg.norm(q), tiny)
-    ut, vt = ia * u * m, ib * v * m
+    ut, vt = ia * u, ib * v
     rhs = eps * (ut - A @ vt)
     rhs = rhs - q * (q @ rhs)
 
-    def matvec(x):  # (I - A A^T) x + q q^T x on real slots, x in padding
-        return x - m * (A @ (A.T @ x)) + q * (q @ x)
+    rtol, atol, ridge = settings.resolved(dtype)
 
-    op = lx.FunctionLinearOperator(matvec, jax.ShapeDtypeStruct(rhs.shape, dtype),
-                                   tags=lx.positive_semidefinite_tag)
-    sol = lx.linear_solve(op, rhs, lx.CG(rtol=settings.rtol, atol=settings.atol,
-                                         max_steps=settings.max_steps), throw=False)
-    xt = sol.value - q * (q @ sol.value)
+    def matvec(x):  # (I - A A^T + ridge) x + q q^T x on real slots, x in padding
+        return x - m * (A @ (A.T @ x)) + ridge * m * x + q * (q @ x)
+
+    # CG on the unit-norm right-hand side (float32 residuals are ~1e-6..1e-10: their squares
+    # underflow otherwise); jax's cg is a custom_linear_solve, so it differentiates (HVPs).
+    # lineax 0.1.1's CG returned "non-finite output" after one step on these PD systems when
+    # their smallest eigenvalue was ~1e-5 (tiny grids), so convergence is checked here.
+    scale = jnp.linalg.norm(rhs)
+    unit = rhs / jnp.where(scale > 0, scale, 1.0)
+    sol, _ = cg(matvec, unit, tol=rtol, atol=atol, maxiter=settings.max_steps)
+    converged = jnp.linalg.norm(matvec(sol) - unit) <= 10 * rtol + atol
+    sol = sol * scale
+    xt = sol - q * (q @ sol)
     yt = eps * vt - A.T @ xt
     x, y = ia * xt, ib * yt
-    ok = (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
+    ok = converged & jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
     return jnp.where(ok, x, 0.0), jnp.where(ok, y, 0.0), ok
 
 
@@ -112,7 +137,9 @@ def potentials(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, 
 
     geom = make_geom(*cost_args, epsilon=eps)
     out = settings.solver(linear_problem.LinearProblem(geom, a, b), init=(f0, g0))
-    return out.f, out.g, out.n_iters.astype(jnp.int32), out.converged
+    # iterations and the converged flag as floats: integer outputs of a custom_jvp need
+    # float0 tangents, which broke linearising it under jit + vmap
+    return out.f, out.g, out.n_iters.astype(a.dtype), out.converged.astype(a.dtype)
 
 
 @potentials.defjvp
@@ -123,9 +150,7 @@ def _potentials_jvp(settings, make_geom, primals, tangents):
     P = _plan(make_geom, cost_args, eps, f, g)
     da, db = _zero_if_none(da, a) * P.sum(1) / a, _zero_if_none(db, b) * P.sum(0) / b
     df, dg, _ = kkt_solve(P, valid, eps, da, db, settings)
-    zero_int = jnp.zeros(it.shape, jax.dtypes.float0)
-    zero_bool = jnp.zeros(conv.shape, jax.dtypes.float0)
-    return (f, g, it, conv), (df, dg, zero_int, zero_bool)
+    return (f, g, it, conv), (df, dg, jnp.zeros_like(it), jnp.zeros_like(conv))
 
 
 def _zero_if_none(t, like):
@@ -152,13 +177,14 @@ def reg_ot(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, f0, 
     starts and carry zero tangents (differentiate :func:`potentials` for their derivatives).
 
     Returns:
-        (value, f, g, iterations, converged, fallback): ``fallback`` is True when the
-        gradient's linear solve failed and the envelope gradient was used (only known when a
-        derivative is taken; False otherwise).
+        (value, f, g, iterations, converged, fallback), the last three as floats (1.0 =
+        true): ``fallback`` is 1 when the gradient's linear solve failed and the envelope
+        gradient was used (only known when a derivative is taken; 0 otherwise).
     """
     f, g, it, conv = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
     P = _plan(make_geom, cost_args, eps, f, g)
-    return dual_value(P, a, b, f, g, eps), f, g, it, conv, jnp.zeros((), bool)
+    # (0 * a.sum(): batched like the rule's flag under vmap, which jax needs when linearising)
+    return dual_value(P, a, b, f, g, eps), f, g, it, conv, 0 * a.sum()
 
 
 @reg_ot.defjvp
@@ -171,6 +197,6 @@ def _reg_ot_jvp(settings, make_geom, primals, tangents):
     x, y, ok = kkt_solve(P, valid, eps, (a - P.sum(1)) * m, (b - P.sum(0)) * m, settings)
     value = dual_value(P, a, b, f, g, eps)
     dvalue = (f + x * P.sum(1) / a) @ da + (g + y * P.sum(0) / b) @ db
-    zeros = (jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros(it.shape, jax.dtypes.float0),
-             jnp.zeros(conv.shape, jax.dtypes.float0), jnp.zeros((), jax.dtypes.float0))
-    return (value, f, g, it, conv, ~ok), (dvalue, *zeros)
+    fallback = (~ok).astype(a.dtype)
+    zeros = tuple(jnp.zeros_like(x) for x in (f, g, it, conv, fallback))
+    return (value, f, g, it, conv, fallback), (dvalue, *zeros)
