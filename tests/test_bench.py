@@ -161,6 +161,20 @@ def test_cached_target_term_equals_recomputed_and_is_reused(tiny, plain):
     assert again[0]["sinkhorn_iterations"] > 0 and first[2]["f"].shape[0] == 3 * w
 
 
+def test_cached_target_term_keeps_its_convergence_flags(tiny):
+    """W(s, s) stopped at max_iterations: the cached term still counts as unconverged on the
+    steps that reuse it (it used to be reported converged unconditionally)."""
+    few = dataclasses.replace(TIGHT, max_iterations=10)  # threshold 1e-9: nothing converges
+    terms0, _, state = _value_grad(tiny, few, steps=(0,))
+    again, _, state2 = _value_grad(tiny, few, steps=(0, 0))
+    ref_unconverged = int((~np.asarray(state["ref_converged"])).sum())
+    assert ref_unconverged > 0  # the target's self-transport did not converge in 10 iterations
+    np.testing.assert_array_equal(state2["ref_converged"], state["ref_converged"])
+    # step 1 reuses W(s, s): its unconverged weeks are still counted (plus W(mu, s) ones)
+    assert terms0["n_unconverged"] == 3 * len(state["ref_converged"])  # step 0: no term did
+    assert again["n_unconverged"] >= ref_unconverged + 1
+
+
 def test_cache_is_refreshed_when_epsilon_changes(tiny):
     sched = dataclasses.replace(TIGHT, epsilon_start=0.2, epsilon_decay_steps=4)
     cached = _value_grad(tiny, sched, steps=(0, 1, 2))
