@@ -123,7 +123,7 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                "max_w2": float(fit["w2"].max()) if w2 else None,
                "w2_epsilon": fit["w2_epsilon"] if w2 else None}
     summary |= {k: v for k, v in perf.items() if np.isscalar(v)}
-    seasons = migration_seasons(model.data.attrs) if seasons is None else seasons
+    seasons = migration_seasons(model.data) if seasons is None else seasons
     season_metrics, notes = season_performance(model, seasons)
     summary |= season_metrics
     if week_range is not None:

@@ -6,17 +6,16 @@ the mean over the two: ``min_dist_cor``, ``mean_dist_cor``, ``traverse_cor`` (mo
 ``md_traverse_cor``) and ``traverse_cor_st``. Its model selection filters on that
 two-season ``min_dist_cor``, not on the whole-year ``min_distr_cor``.
 
-Season dates come from the S&T species table (``prebreeding_migration_start`` ... as data
-attributes, as BirdFlowR files carry them) or are given as S&T week ranges.
+Season dates are the data's species season fields (:mod:`birdflow.data.seasons`) or are
+given as S&T week ranges.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from birdflow.data.weeks import N_WEEKS, date_to_week
-from birdflow.errors import BirdFlowError
+from birdflow.data.seasons import season_span
+from birdflow.errors import BirdFlowError, DataError
 from birdflow.evaluation.metrics import distribution_performance
 from birdflow.model.fitted import BirdFlowModel
 
@@ -27,25 +26,24 @@ SEASON_METRICS = {"min_dist_cor": "min_distr_cor", "mean_dist_cor": "mean_distr_
                   "traverse_cor": "md_traverse_cor", "traverse_cor_st": "st_traverse_cor"}
 
 
-def migration_seasons(attrs: dict, buffer: int = SEASON_BUFFER) -> dict[str, tuple[int, int]]:
-    """S&T week ranges (first, last) of the two migrations from species season dates.
+def migration_seasons(ds, buffer: int = SEASON_BUFFER) -> dict[str, tuple[int, int]]:
+    """S&T week ranges (first, last) of the two migrations, padded by ``buffer`` weeks.
 
     Args:
-        attrs: BirdFlowData attributes with ``<season>_migration_start`` / ``_end`` dates.
+        ds: BirdFlowData whose attributes carry the species' season dates
+            (:mod:`birdflow.data.seasons`: config, raster tags or inferred).
         buffer: weeks added on each side, wrapping around the year.
 
     Returns:
-        {"prebreeding": (first, last), "postbreeding": (first, last)} for the seasons whose
-        dates are present and parse ({} when none do).
+        {"prebreeding": (first, last), "postbreeding": (first, last)} for the seasons the
+        data have dates for and the model covers ({} when none).
     """
     out = {}
     for season in MIGRATIONS:
-        start, end = (attrs.get(f"{season}_migration_{k}") for k in ("start", "end"))
-        dates = pd.to_datetime(pd.Series([start, end], dtype=object), errors="coerce")
-        if dates.isna().any():
+        try:
+            out[season] = season_span(ds, season, buffer)
+        except DataError:
             continue
-        first, last = (int(w) for w in date_to_week(dates))
-        out[season] = ((first - 1 - buffer) % N_WEEKS + 1, (last - 1 + buffer) % N_WEEKS + 1)
     return out
 
 
