@@ -108,7 +108,7 @@ def job_failure(cfg: Mapping, exc: BaseException) -> BaseException:
     return exc
 
 
-def summarize(sweep_dir: str | os.PathLike, threshold: float = 0.9, cor_metric: str = "min_distr_cor",
+def summarize(sweep_dir: str | os.PathLike, threshold: float = 0.9, cor_metric: str = "min_dist_cor",
               plots: bool = True) -> tuple[list[dict], list[dict]]:
     """Write summary.csv/.md, best_models.csv/.md and plots/ into the sweep dir.
 
