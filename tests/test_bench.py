@@ -212,11 +212,15 @@ def test_warm_start_at_the_default_threshold_with_moving_parameters(tiny, grad_m
         ref = run(tight, p1)
     moved = float(jnp.linalg.norm(run(loose, p0)[1] - ref[1]) / jnp.linalg.norm(ref[1]))
     assert moved > 0.05  # the parameters really changed the gradient
+    # measured: values within 1e-7 (warm) / 5e-7 (cold); gradients 1.8e-4 / 1.4e-4 from the
+    # converged one with the envelope gradient, 4e-8 / 1e-7 with the implicit one (it corrects
+    # for the marginal error the threshold leaves)
+    grad_tol = {"danskin": 1e-3, "implicit": 1e-5}[grad_mode]
     for name, (terms, g, _) in {"warm": warm, "cold": cold}.items():
         assert int(terms["n_unconverged"]) == 0, name
-        np.testing.assert_allclose(terms["w2"], ref[0]["w2"], rtol=2e-3, err_msg=name)
+        np.testing.assert_allclose(terms["w2"], ref[0]["w2"], rtol=1e-5, err_msg=name)
         rel = float(jnp.linalg.norm(g - ref[1]) / jnp.linalg.norm(ref[1]))
-        assert rel < 5e-3, (name, rel)
+        assert rel < grad_tol, (name, rel)
     assert warm[0]["sinkhorn_iterations"] < cold[0]["sinkhorn_iterations"]
 
 
