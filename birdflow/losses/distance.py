@@ -7,6 +7,7 @@ between the two cell centres in units of 100 km, raised to ``dist_pow`` (BirdFlo
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -44,3 +45,14 @@ def distance_per_transition(
 ) -> PerTransition:
     """Expected cost ``<M_t, C_t>`` of each transition (units of (100 km)^dist_pow)."""
     return (M * cost).sum(axis=(-2, -1))
+
+
+def repowered_cost(cost: Marginals, dist_pow: float, new_pow) -> Marginals:
+    """``(d / 100)^new_pow`` from ``cost = (d / 100)^dist_pow``, differentiable in ``new_pow``.
+
+    Computed as ``exp(new_pow / dist_pow * log cost)``; zero costs (zero distance, padding) stay
+    0 with a zero gradient (the logarithm only sees positive entries).
+    """
+    positive = cost > 0
+    log_cost = jnp.log(jnp.where(positive, cost, 1.0))
+    return jnp.where(positive, jnp.exp(new_pow / dist_pow * log_cost), 0.0)

@@ -205,8 +205,13 @@ def epsilon_at(cfg: W2Config, step) -> jax.Array:
 
 
 def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig, state: Any,
-              step) -> tuple[jax.Array, tuple[dict, Any]]:
+              step, weights: Mapping | None = None) -> tuple[jax.Array, tuple[dict, Any]]:
     """Total loss and its terms; differentiable in ``params`` (``jax.value_and_grad(has_aux=True)``).
+
+    ``weights`` (optional; used by :mod:`birdflow.tuning`) replaces any of the config's
+    ``obs_weight``, ``dist_weight``, ``ent_weight``, ``dist_pow`` and ``w2_scale`` with traced
+    scalars, so the objective is also differentiable in them; ``dist_pow`` is then applied to
+    the precomputed cost as ``c^(p / cfg.dist_pow)`` (zero distances stay zero).
 
     Returns:
         ``(total, (terms, new_state))``; terms: "total", "obs" (location loss in use, W2 after
@@ -216,9 +221,14 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
         the threshold) and "n_fallback" (implicit mode: week-solves whose gradient fell back to
         the envelope gradient).
     """
+    w = {"obs_weight": cfg.obs_weight, "dist_weight": cfg.dist_weight, "ent_weight": cfg.ent_weight,
+         "w2_scale": cfg.w2.scale, **(weights or {})}
+    dist_cost = problem.dist_cost
+    if weights is not None and "dist_pow" in weights:
+        dist_cost = distance.repowered_cost(dist_cost, cfg.dist_pow, weights["dist_pow"])
     mu, M = marginals(params, index)
     l2 = location.l2(mu, problem.targets).sum()
-    dist = distance.distance_per_transition(M, problem.dist_cost).sum()
+    dist = distance.distance_per_transition(M, dist_cost).sum()
     ent = entropy.entropy_term(mu, M)
     terms = {"l2": l2, "dist": dist, "ent": ent}
     new_state = state
@@ -228,10 +238,10 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
         vals, iters, counts, new_state = _w2_term(mu, problem, index, c, state, eps)
         terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps,
                      **counts)
-        obs = c.scale * terms["w2"]
+        obs = w["w2_scale"] * terms["w2"]
     else:
         obs = l2
-    total = cfg.obs_weight * obs + cfg.dist_weight * dist - cfg.ent_weight * ent
+    total = w["obs_weight"] * obs + w["dist_weight"] * dist - w["ent_weight"] * ent
     terms.update(obs=obs, total=total)
     return total, (terms, new_state)
 

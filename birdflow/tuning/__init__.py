@@ -1,0 +1,8 @@
+"""Learn the objective's hyperparameters by implicit differentiation (``birdflow tune``).
+
+The inner problem is the BirdFlow fit ``w*(θ) = argmin_w L_in(w, θ)``; the outer loss is the
+negative mean interval log-likelihood of a *tuning* split of the birds. Modules: :mod:`split`
+(tuning vs validation birds), :mod:`likelihood` (differentiable interval log-likelihood),
+:mod:`inner` (the inner fit to a stationary point), :mod:`hypergrad` (implicit and unrolled
+hypergradients), :mod:`outer` (Adam on θ, the tune run dir).
+"""
