@@ -182,6 +182,7 @@ def test_hvp_modes_agree_and_cg_matches_a_dense_solve():
         cross = np.asarray(jax.jacobian(lambda th: ravel_pytree(jax.grad(prob.loss)(
             sol.params, th, {}))[0])(theta))[sel]
         dense = -(cross.T @ np.linalg.lstsq(H, g_out, rcond=1e-13)[0])
+        plain_steps = None
         for precondition in (False, True):
             h = hypergrad.make_implicit(prob, outer, hypergrad.SolveSettings(
                 damping=0.0, rtol=1e-11, atol=1e-11, max_steps=3000,

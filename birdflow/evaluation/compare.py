@@ -122,6 +122,8 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     from birdflow.model.fitted import load_model
 
     names = list(cfg.losses)
+    if cfg.get("tune"):
+        return tune_compare(cfg, report_dir)
     if len(names) < 2:
         raise ConfigError(f"losses={names}: name at least two location losses, e.g. losses=[l2,w2]")
     runs = {n: run_one(cfg, n, report_dir) for n in names}
@@ -146,5 +148,85 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     write_text_atomic(report_dir / "metrics.json",
                       json.dumps({n: r["summary"] for n, r in results.items()}, indent=2) + "\n")
     print(table)
+    print(f"\nreport: {report}")
+    return report
+
+
+def score_runs(run_dirs: list, tracks: str | Path, truth: str | Path | None = None) -> list[dict]:
+    """Score finished run dirs on one tracks CSV (e.g. the validation birds), writing nothing.
+
+    Returns one dict per run: run_dir, the weights it was trained with (config.yaml), and the
+    interval log-likelihood summary (mean_ll, mean_null_ll, mean_ll_gain, n_intervals), the
+    S&T fit (mean_tv, min_distr_cor) and, with ``truth``, truth_transition_tv.
+    """
+    from birdflow.data.tracks import load_tracks
+    from birdflow.evaluation.evaluate import evaluate_model
+    from birdflow.model.fitted import load_model
+
+    rows, built, truth_model = [], None, load_model(truth) if truth else None
+    for d in run_dirs:
+        d = Path(d)
+        model = load_model(d)
+        if built is None:
+            built = load_tracks(tracks, model.data, cyclic=model.cyclic, warn=False)
+        res = evaluate_model(model, built, truth_model, w2=False, win_prob=False)["summary"]
+        lc = OmegaConf.load(d / "config.yaml").loss if (d / "config.yaml").exists() else {}
+        rows.append({"run_dir": str(d), **{k: lc.get(k) for k in ("dist_weight", "ent_weight",
+                                                                  "dist_pow")},
+                     **{k: res.get(k) for k in ("mean_ll", "mean_null_ll", "mean_ll_gain",
+                                                "n_intervals", "mean_tv", "min_distr_cor",
+                                                "truth_transition_tv")}})
+    return rows
+
+
+def tune_config(cfg: DictConfig, name: str, report_dir: Path) -> DictConfig:
+    """The tune config of one location loss: conf/tune.yaml's ``tune`` block + ``tuning``."""
+    base = OmegaConf.create((resources.files("birdflow.conf") / "tune.yaml").read_text())
+    run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("losses", "w2", "runs", "n_routes", "tune", "tuning"):
+        run_cfg.pop(key, None)
+    run_cfg.loss = loss_config(cfg, name)
+    run_cfg.tune = OmegaConf.merge(base.tune, cfg.get("tuning") or {})
+    run_cfg.precision = base.precision
+    run_cfg.run_dir, run_cfg.resume = str(report_dir / f"tune_{name}"), True
+    return run_cfg
+
+
+def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
+    """``compare tune=true``: tune each loss the same way on the same tuning birds (same seed,
+    same split) and report both on the validation birds, with the θ each ended at."""
+    import time
+
+    from birdflow.api import after_training
+    from birdflow.evaluation.evaluate import evaluate_run
+    from birdflow.tuning.outer import tune
+
+    names = list(cfg.losses)
+    results, extra = {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        res = tune(tune_config(cfg, name, report_dir), after=after_training)
+        wall = time.perf_counter() - t0
+        results[name] = evaluate_run(res.model_dir)
+        traj = res.trajectory
+        extra[name] = {"theta": res.theta.tolist(), "inner_steps": int(np.sum(traj["inner_steps"])),
+                       "cg_steps": int(np.sum(traj["cg_steps"])), "wall_s": wall,
+                       "tune_dir": str(res.tune_dir)}
+    table, wins = metrics_table(results)
+    lines = ["# L2 vs W2, each tuned by implicit differentiation", "",
+             "Both tuned on the same tuning birds; every metric below is on the validation birds.",
+             "", "| loss | dist_weight | ent_weight | dist_pow | w2 scale | inner steps | CG steps "
+             "| wall s | tune dir |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        t = np.asarray(extra[n]["theta"])
+        lines.append(f"| {n} | {np.exp(t[0]):.4g} | {np.exp(t[1]):.4g} | {t[2]:.3g} | "
+                     f"{np.exp(t[3]):.4g} | {extra[n]['inner_steps']} | {extra[n]['cg_steps']} | "
+                     f"{extra[n]['wall_s']:.0f} | `{extra[n]['tune_dir']}` |")
+    lines += ["", "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
+              "## Metrics (validation birds)", "", table]
+    report = write_text_atomic(report_dir / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(report_dir / "metrics.json", json.dumps(
+        {n: {"summary": r["summary"], **extra[n]} for n, r in results.items()}, indent=2) + "\n")
+    print("\n".join(lines))
     print(f"\nreport: {report}")
     return report

@@ -173,6 +173,7 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
         return Hypergradient(np.asarray(hyper, float), float(value), v, int(steps),
                              float(residual), bool(ok), msg)
 
+    implicit.jitted = run  # (params, theta, state, v0) -> ...; for the benchmark
     return implicit
 
 
@@ -208,4 +209,5 @@ def make_unrolled(inner: Inner, outer_loss, k: int, lr: float, precondition: boo
     def unrolled(params, theta, state):
         return grad_theta(jnp.asarray(theta), params, state)
 
+    unrolled.jitted = grad_theta  # (theta, params, state) -> grad; for the benchmark
     return unrolled

@@ -133,7 +133,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     lo = np.array([ts.bounds[n][0] for n in inner.THETA_NAMES])
     hi = np.array([ts.bounds[n][1] for n in inner.THETA_NAMES])
     theta0 = np.clip(_start_theta(loss_cfg, ts.start), lo, hi)
-    optimizer = optax.adam(ts.learning_rate)
+    optimizer = optax.adam(ts.learning_rate, b1=ts.b1, b2=ts.b2)
     if ts.init == "st":
         params = inner.st_init(ds, index, dtype)
     else:

@@ -19,6 +19,8 @@ class TuneSettings:
 
     steps: int = 20
     learning_rate: float = 0.2
+    b1: float = 0.5
+    b2: float = 0.9
     hypergradient: str = "implicit"
     unroll_steps: int = 200
     unroll_lr: float = 1.0
