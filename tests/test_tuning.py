@@ -156,6 +156,7 @@ def test_implicit_hypergradient_matches_finite_differences_and_unrolled():
         assert errs[0] > errs[1] > errs[2] and errs[2] < 0.05, errs
 
 
+@pytest.mark.slow
 def test_hvp_modes_agree_and_cg_matches_a_dense_solve():
     """Forward-over-reverse HVP == centred FD of the gradient; preconditioned CG (gauge
     projected) == least-squares solve with the dense Hessian, on a tiny float64 problem."""
@@ -205,3 +206,65 @@ def test_settings_reject_bad_values():
         tune_settings({"bounds": {"dist_pow": [2, 1]}}, "l2")
     s = tune_settings({}, "w2")
     assert s.inner.solver == "adam" and s.solve.hvp == "fd" and "log_w2_scale" in s.free
+
+
+def _tune_cfg(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+    from test_train import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("tune", overrides=[
+            f"run_dir={tmp_path / 'tune'}", "progress=false", "maps=false",
+            f"data.root={tmp_path / 'data'}", "species.synthetic.size=0.5", "species.synthetic.n_tracks=40",
+            "tune.steps=2", "tune.first_max_steps=300", "tune.inner.max_steps=100",
+            "tune.inner.gtol=1e-3", *overrides])
+
+
+def test_no_tracks_names_the_keys():
+    from omegaconf import OmegaConf
+
+    from birdflow.tuning.outer import _tracks_path
+
+    cfg = OmegaConf.create({"species": {"code": "amewoo", "tracks": None}, "tracks": None})
+    with pytest.raises(ConfigError, match=r"species.tracks.*tracks=<csv"):
+        _tracks_path(cfg)
+
+
+@pytest.mark.slow
+def test_tune_writes_an_ordinary_run_dir_and_resumes(tmp_path):
+    """End to end on a coarse synthetic species: trajectory, split files, a model run dir that
+    evaluate accepts (scored on the validation birds), resume of a finished tune is a no-op."""
+    import json
+
+    from birdflow.evaluation.evaluate import evaluate_run
+    from birdflow.tuning.outer import tune
+
+    res = tune(_tune_cfg(tmp_path))
+    traj = res.trajectory
+    assert traj["step"] == [0, 1, 2]
+    assert len({round(x, 9) for x in traj["log_ent_weight"]}) == 3  # θ moved every step
+    info = json.loads((res.model_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["tracks"].endswith("validation_tracks.csv")
+    metrics = evaluate_run(res.model_dir)["summary"]
+    best = int(np.argmin(traj["outer_loss"]))
+    # the saved model is the lowest-tuning-loss iterate; its validation ll is the logged one
+    assert metrics["mean_ll"] == pytest.approx(traj["validation_ll"][best], rel=1e-6)
+    tune_birds = set(open(res.tune_dir / "tuning_tracks.csv").read().split()[1:])
+    val_birds = set(open(res.tune_dir / "validation_tracks.csv").read().split()[1:])
+    assert {r.split(",")[0] for r in tune_birds}.isdisjoint({r.split(",")[0] for r in val_birds})
+    again = tune(_tune_cfg(tmp_path, f"resume={res.tune_dir}"))
+    np.testing.assert_array_equal(again.theta, res.theta)
+
+
+@pytest.mark.slow
+def test_failed_linear_solve_stops_with_a_message(tmp_path):
+    import json
+
+    from birdflow.tuning.outer import TuningStopped, tune
+
+    with pytest.raises(TuningStopped, match=r"outer step 0: the linear solve \(lineax CG\) did not "
+                                            r"converge in 1 steps"):
+        tune(_tune_cfg(tmp_path, "tune.solve.max_steps=1", "tune.solve.rtol=1e-12",
+                       "tune.solve.atol=1e-12"))
+    info = json.loads((tmp_path / "tune" / "run.json").read_text())
+    assert info["status"] == "failed" and "linear solve" in info["message"]
