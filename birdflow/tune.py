@@ -1,22 +1,22 @@
-"""``birdflow tune`` / ``python -m birdflow.tune [species=<name>] [loss=l2|w2] [tracks=<csv>]``.
+"""``birdflow tune [species=<name>] [loss=l2|w2] [tracks=<csv>] [tune.steps=...] [resume=<tune dir>]``.
 
-Composes ``conf/tune.yaml`` (train's config plus ``tune.*``) and runs
-:func:`birdflow.tuning.outer.tune`; the final model gets train's metrics and figures
-(:func:`birdflow.api.after_training`).
+Also ``python -m birdflow.tune``. Composes ``conf/tune.yaml`` (train's config plus ``tune.*``),
+learns the loss weights by implicit differentiation (:func:`birdflow.tuning.outer.tune`) and
+gives the final model train's metrics and figures (:func:`birdflow.api.after_training`).
 """
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from birdflow.api import after_training
-from birdflow.tuning.outer import tune
+from birdflow.app import command
+from birdflow.tuning.outer import TuneResult, tune
 
 
-@hydra.main(version_base="1.3", config_path="pkg://birdflow.conf", config_name="tune")
-def main(cfg: DictConfig) -> None:
-    tune(cfg, after=after_training)
+@command("tune", "birdflow tune")
+def main(cfg: DictConfig) -> TuneResult:
+    return tune(cfg, after=after_training)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,6 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
     same split) and report both on the validation birds, with the θ each ended at."""
     import time
 
-    from birdflow.api import after_training
     from birdflow.evaluation.evaluate import evaluate_run
     from birdflow.tuning.outer import tune
 
@@ -205,7 +204,7 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
     results, extra = {}, {}
     for name in names:
         t0 = time.perf_counter()
-        res = tune(tune_config(cfg, name, report_dir), after=after_training)
+        res = tune(tune_config(cfg, name, report_dir))  # evaluated below, on the validation birds
         wall = time.perf_counter() - t0
         results[name] = evaluate_run(res.model_dir)
         traj = res.trajectory
