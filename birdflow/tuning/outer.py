@@ -103,7 +103,8 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     if cfg.get("resume") and read_run_info(tune_dir).get("status") == "finished":
         log.info("%s already finished; nothing to do", tune_dir)
         traj = _read_csv(tune_dir / TRAJECTORY_CSV)
-        return TuneResult(tune_dir, tune_dir / MODEL_DIR, np.array(traj["best_theta"][-1]), traj)
+        theta = np.array(read_run_info(tune_dir)["theta"])
+        return TuneResult(tune_dir, tune_dir / MODEL_DIR, theta, traj)
     ds, data_path = (data, "<in memory>") if data is not None else load_or_preprocess(cfg.species,
                                                                                      cfg.data)
     tracks = load_tracks(tracks_csv, ds)
