@@ -186,7 +186,13 @@ def tune_config(cfg: DictConfig, name: str, report_dir: Path) -> DictConfig:
     for key in ("losses", "w2", "runs", "n_routes", "tune", "tuning"):
         run_cfg.pop(key, None)
     run_cfg.loss = loss_config(cfg, name)
-    run_cfg.tune = OmegaConf.merge(base.tune, cfg.get("tuning") or {})
+    given = OmegaConf.to_container(cfg.get("tuning") or OmegaConf.create({}), resolve=True)
+
+    def set_only(d):  # null means "tune.yaml's value"
+        return {k: set_only(v) if isinstance(v, dict) else v for k, v in d.items()
+                if v is not None and v != {}}
+
+    run_cfg.tune = OmegaConf.merge(base.tune, set_only(given))
     run_cfg.precision = base.precision
     run_cfg.run_dir, run_cfg.resume = str(report_dir / f"tune_{name}"), True
     return run_cfg

@@ -53,6 +53,8 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
     solve = dict(m.pop("solve", None) or {})
     if inner.get("solver", "auto") == "auto":
         inner["solver"] = "lbfgs" if location == "l2" else "adam"
+    if solve.get("damping", "auto") == "auto":  # measured on the synthetic species (README)
+        solve["damping"] = 1e-4 if location == "l2" else 1e-3
     if solve.get("hvp", "auto") == "auto":
         solve["hvp"] = "jvp" if location == "l2" else "fd"
     if m.get("free") is None:
