@@ -203,20 +203,30 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
     same split) and report both on the validation birds, with the θ each ended at."""
     import time
 
+    import pandas as pd
+
     from birdflow.evaluation.evaluate import evaluate_run
-    from birdflow.tuning.outer import tune
+    from birdflow.training.rundir import read_run_info
+    from birdflow.tuning.outer import MODEL_DIR, TRAJECTORY_CSV, TuningStopped, tune
 
     names = list(cfg.losses)
-    results, extra = {}, {}
+    results, extra, notes = {}, {}, []
     for name in names:
         t0 = time.perf_counter()
-        res = tune(tune_config(cfg, name, report_dir))  # evaluated below, on the validation birds
+        tune_dir = report_dir / f"tune_{name}"
+        try:
+            tune(tune_config(cfg, name, report_dir))  # evaluated below, on the validation birds
+        except TuningStopped as e:  # the last good θ's model is kept: report it, say so
+            if not (tune_dir / MODEL_DIR / "model.nc").exists():
+                raise
+            notes.append(f"- {name}: tuning stopped early: {e}")
         wall = time.perf_counter() - t0
-        results[name] = evaluate_run(res.model_dir)
-        traj = res.trajectory
-        extra[name] = {"theta": res.theta.tolist(), "inner_steps": int(np.sum(traj["inner_steps"])),
-                       "cg_steps": int(np.sum(traj["cg_steps"])), "wall_s": wall,
-                       "tune_dir": str(res.tune_dir)}
+        results[name] = evaluate_run(tune_dir / MODEL_DIR)
+        traj = pd.read_csv(tune_dir / TRAJECTORY_CSV)
+        extra[name] = {"theta": list(read_run_info(tune_dir)["theta"]),
+                       "inner_steps": int(traj["inner_steps"].sum()),
+                       "cg_steps": int(traj["cg_steps"].sum()), "wall_s": wall,
+                       "tune_dir": str(tune_dir)}
     table, wins = metrics_table(results)
     lines = ["# L2 vs W2, each tuned by implicit differentiation", "",
              "Both tuned on the same tuning birds; every metric below is on the validation birds.",
@@ -229,6 +239,8 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
                      f"{extra[n]['wall_s']:.0f} | `{extra[n]['tune_dir']}` |")
     lines += ["", "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
               "## Metrics (validation birds)", "", table]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
     report = write_text_atomic(report_dir / "report.md", "\n".join(lines) + "\n")
     write_text_atomic(report_dir / "metrics.json", json.dumps(
         {n: {"summary": r["summary"], **extra[n]} for n, r in results.items()}, indent=2) + "\n")

@@ -95,6 +95,9 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     cfg = _resumed(cfg)
     loss_cfg, opt = validate_train_config(cfg)
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
+    if loss_cfg.location == "w2" and ts.w2_threshold:  # FD HVPs need accurate W2 gradients
+        loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, threshold=min(
+            loss_cfg.w2.threshold, ts.w2_threshold)))
     tracks_csv, truth = _tracks_path(cfg)
     if cfg.precision == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -304,6 +307,7 @@ def _plot(traj: dict, path: Path) -> None:
         if n in traj and np.ptp(traj[n]) > 0:
             b.plot(traj["step"], traj[n], "o-", label=n)
     b.set(xlabel="outer step", ylabel="θ")
-    b.legend()
+    if b.get_lines():
+        b.legend()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -33,6 +33,7 @@ class TuneSettings:
     init: str = "st"
     first_max_steps: int = 3000
     start: dict = field(default_factory=dict)
+    w2_threshold: float | None = 1e-4
     inner: FitSettings = field(default_factory=FitSettings)
     solve: SolveSettings = field(default_factory=SolveSettings)
 
