@@ -1,7 +1,7 @@
 """Differentiable interval log-likelihood of tracks under the chain (JAX, batched by start week).
 
 An interval of a bird observed in cell ``c1`` at model week ``t1`` and in ``c2`` at ``t2``,
-``lag`` transitions later, scores ``log (e_{c1} P_{t1} P_{t1+1} ... P_{t1+lag-1})[c2]`` — the
+``lag`` transitions later, scores ``log((e_{c1} P_{t1} ... P_{t1+lag-1})[c2] + 1e-8)`` — the
 same number as :func:`birdflow.evaluation.metrics.score_intervals`' ``ll``, computed from the
 logits so that it can be differentiated. All intervals that start in the same week are pushed
 forward together: one ``(week, interval, slot) x (week, slot, slot)`` product per step.
@@ -19,7 +19,7 @@ import pandas as pd
 from birdflow.errors import DataError
 from birdflow.model import markov
 
-TINY = 1e-300  # floor inside the log (float64); float32 rounds it to 0 -> jnp.maximum keeps finite
+LL_FLOOR = 1e-8  # BirdFlowR calc_interval_metrics scores log(p + 1e-8), as evaluation does
 
 
 class IntervalBatch(NamedTuple):
@@ -99,7 +99,7 @@ def interval_log_likelihoods(params: dict, index: markov.WeekIndex, batch: Inter
         d = jnp.einsum("wbi,wij->wbj", d, P[t])
         p_end = jnp.take_along_axis(d, batch.end_slot[..., None], axis=-1)[..., 0]
         here = (batch.lag == k + 1) & (batch.weight > 0)
-        ll = jnp.where(here, jnp.log(jnp.maximum(jnp.where(here, p_end, 1.0), TINY)), ll)
+        ll = jnp.where(here, jnp.log(jnp.where(here, p_end, 1.0) + LL_FLOOR), ll)
     return ll
 
 
