@@ -23,7 +23,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from birdflow.data.tracks import load_tracks
-from birdflow.errors import BirdFlowError, ConfigError
+from birdflow.errors import BirdFlowError, ConfigError, DataError
 from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
@@ -71,6 +71,9 @@ def _tracks_path(cfg: DictConfig) -> tuple[str, str | None]:
     if not path:
         raise ConfigError(f"species={cfg.species.code}: no tracks to tune on; set species.tracks "
                           "in the species config or pass tracks=<csv with bird_id,date,lat,lon>")
+    if not Path(path).is_file():  # before any preprocessing: fail fast on a wrong path
+        raise DataError(f"{path}: tracks CSV not found; pass tracks=<csv with columns "
+                        "bird_id,date,lat,lon> or set species.tracks")
     return str(path), truth
 
 
