@@ -198,7 +198,7 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
                                 run_dir, loss_cfg)
-        return _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
+        return finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
 
 
 def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir, loss_cfg):
@@ -254,7 +254,11 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir,
     return state["params"], history
 
 
-def _finish(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after) -> RunResult:
+def finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after) -> RunResult:
+    """Save fitted ``params`` as an ordinary run dir (model, history, ``after``, run.json).
+
+    The training loop ends here, and so does tuning for its final model (:mod:`birdflow.tuning`).
+    """
     _, M = markov.marginals(params, index)
     hyper = {"obs_weight": loss_cfg.obs_weight, "ent_weight": loss_cfg.ent_weight,
              "dist_weight": loss_cfg.dist_weight, "dist_pow": loss_cfg.dist_pow,

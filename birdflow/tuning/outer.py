@@ -28,7 +28,7 @@ from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from birdflow.training.loop import AfterTraining, _finish
+from birdflow.training.loop import AfterTraining, finish_run
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
 from birdflow.training.settings import validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood
@@ -289,7 +289,7 @@ def _save_model(cfg, tune_dir, ds, index, loss_cfg, opt, best, traj, truth, afte
     steps = int(np.sum(traj["inner_steps"]))
     history = {"step": list(traj["step"]), "total": list(traj["inner_loss"]),
                "outer_loss": list(traj["outer_loss"]), "time_s": list(traj["time_s"])}
-    _finish(mcfg, model_dir, ds, index, best["params"], history, tuned, replace(opt, steps=steps),
+    finish_run(mcfg, model_dir, ds, index, best["params"], history, tuned, replace(opt, steps=steps),
             after)
     return model_dir
 
