@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps: ``python -m birdflow.sweep summarize <sweep dir>``.
+"""Hyperparameter sweeps: ``birdflow sweep summarize dir=<sweep dir>`` (:mod:`birdflow.sweep`).
 
 A sweep is a Hydra multirun of ``python -m birdflow.train -m ...`` (launchers in
 ``conf/hydra/launcher/``: ``local`` = joblib, ``slurm`` = submitit). Each job writes a run dir
