@@ -64,3 +64,11 @@ def load_checkpoint(path: Path, template) -> tuple[int, object, dict[str, list]]
     state = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x, dtype=np.asarray(r).dtype)
                                                    for x, r in zip(leaves, ref, strict=True)])
     return step, state, history
+
+
+def resume_from(run_dir: Path, state, resume) -> tuple[int, object, dict]:
+    """(first step, state, history): from the latest checkpoint when ``resume``, else a fresh start."""
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is None:
+        return 0, state, {}
+    return load_checkpoint(ckpt, state)

@@ -28,7 +28,7 @@ from birdflow.losses.objective import LossConfig, init_loss_state, make_problem,
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
-from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from birdflow.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
 from birdflow.training.rundir import (
     CONFIG_YAML,
     read_run_info,
@@ -185,11 +185,8 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
     state = {"params": params, "opt_state": optimizer.init(params),
              "loss_state": init_loss_state(problem, index, loss_cfg), "step": jnp.asarray(0, jnp.int32)}
     state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
-    history: dict[str, list] = {}
-    start = 0
-    ckpt = latest_checkpoint(run_dir) if cfg.get("resume") else None
-    if ckpt is not None:
-        start, state, history = load_checkpoint(ckpt, state)
+    start, state, history = resume_from(run_dir, state, cfg.get("resume"))
+    if start:
         log.info("resuming %s from step %d", run_dir, start)
     with run_log(run_dir):  # <run>/train.log, whoever called train
         log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,

@@ -27,7 +27,12 @@ from birdflow.errors import BirdFlowError, ConfigError, DataError
 from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
-from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from birdflow.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    resume_from,
+    save_checkpoint,
+)
 from birdflow.training.loop import AfterTraining, finish_run
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
 from birdflow.training.settings import validate_train_config
@@ -151,11 +156,8 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
              "best": {"theta": jnp.asarray(theta0, dtype), "params": params,
                       "loss": jnp.asarray(np.inf, dtype)}}
     state = jax.tree_util.tree_map(jnp.asarray, state)
-    traj: dict[str, list] = {}
-    start = 0
-    ckpt = latest_checkpoint(tune_dir) if cfg.get("resume") else None
-    if ckpt is not None:
-        start, state, traj = load_checkpoint(ckpt, state)
+    start, state, traj = resume_from(tune_dir, state, cfg.get("resume"))
+    if start:
         log.info("resuming %s from outer step %d", tune_dir, start)
     fit = inner.make_fitter(prob, ts.inner)
     implicit = hypergrad.make_implicit(prob, outer_loss, ts.solve)
