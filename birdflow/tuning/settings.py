@@ -17,8 +17,8 @@ INITS = ("st", "random")
 class TuneSettings:
     """Outer-loop settings (``tune`` in ``conf/tune.yaml``; see the comments there)."""
 
-    steps: int = 20
-    learning_rate: float = 0.2
+    steps: int = 60
+    learning_rate: float = 0.3
     b1: float = 0.5
     b2: float = 0.9
     hypergradient: str = "implicit"
