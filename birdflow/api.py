@@ -22,7 +22,7 @@ import xarray as xr
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from birdflow.app import check_types, compose
+from birdflow.app import check_types, compose, is_group
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel
 from birdflow.model.fitted import load_model as _load_model
@@ -39,7 +39,7 @@ def config(command: str = "train", overrides: Sequence[str] = (), **values) -> D
         ConfigError: an unknown key, a malformed override, or a word where a number belongs.
     """
     groups = {k: values.pop(k) for k in list(values) if isinstance(values[k], str)
-              and _is_group(k)}
+              and is_group(k)}
     overrides = [*overrides, *(f"{k}={v}" for k, v in groups.items())]
     cfg = compose(command, overrides, hydra_node=True)
     if values:
@@ -123,12 +123,6 @@ def after_training(cfg: DictConfig, run_dir: Path, model: BirdFlowModel, history
         from birdflow.export import export_birdflowr
 
         export_birdflowr(model, run_dir=run_dir)
-
-
-def _is_group(key: str) -> bool:
-    from importlib import resources
-
-    return (resources.files("birdflow.conf") / key).is_dir()
 
 
 def _leaf_keys(values: Mapping, prefix: str = ""):

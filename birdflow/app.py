@@ -64,15 +64,19 @@ def _open(cfg: DictConfig):
     return open_dict(cfg)
 
 
-def _is_group_choice(override: str) -> bool:
-    """``species=amewoo`` / ``loss=w2`` / ``hydra/launcher=slurm``: a config-group choice."""
+def is_group(key: str) -> bool:
+    """``species`` / ``loss`` / ``hydra/launcher``: a config group of the packaged ``conf/``."""
     from importlib import resources
 
-    key = override.split("=", 1)[0].lstrip("+~")
     node = resources.files(CONF_MODULE)
-    for part in key.split("/"):
+    for part in key.lstrip("+~").split("/"):
         node = node / part
-    return "=" in override and node.is_dir()
+    return node.is_dir()
+
+
+def _is_group_choice(override: str) -> bool:
+    """``species=amewoo`` / ``loss=w2`` / ``hydra/launcher=slurm``: a config-group choice."""
+    return "=" in override and is_group(override.split("=", 1)[0])
 
 
 def _explain(config_name: str, overrides: list[str], e: Exception) -> str:

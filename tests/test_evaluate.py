@@ -218,17 +218,23 @@ def test_interval_across_year_wrap(tmp_path):
     assert scored["null_ll"][0] == pytest.approx(np.log(1 / 3 + 1e-8))
 
 
-def test_pipeline_season_metrics_from_species_season_dates():
-    """min_dist_cor etc. are BirdFlowPipeline's two-migration means over the buffered season
-    weeks (one week each side), checked against np.corrcoef of the model's distributions."""
-    ds = make_tiny_bfdata(n_rows=3, n_cols=3, seed=5)
+def random_chain_model(seed: int, chain_seed: int):
+    """A 3 x 3 tiny grid's chain with random transitions inside each week's dynamic mask."""
+    ds = make_tiny_bfdata(n_rows=3, n_cols=3, seed=seed)
     dyn = ds["dynamic_mask"].values
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(chain_seed)
     Ps = []
     for t in range(52):
         P = rng.random((ds.sizes["cell"],) * 2) * dyn[(t + 1) % 52]
         Ps.append(P / P.sum(axis=1, keepdims=True))
-    model = chain_model(ds, ds["distr"].values[0], Ps)
+    return chain_model(ds, ds["distr"].values[0], Ps)
+
+
+def test_pipeline_season_metrics_from_species_season_dates():
+    """min_dist_cor etc. are BirdFlowPipeline's two-migration means over the buffered season
+    weeks (one week each side), checked against np.corrcoef of the model's distributions."""
+    model = random_chain_model(seed=5, chain_seed=2)
+    ds, dyn = model.data, model.data["dynamic_mask"].values
     model.data.attrs.update(prebreeding_migration_start="2022-03-01",  # week 9 -> 8..23
                             prebreeding_migration_end="2022-05-31",  # week 22
                             postbreeding_migration_start="2022-12-20",  # week 51 -> 50..5
@@ -249,14 +255,8 @@ def test_pipeline_season_metrics_from_species_season_dates():
 
 def test_forecasts_match_dense_projection(tmp_path):
     """Slot-layout batched forecasts equal BirdFlowModel.forecast (dense) on a random chain."""
-    ds = make_tiny_bfdata(n_rows=3, n_cols=3, seed=3)
-    dyn = ds["dynamic_mask"].values
-    rng = np.random.default_rng(0)
-    Ps = []
-    for t in range(52):
-        P = rng.random((ds.sizes["cell"],) * 2) * dyn[(t + 1) % 52]
-        Ps.append(P / P.sum(axis=1, keepdims=True))
-    model = chain_model(ds, ds["distr"].values[0], Ps)
+    model = random_chain_model(seed=3, chain_seed=0)
+    dyn = model.data["dynamic_mask"].values
     rng = np.random.default_rng(1)
     rows = []
     for _ in range(8):
