@@ -268,3 +268,65 @@ def test_failed_linear_solve_stops_with_a_message(tmp_path):
                        "tune.solve.atol=1e-12"))
     info = json.loads((tmp_path / "tune" / "run.json").read_text())
     assert info["status"] == "failed" and "linear solve" in info["message"]
+    assert "damping 1e-02" in info["message"]  # retried from l2's 1e-4 up to max_damping auto = 100x
+
+
+def test_failed_solve_is_retried_with_ten_times_the_damping_up_to_the_cap():
+    from types import SimpleNamespace
+
+    from birdflow.tuning.hypergrad import Hypergradient
+    from birdflow.tuning.outer import _solve
+
+    calls = []
+
+    def implicit(params, theta, state, v0, damping):  # a solve that needs damping >= 1e-2
+        calls.append((damping, v0))
+        ok = damping >= 1e-2 * (1 - 1e-9)
+        return Hypergradient(np.ones(4), 1.0, {"v": damping}, 7, 1e-9 if ok else 0.5, ok,
+                             "" if ok else "the linear solve (lineax CG) did not converge", damping)
+
+    res = SimpleNamespace(params={}, state={})
+    h = _solve(implicit, res, np.zeros(4), {"v": "warm"}, 1e-4, 1e-2, step=3)
+    assert h.ok and h.damping == pytest.approx(1e-2)
+    assert [c[0] for c in calls] == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert calls[0][1] == "warm" and calls[1][1] is None  # a retry starts CG from zero
+    calls.clear()
+    h = _solve(implicit, res, np.zeros(4), {"v": None}, 1e-4, 1e-3, step=3)  # the cap stops it
+    assert not h.ok and h.damping == pytest.approx(1e-3) and len(calls) == 2
+
+
+@pytest.mark.slow
+def test_non_finite_hypergradient_stops_and_keeps_the_last_good_theta(tmp_path, monkeypatch):
+    """A NaN in the hypergradient at outer step 1 (injected into the real solve's result) stops
+    the loop with a message naming it; θ and the model of step 0 are kept."""
+    import json
+
+    from birdflow.tuning import hypergrad
+    from birdflow.tuning.outer import TuningStopped, tune
+
+    real = hypergrad.make_implicit
+
+    def poisoned(*args, **kwargs):
+        implicit = real(*args, **kwargs)
+        count = {"n": 0}
+
+        def wrapped(*a, **k):
+            h = implicit(*a, **k)
+            count["n"] += 1
+            if count["n"] == 2:
+                h.grad = np.array([np.nan, 0.0, 0.0, 0.0])
+                h.ok, h.message = False, f"non-finite hypergradient {h.grad.tolist()}"
+            return h
+        return wrapped
+
+    monkeypatch.setattr(hypergrad, "make_implicit", poisoned)
+    with pytest.raises(TuningStopped, match=r"outer step 1: non-finite hypergradient \[nan"):
+        tune(_tune_cfg(tmp_path))
+    info = json.loads((tmp_path / "tune" / "run.json").read_text())
+    traj = (tmp_path / "tune" / "trajectory.csv").read_text().splitlines()
+    assert info["status"] == "stopped" and "non-finite hypergradient" in info["message"]
+    assert len(traj) == 2  # header + step 0
+    step0 = dict(zip(traj[0].split(","), traj[1].split(","), strict=True))
+    np.testing.assert_allclose(info["theta"][:3], [float(step0[k]) for k in
+                               ("log_dist_weight", "log_ent_weight", "dist_pow")], rtol=1e-12)
+    assert (tmp_path / "tune" / "model" / "model.nc").exists()

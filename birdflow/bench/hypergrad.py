@@ -69,7 +69,8 @@ def run(cells: int, ks: list[int], repeats: int, cg_steps: int, n_intervals: int
     imp = hypergrad.make_implicit(prob, outer, hypergrad.SolveSettings(
         damping=1e-4, rtol=0.0, atol=0.0, max_steps=cg_steps))  # no tolerance: cg_steps steps
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    c, t, (compiled, out) = _time(imp.jitted, (params, theta, {}, zeros), repeats)
+    c, t, (compiled, out) = _time(imp.jitted, (params, theta, {}, zeros, jnp.asarray(1e-4, jnp.float64)),
+                                   repeats)
     mem, how = _memory(compiled)
     rows.append({**base, "case": "implicit (CG)", "K": None, "cg_steps": int(out[3]),
                  "compile_s": c, "median_s": t, "memory_bytes": mem, "memory": how})

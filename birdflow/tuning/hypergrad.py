@@ -78,6 +78,7 @@ class SolveSettings:
     fd_step: float = 1e-3
     precondition: bool = True  # CG preconditioned by :func:`mass_diagonal`
     accept_residual: float = 1e-4  # a solve that hit max_steps still counts if ||Av - b|| / ||b|| <= this
+    max_damping: float = 0.0  # a failed solve is retried with 10x the damping up to this (0: never)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Hypergradient:
     residual: float  # ||(H + λI)v − b|| / ||b||
     ok: bool
     message: str
+    damping: float = 0.0  # the λ this solve used
 
 
 def make_hvp(inner: Inner, mode: str, fd_step: float = 1e-3):
@@ -109,14 +111,18 @@ def make_hvp(inner: Inner, mode: str, fd_step: float = 1e-3):
 
 
 def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
-    """Jitted ``(params, theta, state, v0) -> (grad, L_out, v, steps, residual, ok)``.
+    """Jitted ``(params, theta, state, v0, damping) -> (grad, L_out, v, steps, residual, ok)``.
+
+    The returned ``implicit(params, theta, state, v0=None, damping=None)`` solves with
+    ``damping`` (default ``settings.damping``; a traced argument, so changing it does not
+    recompile) and reports the damping it used on the :class:`Hypergradient`.
 
     ``outer_loss(params) -> scalar`` is the tuning loss (it does not depend on θ).
     """
     mask = gauge_mask(inner.index)
     hvp = make_hvp(inner, settings.hvp, settings.fd_step)
 
-    def run(params, theta, state, v0):
+    def run(params, theta, state, v0, damping):
         value, g_out = jax.value_and_grad(outer_loss)(params)
         b = project_gauge(g_out, mask)
         # lineax checks |r_i| <= atol + rtol |b_i| element by element: solve for b / max|b|
@@ -127,7 +133,7 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
         def matvec(v):
             v = project_gauge(v, mask)
             hv = hvp(params, theta, state, v)
-            return project_gauge(jax.tree_util.tree_map(lambda a, x: a + settings.damping * x,
+            return project_gauge(jax.tree_util.tree_map(lambda a, x: a + damping * x,
                                                         hv, v), mask)
 
         structure = jax.eval_shape(lambda: b_unit)
@@ -135,7 +141,7 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
         options = {"y0": project_gauge({k: x / scale for k, x in v0.items()}, mask)}
         if settings.precondition:
             diag = mass_diagonal(params, inner.index)
-            floor = 1e-6 * jnp.max(diag["Z"]) + settings.damping
+            floor = 1e-6 * jnp.max(diag["Z"]) + damping
             inv = {k: 1.0 / (diag[k] + floor) for k in diag}
             options["preconditioner"] = lx.FunctionLinearOperator(
                 lambda v: project_gauge({k: inv[k] * project_gauge(v, mask)[k] for k in v}, mask),
@@ -160,20 +166,23 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
 
     run = jax.jit(run)
 
-    def implicit(params, theta, state, v0=None) -> Hypergradient:
+    def implicit(params, theta, state, v0=None, damping=None) -> Hypergradient:
         if v0 is None:
             v0 = jax.tree_util.tree_map(jnp.zeros_like, params)
-        hyper, value, v, steps, residual, ok = run(params, jnp.asarray(theta), state, v0)
+        damping = settings.damping if damping is None else float(damping)
+        hyper, value, v, steps, residual, ok = run(params, jnp.asarray(theta), state, v0,
+                                                   jnp.asarray(damping, jnp.asarray(theta).dtype))
         hyper, value, steps, residual, ok = jax.device_get((hyper, value, steps, residual, ok))
         msg = ""
         if not np.all(np.isfinite(hyper)):
             msg = f"non-finite hypergradient {np.asarray(hyper).tolist()}"
         elif not ok:
             msg = (f"the linear solve (lineax CG) did not converge in {int(steps)} steps "
-                   f"(relative residual {float(residual):.2e}); raise tune.solve.damping or "
+                   f"(relative residual {float(residual):.2e}, damping {damping:.0e}); raise "
+                   "tune.solve.damping / tune.solve.max_damping or "
                    "tune.solve.max_steps, or fit the inner problem more tightly")
         return Hypergradient(np.asarray(hyper, float), float(value), v, int(steps),
-                             float(residual), bool(ok), msg)
+                             float(residual), bool(ok), msg, damping)
 
     implicit.jitted = run  # (params, theta, state, v0) -> ...; for the benchmark
     return implicit

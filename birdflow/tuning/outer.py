@@ -203,6 +203,7 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
                disable=not cfg.progress, desc=f"tune {cfg.species.code}/{cfg.loss.location}",
                unit="outer", dynamic_ncols=True)
     message = ""
+    damping = traj["damping"][-1] if traj.get("damping") else ts.solve.damping
     try:
         for step in bar:
             theta = state["theta"]
@@ -211,7 +212,8 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
             state["params"], state["loss_state"] = res.params, res.state
             log.info("outer step %d: inner fit %d steps, |grad| %.3g, L_in %.6g", step, res.steps,
                      res.grad_norm, res.loss)
-            h = implicit(res.params, theta, res.state, state["v"])
+            h = _solve(implicit, res, theta, state, damping, ts.solve.max_damping, step)
+            damping = h.damping
             log.info("outer step %d: L_out %.5f, CG %d steps, residual %.2g, hypergradient %s",
                      step, h.outer_loss, h.cg_steps, h.residual, np.round(h.grad, 5).tolist())
             grad = h.grad
@@ -238,6 +240,7 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
                    **{f"grad_{n}": float(g) for n, g in zip(inner.THETA_NAMES, grad, strict=True)},
                    "inner_steps": res.steps, "inner_grad_norm": res.grad_norm,
                    "inner_loss": res.loss, "cg_steps": h.cg_steps, "cg_residual": h.residual,
+                   "damping": h.damping,
                    "best_outer_loss": float(state["best"]["loss"]),
                    "time_s": time.perf_counter() - t0}
             for k, v in row.items():
@@ -256,6 +259,19 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
     if message:
         log.error(message)
     return message
+
+
+def _solve(implicit, res, theta, state, damping: float, max_damping: float, step: int):
+    """The hypergradient at the inner solution; a failed (finite) CG solve is retried from zero
+    with 10x the damping while that stays <= ``max_damping``; the raised damping is kept for the
+    following outer steps (it is recorded in the trajectory and survives a resume)."""
+    h = implicit(res.params, theta, res.state, state["v"], damping)
+    while not h.ok and np.all(np.isfinite(h.grad)) and damping * 10 <= max_damping * (1 + 1e-9):
+        log.warning("outer step %d: %s; retrying with tune.solve.damping %.0e -> %.0e",
+                    step, h.message, damping, damping * 10)
+        damping *= 10
+        h = implicit(res.params, theta, res.state, None, damping)
+    return h
 
 
 def _load_best(tune_dir: Path, template) -> dict:

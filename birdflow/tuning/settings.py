@@ -56,6 +56,22 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
         inner["solver"] = "lbfgs" if location == "l2" else "adam"
     if solve.get("damping", "auto") == "auto":  # measured on the synthetic species (README)
         solve["damping"] = 1e-4 if location == "l2" else 1e-3
+    # W2 inner fits are Adam steps through Sinkhorn solves (each ~10x an L2 step) that do not reach
+    # gtol; these budgets reproduce the README's W2 run from one command
+    for where, d, key in (("tune", m, "first_max_steps"), ("tune.inner", inner, "max_steps"),
+                          ("tune.solve", solve, "max_steps"), ("tune.solve", solve, "max_damping"),
+                          ("tune.solve", solve, "damping")):
+        v = d.get(key, "auto")
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ConfigError(f"{where}.{key}={v!r}: must be a number or auto")
+    if m.get("first_max_steps", "auto") == "auto":
+        m["first_max_steps"] = 2000 if location == "l2" else 600
+    if inner.get("max_steps", "auto") == "auto":
+        inner["max_steps"] = 400 if location == "l2" else 100
+    if solve.get("max_steps", "auto") == "auto":
+        solve["max_steps"] = 500 if location == "l2" else 150
+    if solve.get("max_damping", "auto") == "auto":
+        solve["max_damping"] = 100 * float(solve["damping"])
     if solve.get("hvp", "auto") == "auto":
         solve["hvp"] = "jvp" if location == "l2" else "fd"
     if m.get("free") is None:
@@ -103,4 +119,9 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
             raise ConfigError(f"tune.{key}: must be > 0, got {v!r}")
     if s.solve.damping < 0:
         raise ConfigError(f"tune.solve.damping: must be >= 0, got {s.solve.damping!r}")
+    if s.solve.max_damping < 0:
+        raise ConfigError(f"tune.solve.max_damping: must be >= 0, got {s.solve.max_damping!r}")
+    for key, v in (("inner.max_steps", s.inner.max_steps), ("solve.max_steps", s.solve.max_steps)):
+        if int(v) < 1:
+            raise ConfigError(f"tune.{key}: must be a positive integer, got {v!r}")
     return s
