@@ -32,10 +32,16 @@ class WeekIndex:
     Attributes:
         slot_cell: (n_weeks, n_max) active-cell index of each slot; -1 for padding.
         cyclic: True when the 52 -> 1 transition is modelled.
+        nbr: None for dense transitions, or the *sparse* (neighbourhood) layout:
+            (n_transitions, n_max, K) int32, ``nbr[t, i, k]`` = the week-(t+1) slot of the
+            k-th cell reachable from slot i of week t, -1 for padding (all -1 in padding rows).
+            Sparse logits ``Z`` and joints ``M`` are then (n_transitions, n_max, K), paired
+            entry by entry with ``nbr``.
     """
 
     slot_cell: np.ndarray
     cyclic: bool
+    nbr: np.ndarray | None = None
 
     @classmethod
     def from_dynamic_mask(cls, dynamic_mask: np.ndarray, cyclic: bool, n_max: int | None = None):
@@ -80,9 +86,21 @@ class WeekIndex:
         out = np.take_along_axis(np.asarray(per_cell)[weeks], cells, axis=1)
         return np.where(self.valid[weeks], out, 0.0)
 
+    @property
+    def sparse(self) -> bool:
+        return self.nbr is not None
+
+    @property
+    def n_neighbours(self) -> int:
+        """K: logits per row (n_max when dense)."""
+        return self.n_max if self.nbr is None else self.nbr.shape[2]
+
     def n_parameters(self) -> int:
-        """Logits that matter: n_1 + sum_t n_t n_{t+1} (BirdFlowR's count)."""
+        """Logits that matter: n_1 + sum_t n_t n_{t+1} (BirdFlowR's count); sparse: n_1 + the
+        number of (from, to) pairs kept."""
         n = self.valid.sum(axis=1)
+        if self.nbr is not None:
+            return int(n[0] + (self.nbr >= 0).sum())
         nxt = n[(np.arange(self.n_transitions) + 1) % self.n_weeks]
         return int(n[0] + (n[: self.n_transitions] * nxt).sum())
 
