@@ -249,6 +249,8 @@ def test_tune_writes_an_ordinary_run_dir_and_resumes(tmp_path):
     best = int(np.argmin(traj["outer_loss"]))
     # the saved model is the lowest-tuning-loss iterate; its validation ll is the logged one
     assert metrics["mean_ll"] == pytest.approx(traj["validation_ll"][best], rel=1e-6)
+    # the trajectory's weakest weekly S&T correlation (tune.fit_penalty's) is evaluation's
+    assert metrics["min_distr_cor"] == pytest.approx(traj["min_distr_cor"][best], rel=1e-6)
     tune_birds = set(open(res.tune_dir / "tuning_tracks.csv").read().split()[1:])
     val_birds = set(open(res.tune_dir / "validation_tracks.csv").read().split()[1:])
     assert {r.split(",")[0] for r in tune_birds}.isdisjoint({r.split(",")[0] for r in val_birds})
@@ -330,3 +332,40 @@ def test_non_finite_hypergradient_stops_and_keeps_the_last_good_theta(tmp_path, 
     np.testing.assert_allclose(info["theta"][:3], [float(step0[k]) for k in
                                ("log_dist_weight", "log_ent_weight", "dist_pow")], rtol=1e-12)
     assert (tmp_path / "tune" / "model" / "model.nc").exists()
+
+
+def test_fit_penalty_by_hand_and_its_gradient():
+    """Weekly correlations equal numpy's over the active cells; the penalty is zero above
+    min_cor, weight * sum gap^2 below it, and its gradient matches centred differences."""
+    import jax
+    import jax.numpy as jnp
+
+    from birdflow.model import markov
+    from birdflow.tuning.penalty import FitPenalty, make_fit_penalty
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        dyn = rng.random((4, 7)) < 0.8
+        dyn[:, :3] = True
+        index = markov.WeekIndex.from_dynamic_mask(dyn, cyclic=True)
+        params = markov.init_params(jax.random.PRNGKey(1), index, jnp.float64)
+        targets = jnp.asarray(index.slot_values(rng.random((4, 7))), jnp.float64)
+        mu = np.asarray(markov.marginals(params, index)[0])
+        cors = [np.corrcoef(mu[t][index.valid[t]], np.asarray(targets)[t][index.valid[t]])[0, 1]
+                for t in range(4)]
+        _, cor = make_fit_penalty(index, targets, FitPenalty())(params)
+        np.testing.assert_allclose(cor, cors, rtol=1e-12)
+        assert float(make_fit_penalty(index, targets, FitPenalty())(params)[0]) == 0.0
+        above = make_fit_penalty(index, targets, FitPenalty(min_cor=min(cors) - 0.01))
+        assert float(above(params)[0]) == 0.0
+        level = float(np.sort(cors)[2])  # two weeks below
+        pen = make_fit_penalty(index, targets, FitPenalty(min_cor=level, weight=3.0))
+        want = 3.0 * sum(max(0.0, level - c) ** 2 for c in cors)
+        assert float(pen(params)[0]) == pytest.approx(want, rel=1e-12) and want > 0
+        f = lambda p: pen(p)[0]  # noqa: E731
+        g = jax.grad(f)(params)["Z"]
+        h = 1e-6
+        for idx in [(0, 0, 1), (1, 2, 0), (3, 1, 2)]:
+            e = jnp.zeros_like(params["Z"]).at[idx].set(h)
+            fd = (f({**params, "Z": params["Z"] + e}) - f({**params, "Z": params["Z"] - e})) / (2 * h)
+            assert float(g[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-10)

@@ -36,7 +36,7 @@ from birdflow.training.checkpoint import (
 from birdflow.training.loop import AfterTraining, finish_run
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
 from birdflow.training.settings import validate_train_config
-from birdflow.tuning import hypergrad, inner, likelihood
+from birdflow.tuning import hypergrad, inner, likelihood, penalty
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
 
@@ -137,8 +137,10 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     val_batch = likelihood.make_batch(split.validation, index)
     k_lag, k_val = batch.max_lag, val_batch.max_lag
 
-    def outer_loss(params):
-        return -likelihood.mean_log_likelihood(params, index, batch, k_lag)
+    fit_penalty = penalty.make_fit_penalty(index, prob.problem.targets, ts.fit_penalty)
+
+    def outer_loss(params):  # the tuning birds' negative mean ll (+ the optional S&T-fit penalty)
+        return -likelihood.mean_log_likelihood(params, index, batch, k_lag) + fit_penalty(params)[0]
 
     val_ll = jax.jit(lambda p: likelihood.mean_log_likelihood(p, index, val_batch, k_val))
     free = np.array([n in ts.free for n in inner.THETA_NAMES])
@@ -159,6 +161,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     start, state, traj = resume_from(tune_dir, state, cfg.get("resume"))
     if start:
         log.info("resuming %s from outer step %d", tune_dir, start)
+    min_cor = jax.jit(lambda p: jnp.min(fit_penalty(p)[1]))
     fit = inner.make_fitter(prob, ts.inner)
     implicit = hypergrad.make_implicit(prob, outer_loss, ts.solve)
     unrolled = (hypergrad.make_unrolled(prob, outer_loss, ts.unroll_steps, ts.unroll_lr)
@@ -166,8 +169,8 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     log.info("tune %s/%s: %d tuning birds (%d intervals), %d validation birds (%d) -> %s",
              cfg.species.code, loss_cfg.location, len(split.tuning_birds), len(split.tuning),
              len(split.validation_birds), len(split.validation), tune_dir)
-    stopped = _outer(cfg, ts, state, traj, start, fit, implicit, unrolled, outer_loss, val_ll,
-                     optimizer, free, lo, hi, tune_dir)
+    stopped = _outer(cfg, ts, state, traj, start, fit, implicit, unrolled, outer_loss,
+                     (val_ll, min_cor), optimizer, free, lo, hi, tune_dir)
     best = state_best = _load_best(tune_dir, state)
     if not np.isfinite(float(best["loss"])):
         write_run_info(tune_dir, status="failed", message=stopped)
@@ -193,9 +196,13 @@ def _start_theta(loss_cfg, start: dict) -> np.ndarray:
     return theta
 
 
-def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, outer_loss, val_ll,
+def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, outer_loss, monitors,
            optimizer, free, lo, hi, tune_dir) -> str:
-    """Run outer steps ``start..ts.steps``; returns '' or the reason it stopped early."""
+    """Run outer steps ``start..ts.steps``; returns '' or the reason it stopped early.
+
+    ``monitors`` = (validation mean ll, weakest weekly S&T correlation), functions of the logits.
+    """
+    val_ll, min_cor = monitors
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter() - (traj["time_s"][-1] if traj.get("time_s") else 0.0)
@@ -236,6 +243,7 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
             row = {"step": step, **{n: float(x) for n, x in zip(inner.THETA_NAMES, np.asarray(theta),
                                                                   strict=True)},
                    "outer_loss": h.outer_loss, "validation_ll": float(val_ll(res.params)),
+                   "min_distr_cor": float(min_cor(res.params)),
                    "hypergrad_norm": float(np.linalg.norm(grad)),
                    **{f"grad_{n}": float(g) for n, g in zip(inner.THETA_NAMES, grad, strict=True)},
                    "inner_steps": res.steps, "inner_grad_norm": res.grad_norm,

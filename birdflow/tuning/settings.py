@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from birdflow.errors import ConfigError
 from birdflow.tuning.hypergrad import SolveSettings
 from birdflow.tuning.inner import THETA_NAMES, FitSettings
+from birdflow.tuning.penalty import FitPenalty
 
 HYPERGRADIENTS = ("implicit", "unrolled")
 INITS = ("st", "random")
@@ -36,6 +37,7 @@ class TuneSettings:
     w2_threshold: float | None = 1e-4
     inner: FitSettings = field(default_factory=FitSettings)
     solve: SolveSettings = field(default_factory=SolveSettings)
+    fit_penalty: FitPenalty = field(default_factory=FitPenalty)
 
 
 def _sub(cls, m: Mapping | None, prefix: str):
@@ -95,10 +97,15 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
                                   "[lower, upper], lower < upper")
             b[k] = (float(v[0]), float(v[1]))
     m["bounds"] = b
+    penalty = _sub(FitPenalty, m.pop("fit_penalty", None), "tune.fit_penalty")
+    if penalty.min_cor is not None and not (-1 < float(penalty.min_cor) < 1 and penalty.weight > 0):
+        raise ConfigError(f"tune.fit_penalty: min_cor must be in (-1, 1) and weight > 0, got "
+                          f"min_cor={penalty.min_cor!r}, weight={penalty.weight!r}")
     s = _sub(TuneSettings, m, "tune")
     s = TuneSettings(**{**{f.name: getattr(s, f.name) for f in fields(s)},
                         "inner": _sub(FitSettings, inner, "tune.inner"),
-                        "solve": _sub(SolveSettings, solve, "tune.solve")})
+                        "solve": _sub(SolveSettings, solve, "tune.solve"),
+                        "fit_penalty": penalty})
     bad = [n for n in s.free if n not in THETA_NAMES]
     if bad:
         raise ConfigError(f"tune.free: unknown hyperparameter {bad[0]!r}; choose from {list(THETA_NAMES)}")
