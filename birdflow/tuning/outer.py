@@ -220,6 +220,9 @@ def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, o
             log.info("outer step %d: inner fit %d steps, |grad| %.3g, L_in %.6g", step, res.steps,
                      res.grad_norm, res.loss)
             h = _solve(implicit, res, theta, state, damping, ts.solve.max_damping, step)
+            if h.ok and h.damping != damping:  # the hypergradient's scale goes with 1/λ: restart
+                state["opt_state"] = optimizer.init(theta)  # Adam's moments at the new scale
+                log.info("outer step %d: Adam's moments restarted for damping %.0e", step, h.damping)
             damping = h.damping
             log.info("outer step %d: L_out %.5f, CG %d steps, residual %.2g, hypergradient %s",
                      step, h.outer_loss, h.cg_steps, h.residual, np.round(h.grad, 5).tolist())
