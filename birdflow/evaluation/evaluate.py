@@ -28,6 +28,7 @@ from birdflow.evaluation.metrics import (
 from birdflow.evaluation.seasons import migration_seasons, season_performance
 from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model
+from birdflow.model.sampling import slot_of
 from birdflow.training.rundir import read_run_info
 
 METRICS_JSON = "metrics.json"
@@ -46,18 +47,42 @@ def grid_difference(a: xr.Dataset, b: xr.Dataset) -> str:
     return ""
 
 
+def _transition_rows(model: BirdFlowModel, t: int, cells_from: np.ndarray,
+                     cells_to: np.ndarray) -> np.ndarray:
+    """(len(cells_from), len(cells_to)) rows of the row-stochastic transition t on those cells,
+    from one densified week of the joint; cells outside the model's weeks get 0."""
+    idx = model.index
+    M = model.joint_dense_at(t)
+    rows = M.sum(axis=1, keepdims=True)
+    P = np.divide(M, rows, out=np.zeros_like(M, dtype=np.float64), where=rows > 0)
+    out = np.zeros((len(cells_from), len(cells_to)))
+    slot_f, slot_t = (slot_of(idx.slot_cell[w % idx.n_weeks], model.n_cells)
+                      for w in (t, t + 1))
+    fi, ti = slot_f[cells_from], slot_t[cells_to]
+    rf, ct = np.flatnonzero(fi >= 0), np.flatnonzero(ti >= 0)
+    out[np.ix_(rf, ct)] = P[np.ix_(fi[rf], ti[ct])]
+    return out
+
+
 def transition_tv(model: BirdFlowModel, truth: BirdFlowModel) -> float:
     """sum_t sum_i mu_true_t(i) TV(P_t(i, .), P_true_t(i, .)) / T over the T transitions.
 
     A cell the true chain visits but the learned one leaves no mass in (empty row) counts as
-    TV = 1. Both models must be on the same grid (see :func:`grid_difference`).
+    TV = 1. Both models must be on the same grid (see :func:`grid_difference`); either may
+    be neighbourhood-sparse: each week compares the rows of the truth's week-t cells over
+    both models' week-(t + 1) cells, one densified week at a time.
     """
     total = 0.0
     for t in range(truth.n_transitions):
-        P, P_true = model.transition_at(t), truth.transition_at(t)
+        weeks = [m.index.slot_cell[w % m.index.n_weeks] for m in (model, truth)
+                 for w in (t, t + 1)]
+        cells_from = weeks[2][weeks[2] >= 0]
+        cells_to = np.union1d(weeks[1][weeks[1] >= 0], weeks[3][weeks[3] >= 0])
+        P = _transition_rows(model, t, cells_from, cells_to)
+        P_true = _transition_rows(truth, t, cells_from, cells_to)
         tv = 0.5 * np.abs(P - P_true).sum(axis=1)
         tv = np.where(P.sum(axis=1) > 0, tv, 1.0)
-        total += float(truth.distr_at(t) @ tv)
+        total += float(truth.distr_at(t)[cells_from] @ tv)
     return total / truth.n_transitions
 
 

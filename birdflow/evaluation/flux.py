@@ -34,6 +34,7 @@ import xarray as xr
 from birdflow.data.cf import CONVENTIONS, GRID_MAPPING
 from birdflow.data.geotiff import write_grid_geotiff
 from birdflow.io import atomic_path
+from birdflow.model import joints
 from birdflow.model.fitted import BirdFlowModel
 
 NUDGE = (1e-7 * np.sqrt(2.0), 1e-7 * np.sqrt(3.0))  # (col, row) offset: never through a corner
@@ -75,18 +76,17 @@ def transition_flux(model: BirdFlowModel, t: int) -> dict[str, np.ndarray]:
     ds, idx = model.data, model.index
     nrow, ncol = ds.sizes["y"], ds.sizes["x"]
     sf, st = idx.slot_cell[t % idx.n_weeks], idx.slot_cell[(t + 1) % idx.n_weeks]
-    M = model.marginals[t]
-    fi, ti = np.nonzero((M > 0) & (sf[:, None] >= 0) & (st[None, :] >= 0))
+    fi, ti, m = joints.nonzero_entries(idx, model.marginals, t)  # dense or sparse alike
     a, b = sf[fi], st[ti]
     row, col = ds["cell_row"].values, ds["cell_col"].values
     out = dict(zip(FLUX_VARS, _crossings(col[a].astype(float), row[a].astype(float),
-                                         col[b].astype(float), row[b].astype(float), M[fi, ti],
+                                         col[b].astype(float), row[b].astype(float), m,
                                          nrow, ncol), strict=True))
-    mass = np.bincount(a, weights=M[fi, ti], minlength=model.n_cells)
+    mass = np.bincount(a, weights=m, minlength=model.n_cells)
     cx, cy = ds["cell_x"].values, ds["cell_y"].values
     with np.errstate(invalid="ignore", divide="ignore"):
-        dx = np.bincount(a, weights=M[fi, ti] * (cx[b] - cx[a]), minlength=model.n_cells) / mass
-        dy = np.bincount(a, weights=M[fi, ti] * (cy[b] - cy[a]), minlength=model.n_cells) / mass
+        dx = np.bincount(a, weights=m * (cx[b] - cx[a]), minlength=model.n_cells) / mass
+        dy = np.bincount(a, weights=m * (cy[b] - cy[a]), minlength=model.n_cells) / mass
     weight = np.where(mass > 0, ds["distr"].values[t % idx.n_weeks], np.nan)
     for name, values in (("move_dx", dx), ("move_dy", dy), ("move_weight", weight)):
         grid = np.full((nrow, ncol), np.nan)

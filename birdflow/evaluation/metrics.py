@@ -1,7 +1,8 @@
 """Metrics of a fitted chain: fit to S&T, BirdFlowR's distribution performance, interval scores.
 
 All functions take a :class:`birdflow.model.fitted.BirdFlowModel` (numpy) and work in its
-slot layout where they can, so an n-cell model never needs 52 dense n x n matrices at once.
+slot layout one transition at a time (:class:`birdflow.model.joints.Transitions`), so a
+neighbourhood-sparse model is only ever multiplied as a sparse matrix, never densified.
 Week indices are 0-based positions in ``model.data.week``; correlations are Pearson over the
 dynamic-mask cells of the week concerned, as in BirdFlowR's ``distribution_performance``.
 """
@@ -13,6 +14,7 @@ import pandas as pd
 
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel
+from birdflow.model.joints import Transitions
 
 W2_BLUR_CELLS = 0.1  # entropic blur sqrt(eps) of the W2 metric, in grid cells
 W2_UNIT_M = 1e6  # cell centres are scaled to 1000 km so costs are O(1)
@@ -29,7 +31,18 @@ def w2_epsilon(res_km: float) -> float:
 
 
 def slot_transitions(model: BirdFlowModel) -> np.ndarray:
-    """(n_transitions, n_max, n_max) row-stochastic transitions; rows without mass are 0."""
+    """(n_transitions, n_max, n_max) row-stochastic transitions; rows without mass are 0.
+
+    Dense models only (all weeks at once); sparse ones step with :class:`Transitions`.
+
+    Raises:
+        ConfigError: the model is neighbourhood-sparse.
+    """
+    if model.sparse:
+        raise ConfigError(f"slot_transitions: the model is neighbourhood-sparse "
+                          f"({model.index.n_neighbours} per row); all weeks dense would need "
+                          f"{model.n_transitions * model.index.n_max**2 * 8 / 1e9:.3g} GB - use "
+                          "birdflow.model.joints.Transitions(model.index, model.marginals)")
     M = np.asarray(model.marginals, dtype=np.float64)
     rows = M.sum(axis=2, keepdims=True)
     return np.divide(M, rows, out=np.zeros_like(M), where=rows > 0)
@@ -169,7 +182,7 @@ def distribution_performance(model: BirdFlowModel,
         st_traverse_cor, md_traverse_cor, n_states.
     """
     seq = week_sequence(model, week_range)
-    P = slot_transitions(model)
+    P = Transitions(model.index, model.marginals)
     mu = model.distrs()
     s = np.asarray(model.data["distr"].values, dtype=np.float64)
     dyn = np.asarray(model.data["dynamic_mask"].values, dtype=bool)
@@ -177,13 +190,13 @@ def distribution_performance(model: BirdFlowModel,
     distr_cor = weekly_distr_cor(model, mu)
     step_cor = np.full(n_weeks, np.nan)
     for t, t_next in zip(seq[:-1], seq[1:], strict=True):
-        pred = to_cells(model, t_next, to_slots(model, t, s[t]) @ P[t])
+        pred = to_cells(model, t_next, P.step(t, to_slots(model, t, s[t])))
         step_cor[t] = pearson(pred[dyn[t_next]], s[t_next][dyn[t_next]])
 
     def traverse(start_cells: np.ndarray) -> float:
         d = to_slots(model, seq[0], start_cells)
         for t in seq[:-1]:
-            d = d @ P[t]
+            d = P.step(t, d)
         end = seq[-1]
         return pearson(to_cells(model, end, d)[dyn[end]], s[end][dyn[end]])
 
@@ -212,7 +225,7 @@ def forecast_intervals(model: BirdFlowModel, intervals: pd.DataFrame) -> np.ndar
 
     Rows whose start cell is not in the model's week-t1 layout forecast all zeros.
     """
-    P = slot_transitions(model)
+    P = Transitions(model.index, model.marginals)
     out = np.zeros((len(intervals), model.n_cells))
     t1s, lags = intervals["t1"].to_numpy(), intervals["lag"].to_numpy()
     cells = intervals["cell1"].to_numpy()
@@ -225,7 +238,7 @@ def forecast_intervals(model: BirdFlowModel, intervals: pd.DataFrame) -> np.ndar
         start = slot_of[cells[rows]]
         d[np.flatnonzero(start >= 0), start[start >= 0]] = 1.0
         for step in range(1, int(lags[rows].max()) + 1):
-            d = d @ P[(t1 + step - 1) % model.n_transitions]
+            d = P.step((t1 + step - 1) % model.n_transitions, d)
             done = lags[rows] == step
             if done.any():
                 out[rows[done]] = to_cells(model, t1 + step, d[done])

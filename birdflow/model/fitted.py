@@ -9,7 +9,6 @@ in the slot layout of :class:`birdflow.model.markov.WeekIndex`.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +17,22 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from birdflow.data.bfdata import load_bfdata, save_bfdata
-from birdflow.data.cf import to_cf
 from birdflow.data.seasons import season_span
-from birdflow.errors import ConfigError, DataError
-from birdflow.io import atomic_path
-from birdflow.model import starts
+from birdflow.errors import ConfigError
+from birdflow.model import joints, starts
 from birdflow.model.markov import WeekIndex
+from birdflow.model.modelfile import DATA_FILE, MODEL_FILE, load_model, save_model
 from birdflow.model.sampling import routes_table, sample_cells
 from birdflow.model.timeline import Timeline, timeline, week_position
 
-MODEL_FILE = "model.nc"
-DATA_FILE = "data.nc"
+__all__ = ["DATA_FILE", "MODEL_FILE", "BirdFlowModel", "load_model", "save_model"]
 
 
 @dataclass(repr=False)
 class BirdFlowModel:
-    """Fitted chain. ``marginals`` is (n_transitions, n_max, n_max) in the slot layout.
+    """Fitted chain. ``marginals`` is (n_transitions, n_max, n_max) in the slot layout, or
+    (n_transitions, n_max, K) paired with ``index.nbr`` for a neighbourhood-sparse model
+    (:mod:`birdflow.model.joints`; every method then works one week at a time).
 
     ``run_dir`` is where it was saved or read from (None for a model only in memory).
     """
@@ -45,6 +43,10 @@ class BirdFlowModel:
     hyperparameters: dict = field(default_factory=dict)
     loss_history: dict[str, np.ndarray] = field(default_factory=dict)
     run_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.index.sparse:
+            joints.check_shape(self.index, self.marginals)
 
     def __repr__(self) -> str:
         a, hp = self.data.attrs, self.hyperparameters
@@ -60,6 +62,9 @@ class BirdFlowModel:
             f"{self.n_transitions} transitions",
             f"  location loss {hp.get('location_loss', '?')}" + (f"; {fit}" if fit else ""),
         ]
+        if self.sparse:
+            lines.append(f"  neighbourhood-sparse, {self.index.n_neighbours} per row, "
+                         f"{int((self.index.nbr >= 0).sum())} pairs kept")
         if a.get("sparse"):  # birdflow.model.sparsify
             st = json.loads(a["sparse"])
             lines.append(f"  sparse ({st['method']}, p={st['p']:g}): density "
@@ -79,6 +84,15 @@ class BirdFlowModel:
     @property
     def cyclic(self) -> bool:
         return self.index.cyclic
+
+    @property
+    def sparse(self) -> bool:
+        """True for neighbourhood-sparse joints (``index.nbr`` set)."""
+        return self.index.sparse
+
+    def joint_dense_at(self, t: int) -> np.ndarray:
+        """(n_max, n_max) joint of transition t in the slot layout; one week densified."""
+        return joints.dense_joint(self.index, self.marginals, t)
 
     def marginal(self, when) -> np.ndarray:
         """Joint of the transition from ``when`` (a date or 1-based S&T week) to the next week,
@@ -100,7 +114,7 @@ class BirdFlowModel:
         """Joint of transition t as (n_t, n_{t+1}) in dmi order, as BirdFlowR stores it."""
         nf = int(self.index.valid[t % self.index.n_weeks].sum())
         nt = int(self.index.valid[(t + 1) % self.index.n_weeks].sum())
-        return self.marginals[t, :nf, :nt]
+        return self.joint_dense_at(t)[:nf, :nt]
 
     def _scatter(self, t_week: int, slot_vals: np.ndarray) -> np.ndarray:
         out = np.zeros(self.n_cells)
@@ -112,8 +126,8 @@ class BirdFlowModel:
     def distr_at(self, t: int) -> np.ndarray:
         """Model distribution over active cells at marginal-week t (0..n_transitions)."""
         if t < self.n_transitions:
-            return self._scatter(t, self.marginals[t].sum(axis=1))
-        return self._scatter(t, self.marginals[t - 1].sum(axis=0))
+            return self._scatter(t, joints.row_sums(self.index, self.marginals, t))
+        return self._scatter(t, joints.col_sums(self.index, self.marginals, t - 1))
 
     def distrs(self) -> np.ndarray:
         """(n_weeks, n_cells) model distributions of weeks 1..T (row sums of each marginal)."""
@@ -121,7 +135,7 @@ class BirdFlowModel:
 
     def transition_at(self, t: int) -> np.ndarray:
         """Dense (n_cells, n_cells) row-stochastic transition t; rows with no mass are zero."""
-        M = self.marginals[t]
+        M = self.joint_dense_at(t)
         rows = M.sum(axis=1, keepdims=True)
         P = np.divide(M, rows, out=np.zeros_like(M, dtype=np.float64), where=rows > 0)
         out = np.zeros((self.n_cells, self.n_cells))
@@ -159,11 +173,11 @@ class BirdFlowModel:
         sc = self.index.slot_cell
         for k, t in enumerate(tl.transitions):
             here, there = sc[tl.positions[k]], sc[tl.positions[k + 1]]
-            M = self.marginals[t] if tl.sign > 0 else self.marginals[t].T
-            norm = M.sum(axis=1)
+            norm = (joints.row_sums if tl.sign > 0 else joints.col_sums)(self.index,
+                                                                          self.marginals, t)
             x = np.where(here >= 0, out[-1][:, np.maximum(here, 0)], 0.0)  # (k, n_max)
             x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-            y = x @ M
+            y = joints.push(self.index, self.marginals, t, x, transpose=tl.sign < 0)
             nxt = np.zeros_like(d)
             ok = there >= 0
             nxt[:, there[ok]] = y[:, ok]
@@ -209,8 +223,9 @@ class BirdFlowModel:
         """(n_cells,) bool: cells of the first week of ``tl`` with probability onward."""
         if not tl.n_steps:
             return self.distr_at(tl.positions[0]) > 0
-        M = self.marginals[tl.transitions[0]]
-        return self._scatter(tl.positions[0], M.sum(axis=1 if tl.sign > 0 else 0)) > 0
+        sums = joints.row_sums if tl.sign > 0 else joints.col_sums
+        return self._scatter(tl.positions[0],
+                             sums(self.index, self.marginals, tl.transitions[0])) > 0
 
     def route(self, n: int = 1, start=None, end=None, *, n_steps: int | None = None,
               direction: str | None = None, lonlat=None, distr: np.ndarray | None = None,
@@ -249,49 +264,14 @@ class BirdFlowModel:
             t = t_from + k
             if not self.cyclic and t >= self.n_transitions:
                 raise ValueError(f"a truncated model has no transition after week index {t}")
-            out.append(out[-1] @ self.transition_at(t % self.n_transitions))
+            out.append(self._step_cells(out[-1], t % self.n_transitions))
         return np.stack(out)
 
-
-def save_model(model: BirdFlowModel, run_dir: str | os.PathLike) -> Path:
-    """Write ``model.nc`` (marginals, slot layout, hyperparameters, losses) and ``data.nc``."""
-    run_dir = Path(run_dir)
-    data = model.data
-    ds = xr.Dataset(
-        {
-            "marginals": (("transition", "slot", "slot_to"), model.marginals.astype(np.float32)),
-            "slot_cell": (("week", "slot"), model.index.slot_cell),
-            "mu": (("week", "cell"), model.distrs()),
-            "cell_row": data["cell_row"], "cell_col": data["cell_col"],
-        },
-        coords={"week": data["week"].values, "date": ("week", data["date"].values),
-                "x": data["x"].values, "y": data["y"].values},
-        attrs={"cyclic": int(model.cyclic), "hyperparameters": json.dumps(model.hyperparameters)},
-    )
-    ds = to_cf(ds.rio.write_crs(data.attrs.get("crs_wkt") or data.rio.crs.to_wkt()),
-               {"mu": "distr"}, title=f"BirdFlow model {data.attrs.get('species_code', '')}: "
-               "weekly distributions of the fitted chain")
-    ds["distr"].attrs["long_name"] = "model distribution of the week (map; NaN = inactive cell)"
-    for name, values in model.loss_history.items():
-        ds[f"loss_{name}"] = ("step", np.asarray(values, dtype=np.float64))
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-    save_bfdata(model.data, run_dir / DATA_FILE)
-    return run_dir / MODEL_FILE
-
-
-def load_model(run_dir: str | os.PathLike) -> BirdFlowModel:
-    """Read a model written by :func:`save_model` from a run directory."""
-    run_dir = Path(run_dir)
-    path = run_dir / MODEL_FILE
-    if not path.exists():
-        raise DataError(f"{path}: no fitted model here; pass the run directory that "
-                        "`python -m birdflow.train` printed (outputs/<species>/<loss>/<timestamp>)")
-    with xr.open_dataset(path, engine="h5netcdf") as f:
-        ds = f.load()
-    data = load_bfdata(run_dir / DATA_FILE)
-    index = WeekIndex(slot_cell=ds["slot_cell"].values.astype(np.int32), cyclic=bool(ds.attrs["cyclic"]))
-    losses = {k[5:]: ds[k].values for k in ds.data_vars if k.startswith("loss_")}
-    return BirdFlowModel(data=data, index=index, marginals=ds["marginals"].values.astype(np.float64),
-                         hyperparameters=json.loads(ds.attrs.get("hyperparameters", "{}")),
-                         loss_history=losses, run_dir=run_dir)
+    def _step_cells(self, d: np.ndarray, t: int) -> np.ndarray:
+        """Cell distribution ``d`` one step through transition t (slot space when sparse)."""
+        if not self.sparse:
+            return d @ self.transition_at(t)
+        sf = self.index.slot_cell[t % self.index.n_weeks]
+        x = np.where(sf >= 0, d[np.maximum(sf, 0)], 0.0)
+        y = joints.Transitions(self.index, self.marginals).step(t, x)
+        return self._scatter(t + 1, y)

@@ -19,18 +19,43 @@ import numpy as np
 import pandas as pd
 
 from birdflow.errors import DataError
+from birdflow.model import joints
 from birdflow.model.timeline import Timeline
 
 ROUTE_COLUMNS = ["route_id", "i", "x", "y", "lon", "lat", "date", "timestep", "route_type",
                  "stay_id", "stay_len", "week"]
 
 
-def _slot_of(slot_cell_week: np.ndarray, n_cells: int) -> np.ndarray:
+def slot_of(slot_cell_week: np.ndarray, n_cells: int) -> np.ndarray:
     """Cell -> slot of one week (-1 when the cell is not in that week's dynamic mask)."""
     out = np.full(n_cells, -1)
     ok = slot_cell_week >= 0
     out[slot_cell_week[ok]] = np.flatnonzero(ok)
     return out
+
+
+def _step_weights(model, t: int, slots: np.ndarray, forward: bool):
+    """Weights of the next slots of routes now in ``slots``: (n, width) and the slot of each.
+
+    Dense models: the joint's rows (forward) or columns (backward), all n_max slots. Sparse
+    models: the kept entries of those rows of ``M_t`` (or of ``M_t^T``), read from CSR with
+    slots in increasing order and padded with weight 0, so the cumulative sums are those of
+    the dense rows at every kept entry; no week is densified.
+    """
+    if not model.sparse:
+        M = model.marginals[t]
+        w = M[slots] if forward else M[:, slots].T
+        return w, np.broadcast_to(np.arange(M.shape[1]), w.shape)
+    A = joints.joint_csr(model.index, model.marginals, t, transpose=not forward)
+    s = np.maximum(slots, 0)
+    start, length = A.indptr[s], np.where(slots >= 0, np.diff(A.indptr)[s], 0)
+    width = max(int(length.max(initial=0)), 1)
+    k = np.arange(width)
+    inside = k[None, :] < length[:, None]
+    at = np.where(inside, start[:, None] + k[None, :], 0)
+    if not A.nnz:
+        return np.zeros(inside.shape), np.zeros(inside.shape, dtype=np.int64)
+    return np.where(inside, A.data[at], 0.0), np.where(inside, A.indices[at], 0)
 
 
 def sample_cells(model, start_cells: np.ndarray, tl: Timeline,
@@ -56,9 +81,8 @@ def sample_cells(model, start_cells: np.ndarray, tl: Timeline,
     path = [cells]
     for k, t in enumerate(tl.transitions):
         here, there = tl.positions[k], tl.positions[k + 1]
-        slots = _slot_of(slot_cell[here], model.n_cells)[cells]
-        M = model.marginals[t]
-        weights = M[slots] if tl.sign > 0 else M[:, slots].T  # (n, n_max) over `there`'s slots
+        slots = slot_of(slot_cell[here], model.n_cells)[cells]
+        weights, to_slot = _step_weights(model, t, slots, tl.sign > 0)  # over `there`'s slots
         cdf = np.cumsum(weights, axis=1)
         total = cdf[:, -1]
         dead = (slots < 0) | (total <= 0)
@@ -69,7 +93,7 @@ def sample_cells(model, start_cells: np.ndarray, tl: Timeline,
                             "fix=True or start elsewhere")
         u = rng.random(len(cells)) * total
         picked = np.argmax(cdf > u[:, None], axis=1)  # first slot whose CDF exceeds u
-        cells = slot_cell[there][picked]
+        cells = slot_cell[there][to_slot[np.arange(len(cells)), picked]]
         path.append(cells)
     return np.stack(path, axis=1)
 

@@ -104,7 +104,8 @@ def _rechain(M: np.ndarray) -> np.ndarray:
 
 
 def density(model) -> float:
-    """Fraction of the possible joint entries (dynamic mask pairs) that are non-zero."""
+    """Fraction of the possible joint entries (dynamic mask pairs) that are non-zero (either
+    layout: a sparse model's positive kept entries)."""
     valid = model.index.valid
     nw, nt = model.index.n_weeks, model.n_transitions
     possible = sum(int(valid[t].sum()) * int(valid[(t + 1) % nw].sum()) for t in range(nt))
@@ -130,8 +131,13 @@ def sparsify(model, method: str = "model", p: float = 0.99, *, fix: bool = True,
         which the BirdFlowR export writes to ``metadata/sparse`` (with ``is_sparse`` TRUE).
 
     Raises:
-        ConfigError: unknown method or p outside (0, 1].
+        ConfigError: unknown method, p outside (0, 1], or a neighbourhood-sparse model.
     """
+    if model.sparse:
+        raise ConfigError(f"sparsify: the model already has neighbourhood-sparse transitions "
+                          f"({model.index.n_neighbours} per row); post-hoc sparsification reads "
+                          "dense joints - sparsify a dense model, or fit with a smaller "
+                          "model.neighbourhood_km")
     if method not in METHODS:
         raise ConfigError(f"sparsify method={method!r}: unknown; use one of {list(METHODS)}")
     if not 0 < float(p) <= 1 or not 0 <= float(p_protected) <= 1:
