@@ -3,7 +3,9 @@
 The file is what ``BirdFlowR::import_birdflow()`` reads: ``distr``/``dynamic_mask`` as
 (n_active, T) matrices, with a 53rd column repeating week 1 for cyclic models;
 ``marginals/Week{t}_to_{t+1}`` as float32 (n_t, n_{t+1}) joints, rows = from-cell, both in
-dmi (cell) order; geometry, species, dates and metadata as in ``sstspa_model.hdf5``.
+dmi (cell) order; geometry, species, dates and metadata as in ``sstspa_model.hdf5``. A
+neighbourhood-sparse model is written dense too, one densified week at a time (peak memory one
+week's (n_t, n_{t+1}) joint).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 This is the form evaluate, routes, maps, compare and export read, whatever produced the
 model: our training (from logits) or an imported BirdFlowR HDF5 file (from its marginals).
 Everything is derived from the joint marginals ``M[t]`` (transition t: week t -> t + 1) held
-in the slot layout of :class:`birdflow.model.markov.WeekIndex`.
+in the slot layout of :class:`birdflow.model.markov.WeekIndex`, dense or neighbourhood-sparse
+(read one transition at a time through :mod:`birdflow.model.joints`). Files:
+:mod:`birdflow.model.modelfile`.
 """
 
 from __future__ import annotations
