@@ -276,3 +276,39 @@ def test_post_hoc_sparsify_refuses_sparse_models_density_reads_both(pair):
     with pytest.raises(ConfigError, match="already has neighbourhood-sparse transitions"):
         sparsify(sparse)
     sparsify(dense)  # dense models sparsify as before
+
+
+def test_saved_sparse_run_through_the_commands(chains, tracks_csv, tmp_path):
+    """A sparse run dir goes through `birdflow evaluate` (with a dense truth), `birdflow export`
+    (BirdFlowR HDF5 and flux) and the run scorer of compare, with the dense run's numbers."""
+    import json
+
+    from conftest import run_command
+
+    from birdflow.evaluate import main as evaluate_main
+    from birdflow.evaluation.compare import score_runs
+    from birdflow.export.__main__ import main as export_main
+
+    dense, sparse = chains["some"]
+    for name, model in (("dense", dense), ("sparse", sparse), ("truth", chains["full"][0])):
+        save_model(model, tmp_path / name)
+    rows = score_runs([tmp_path / "dense", tmp_path / "sparse"], tracks_csv, tmp_path / "truth")
+    for key in ("mean_ll", "mean_ll_gain", "mean_tv", "min_distr_cor", "truth_transition_tv"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-9), key  # both float32 in model.nc
+    assert rows[1]["n_intervals"] == rows[0]["n_intervals"] > 100
+    for name in ("dense", "sparse"):
+        args = [f"run={tmp_path / name}", f"tracks={tracks_csv}", f"truth={tmp_path / 'truth'}",
+                "w2=false"]
+        assert run_command(evaluate_main, args) == 0
+    got = [json.loads((tmp_path / n / "metrics.json").read_text())["summary"]
+           for n in ("dense", "sparse")]
+    assert got[1]["mean_ll"] == pytest.approx(got[0]["mean_ll"], rel=1e-9)
+    assert got[1]["truth_mean_ll"] == pytest.approx(got[0]["truth_mean_ll"], rel=1e-9)
+    for fmt in ("hdf5", "flux"):
+        out = tmp_path / f"out_{fmt}"
+        out.mkdir()
+        assert run_command(export_main, [f"run={tmp_path / 'sparse'}", f"format={fmt}",
+                                         f"out={out}/"]) == 0
+    back = import_birdflowr(next((tmp_path / "out_hdf5").glob("*.hdf5")))
+    np.testing.assert_array_equal(back.marginal_at(30), dense.marginal_at(30).astype(np.float32))
+    assert (tmp_path / "out_flux" / "flux.nc").exists()
