@@ -270,12 +270,22 @@ def test_model_nc_round_trip_keeps_the_neighbour_table(pair, tmp_path):
     assert not load_model(tmp_path / "d").sparse
 
 
-def test_post_hoc_sparsify_refuses_sparse_models_density_reads_both(pair):
+@pytest.mark.parametrize("method", ["model", "marginal", "conditional"])
+def test_post_hoc_sparsify_of_a_sparse_model_is_that_of_the_dense_one(pair, method):
+    """BirdFlowR's methods on the sparse layout (conditional on densified weeks) zero the same
+    entries as on the dense model, fix the same dead ends and re-chain to the same joints."""
     dense, sparse = pair
     assert density(sparse) == pytest.approx(density(dense), rel=1e-12)
-    with pytest.raises(ConfigError, match="already has neighbourhood-sparse transitions"):
-        sparsify(sparse)
-    sparsify(dense)  # dense models sparsify as before
+    sd, stats_d = sparsify(dense, method, p=0.9)
+    ss, stats_s = sparsify(sparse, method, p=0.9)
+    assert ss.sparse and np.array_equal(ss.index.nbr, sparse.index.nbr)
+    assert stats_d["density_after"] < 0.8 * stats_d["density_before"]  # it did sparsify
+    for t in range(dense.n_transitions):
+        np.testing.assert_allclose(ss.marginal_at(t), sd.marginal_at(t), rtol=1e-9, atol=1e-15)
+        assert np.array_equal(ss.marginal_at(t) > 0, sd.marginal_at(t) > 0), t
+    for key, value in stats_d.items():
+        assert stats_s[key] == (value if isinstance(value, str | bool | int) else
+                                pytest.approx(value, rel=1e-9, abs=1e-12)), key
 
 
 def test_saved_sparse_run_through_the_commands(chains, tracks_csv, tmp_path):

@@ -20,6 +20,10 @@ consistent: transitions ``P_t = M_t / rowsum`` are re-applied from the week-1 di
 (renormalised row sums of the first joint), ``M_t = diag(mu_t) P_t``, ``mu_{t+1} = colsum``,
 so every joint sums to 1 and each week's distribution is the same seen from either side
 (BirdFlowR instead renormalises each joint on its own).
+
+Neighbourhood-sparse models (``index.nbr`` set) are sparsified in their own layout, with the
+same result as their dense form: thresholds read the kept values, column sums go through
+``nbr``, and ``conditional`` ranks the rows and columns of one densified week at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 from birdflow.errors import ConfigError
+from birdflow.model import joints
 
 METHODS = ("model", "marginal", "conditional")
 MAX_FIX_PASSES = 100
@@ -67,19 +72,46 @@ def _conditional(M: np.ndarray, p: float, p_protected: float) -> np.ndarray:
     return np.where(below & ~protected, 0.0, M)
 
 
-def fix_dead_ends(M: np.ndarray, cyclic: bool) -> tuple[np.ndarray, int]:
-    """Zero entries leading into dead ends or out of unreachable cells; returns (M, passes)."""
+def _conditional_week(model, M: np.ndarray, t: int, p: float, p_protected: float) -> np.ndarray:
+    """:func:`_conditional` of transition t, on its densified week for a sparse model (rows
+    and columns of the whole week), read back into the model's layout."""
+    if not model.sparse:
+        return _conditional(M[t], p, p_protected)
+    nbr = model.index.nbr[t]
+    kept = _conditional(joints.dense_joint(model.index, M, t), p, p_protected)
+    return np.where(nbr >= 0, np.take_along_axis(kept, np.maximum(nbr, 0), axis=1), 0.0)
+
+
+def _incoming(M_t: np.ndarray, nbr_t: np.ndarray | None) -> np.ndarray:
+    """Column sums of one joint: (n_max,) mass arriving in each next-week slot."""
+    if nbr_t is None:
+        return M_t.sum(axis=0)
+    ok = nbr_t >= 0
+    return np.bincount(nbr_t[ok], weights=M_t[ok], minlength=M_t.shape[0])
+
+
+def fix_dead_ends(M: np.ndarray, cyclic: bool,
+                  nbr: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Zero entries leading into dead ends or out of unreachable cells; returns (M, passes).
+
+    ``nbr``: the neighbour table of a neighbourhood-sparse ``M`` (n_transitions, n_max, K);
+    None for dense joints.
+    """
     M = M.copy()
     nt = M.shape[0]
     for n_pass in range(1, MAX_FIX_PASSES + 1):
         changed = False
         for t in range(nt if cyclic else nt - 1):
             nxt = (t + 1) % nt
-            incoming, onward = M[t].sum(axis=0), M[nxt].sum(axis=1)  # both over week t+1 slots
+            # both over week t+1 slots
+            incoming, onward = _incoming(M[t], None if nbr is None else nbr[t]), M[nxt].sum(axis=1)
             dead = (incoming > 0) & (onward <= 0)
             orphan = (onward > 0) & (incoming <= 0)
             if dead.any():
-                M[t][:, dead] = 0.0
+                if nbr is None:
+                    M[t][:, dead] = 0.0
+                else:
+                    M[t][(nbr[t] >= 0) & dead[np.maximum(nbr[t], 0)]] = 0.0
                 changed = True
             if orphan.any():
                 M[nxt][orphan, :] = 0.0
@@ -89,7 +121,7 @@ def fix_dead_ends(M: np.ndarray, cyclic: bool) -> tuple[np.ndarray, int]:
     return M, MAX_FIX_PASSES
 
 
-def _rechain(M: np.ndarray) -> np.ndarray:
+def _rechain(M: np.ndarray, nbr: np.ndarray | None = None) -> np.ndarray:
     """Consistent joints from the sparse ones' transitions and the week-1 distribution."""
     out = np.zeros_like(M)
     mu = M[0].sum(axis=1)
@@ -98,7 +130,7 @@ def _rechain(M: np.ndarray) -> np.ndarray:
         rows = M[t].sum(axis=1, keepdims=True)
         P = np.divide(M[t], rows, out=np.zeros_like(M[t]), where=rows > 0)
         out[t] = mu[:, None] * P
-        mu = out[t].sum(axis=0)
+        mu = _incoming(out[t], None if nbr is None else nbr[t])
         mu = mu / mu.sum()
     return out
 
@@ -117,7 +149,9 @@ def sparsify(model, method: str = "model", p: float = 0.99, *, fix: bool = True,
     """A sparse copy of ``model`` and statistics of what was lost.
 
     Args:
-        model: fitted :class:`birdflow.model.fitted.BirdFlowModel`.
+        model: fitted :class:`birdflow.model.fitted.BirdFlowModel`, dense or
+            neighbourhood-sparse (the copy keeps its layout and neighbour table; entries are
+            only zeroed, ``conditional`` ranks each week's densified rows and columns).
         method: "model", "marginal" or "conditional" (module doc).
         p: fraction of mass to keep, in (0, 1].
         fix: remove dead ends before making the chain consistent.
@@ -131,13 +165,8 @@ def sparsify(model, method: str = "model", p: float = 0.99, *, fix: bool = True,
         which the BirdFlowR export writes to ``metadata/sparse`` (with ``is_sparse`` TRUE).
 
     Raises:
-        ConfigError: unknown method, p outside (0, 1], or a neighbourhood-sparse model.
+        ConfigError: unknown method or p outside (0, 1].
     """
-    if model.sparse:
-        raise ConfigError(f"sparsify: the model already has neighbourhood-sparse transitions "
-                          f"({model.index.n_neighbours} per row); post-hoc sparsification reads "
-                          "dense joints - sparsify a dense model, or fit with a smaller "
-                          "model.neighbourhood_km")
     if method not in METHODS:
         raise ConfigError(f"sparsify method={method!r}: unknown; use one of {list(METHODS)}")
     if not 0 < float(p) <= 1 or not 0 <= float(p_protected) <= 1:
@@ -148,12 +177,13 @@ def sparsify(model, method: str = "model", p: float = 0.99, *, fix: bool = True,
     elif method == "marginal":
         S = np.stack([np.where(m >= find_threshold(m, p), m, 0.0) for m in M])
     else:
-        S = np.stack([_conditional(m, p, p_protected) for m in M])
-    passes = 0
+        S = np.stack([_conditional_week(model, M, t, p, p_protected)
+                      for t in range(len(M))])
+    passes, nbr = 0, model.index.nbr
     if fix:
-        S, passes = fix_dead_ends(S, model.cyclic)
+        S, passes = fix_dead_ends(S, model.cyclic, nbr)
     lost = 1.0 - S.sum() / M.sum()
-    S = _rechain(S)
+    S = _rechain(S, nbr)
     out = replace(model, marginals=S, data=model.data.copy())
     before, after = model.distrs(), out.distrs()
     stats = {"method": method, "p": float(p), "p_protected": float(p_protected), "fix": bool(fix),
