@@ -136,6 +136,11 @@ def test_sparse_layout_is_kept_and_weeks_densify_one_at_a_time(pair):
         slot_transitions(sparse)  # the all-weeks dense path refuses sparse models
     with pytest.raises(DataError, match=r"needs \(52, 19, "):
         dataclasses.replace(sparse, marginals=sparse.marginals[:, :, :-1].copy())
+    bad = sparse.marginals.copy()
+    pad = np.argwhere(sparse.index.nbr[3] < 0)[0]
+    bad[3, pad[0], pad[1]] = 0.25
+    with pytest.raises(DataError, match=r"transition 4: 1 padding entries .*largest 0.25"):
+        dataclasses.replace(sparse, marginals=bad)
 
 
 @pytest.fixture

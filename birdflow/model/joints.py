@@ -20,7 +20,8 @@ from birdflow.errors import DataError
 
 
 def check_shape(index, M: np.ndarray) -> None:
-    """DataError unless ``M`` has the shape the index's layout needs."""
+    """DataError unless ``M`` has the shape the index's layout needs and, when sparse, is 0
+    at every padding entry (``nbr == -1``: no cell there to carry mass)."""
     n_max = index.n_max
     want = (index.n_transitions, n_max, n_max) if index.nbr is None else index.nbr.shape
     if tuple(np.shape(M)) != tuple(want):
@@ -28,6 +29,14 @@ def check_shape(index, M: np.ndarray) -> None:
         raise DataError(f"marginals of shape {np.shape(M)}: a {kind} model needs {tuple(want)} "
                         "(n_transitions, n_max, n_max or K); build the joints and the WeekIndex "
                         "from the same layout")
+    if index.nbr is None:
+        return
+    for t in range(index.n_transitions):
+        pad = M[t][index.nbr[t] < 0]
+        if np.any(pad != 0):
+            raise DataError(f"marginals of transition {t + 1}: {int((pad != 0).sum())} padding "
+                            f"entries (nbr = -1) hold mass (largest {float(np.abs(pad).max()):.3g})"
+                            "; a sparse joint must be 0 where no neighbour is stored")
 
 
 def _pairs(index, M: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
