@@ -153,7 +153,8 @@ class Problem(NamedTuple):
     Attributes:
         targets: (T+1, n_max) S&T distribution per marginal-week in slot layout (the last is
             week 1 again for cyclic models); padding 0.
-        dist_cost: (T, n_max, n_max) ``(d_km / 100)^dist_pow`` from week-t to week-(t+1) slots.
+        dist_cost: (T, n_max, n_max) ``(d_km / 100)^dist_pow`` from week-t to week-(t+1) slots;
+            (T, n_max, K) at ``index.nbr``'s pairs for a sparse model.
         w2_cell_cost: (n_cells, n_cells) normalised W2 ground cost between active cells
             ((0, 0) when the location loss is L2).
         w2_unit: () normalised cost of a one-cell move; W2 is reported divided by it.
@@ -168,7 +169,11 @@ class Problem(NamedTuple):
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
     """Slot-layout targets and costs of a BirdFlowData (float32 unless x64 is enabled)."""
     targets = index.slot_values(ds["distr"].values)
-    dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
+    if index.sparse:  # only the kept pairs, from coordinates (never ds["distance_km"])
+        dist_cost = distance.sparse_transition_cost(ds["cell_lon"].values, ds["cell_lat"].values,
+                                                    index, cfg.dist_pow)
+    else:
+        dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
     if cfg.location == "w2":
         coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
         w2_cost = location.cell_cost(*coords, cfg.w2.cost, cfg.w2.cost_pow)
