@@ -11,7 +11,11 @@ a scatter-add (``jax.ops.segment_sum``) of the joint ``M_t`` onto the week-(t+1)
 function here equals its dense counterpart when the neighbourhood holds every cell (tested in
 tests/test_sparse.py), at O(n_max K) instead of O(n_max^2) memory per week.
 
-MEASURED_PLACEHOLDER
+Scatter or gather: ``python -m birdflow.bench.sparse_push`` times the value and gradient of
+the chain with the scatter-add and with a gather through a precomputed in-neighbour table.
+On the shared 2-core CPU (float32, 52 transitions, random neighbourhoods) the gather took
+1.97x / 5.2x the scatter's time at n = 500, K = 80 and 1.09x / 1.26x at n = 1,000, K = 120
+(two runs each, a busy machine): the scatter is used, and it needs no second table.
 """
 
 from __future__ import annotations
