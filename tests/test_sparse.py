@@ -310,3 +310,13 @@ def test_sparse_run_reloads_with_its_layout(tmp_path):
     assert back.index.sparse
     np.testing.assert_array_equal(back.index.nbr, res.model.index.nbr)
     np.testing.assert_allclose(back.marginals, res.model.marginals, rtol=1e-6)
+
+
+def test_training_with_a_radius_that_cuts_off_mass_fails_before_the_run_dir(tmp_path):
+    from birdflow.training.loop import train
+
+    ds = make_tiny_bfdata(n_rows=3, n_cols=4, seed=3)  # 100 km cells, random holes per week
+    with pytest.raises(ConfigError, match=r"model\.neighbourhood_km=100: transition week \d+ -> "
+                                          r"\d+: .*the smallest radius .* is 1\d\d km"):
+        train(_train_cfg(tmp_path / "run", "model.neighbourhood_km=100"), data=ds)
+    assert not (tmp_path / "run").exists()

@@ -30,8 +30,6 @@ S&T mass are cut off, and the smallest radius (or k) that reaches them.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import xarray as xr
 
@@ -41,9 +39,7 @@ from birdflow.errors import ConfigError
 from birdflow.model.markov import WeekIndex
 
 __all__ = ["DEFAULT_MAX_WEEKLY_KM", "build_neighbours", "default_radius_km", "resolve_radius_km",
-           "sparse_index"]
-
-log = logging.getLogger(__name__)
+           "sparse_index", "summary"]
 
 
 def _weeks(ds: xr.Dataset, index: WeekIndex):
@@ -164,14 +160,19 @@ def build_neighbours(ds: xr.Dataset, index: WeekIndex, radius_km: float | None =
 
 
 def sparse_index(ds: xr.Dataset, radius_km: float | None = None, k: int | None = None) -> WeekIndex:
-    """The WeekIndex of ``ds`` with its neighbourhood table; logs its size against dense."""
+    """The WeekIndex of ``ds`` with its neighbourhood table (see :func:`build_neighbours`)."""
     dense = WeekIndex.from_bfdata(ds)
     nbr = build_neighbours(ds, dense, radius_km, k)
-    index = WeekIndex(slot_cell=dense.slot_cell, cyclic=dense.cyclic, nbr=nbr)
-    per_row = (nbr >= 0).sum(axis=2)[dense.valid[: dense.n_transitions]]
-    how = f"radius {radius_km:g} km" if radius_km is not None else f"k = {k} nearest"
-    log.info("sparse transitions (%s): neighbours per row mean %.1f max %d (K = %d, n_max = %d); "
-             "%d parameters vs %d dense (%.1f%%)", how, per_row.mean(), per_row.max(), nbr.shape[2],
-             dense.n_max, index.n_parameters(), dense.n_parameters(),
-             100.0 * index.n_parameters() / dense.n_parameters())
-    return index
+    return WeekIndex(slot_cell=dense.slot_cell, cyclic=dense.cyclic, nbr=nbr)
+
+
+def summary(index: WeekIndex) -> str:
+    """One line: neighbours per row (mean, max), K, n_max and parameters against dense."""
+    dense = WeekIndex(slot_cell=index.slot_cell, cyclic=index.cyclic)
+    if index.nbr is None:
+        return f"dense transitions: {dense.n_parameters()} parameters"
+    per_row = (index.nbr >= 0).sum(axis=2)[index.valid[: index.n_transitions]]
+    return (f"sparse transitions: neighbours per row mean {per_row.mean():.1f} max "
+            f"{per_row.max()} (K = {index.n_neighbours}, n_max = {index.n_max}); "
+            f"{index.n_parameters()} parameters vs {dense.n_parameters()} dense "
+            f"({100.0 * index.n_parameters() / dense.n_parameters():.1f}%)")

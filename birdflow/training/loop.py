@@ -27,7 +27,7 @@ from birdflow.io import write_text_atomic
 from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
-from birdflow.model.neighbours import sparse_index
+from birdflow.model.neighbours import sparse_index, summary
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
 from birdflow.training.rundir import (
@@ -174,33 +174,44 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
                                            (cfg.get("model") or {}).get("neighbourhood_km"))
     else:
         ds, data_path = data, "<in memory>"
+    index = build_index(cfg, ds)  # a radius that cuts off S&T mass fails before the run dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, species=cfg.species.code, loss=loss_cfg.location, data_path=str(data_path),
                    seed=int(cfg.seed), status="running", **_species_refs(cfg))
 
-    index = build_index(cfg, ds)
-    problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
-        jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
-    optimizer, schedule = make_optimizer(opt)
-    params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
-    state = {"params": params, "opt_state": optimizer.init(params),
-             "loss_state": init_loss_state(problem, index, loss_cfg), "step": jnp.asarray(0, jnp.int32)}
-    state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
-    start, state, history = resume_from(run_dir, state, cfg.get("resume"))
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
     with run_log(run_dir):  # <run>/train.log, whoever called train
+        problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
+            jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
+        optimizer, schedule = make_optimizer(opt)
+        params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
+        state = {"params": params, "opt_state": optimizer.init(params),
+                 "loss_state": init_loss_state(problem, index, loss_cfg),
+                 "step": jnp.asarray(0, jnp.int32)}
+        state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
+        start, state, history = resume_from(run_dir, state, cfg.get("resume"))
+        if start:
+            log.info("resuming %s from step %d", run_dir, start)
         log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,
                  ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps,
                  run_dir)
-        log.info("transitions: %s; logits %s, %.1f MB per (T, n_max, K) float array at %s",
-                 "sparse" if index.sparse else "dense", tuple(params["Z"].shape),
-                 params["Z"].size * jnp.dtype(dtype).itemsize / 1e6, jnp.dtype(dtype).name)
+        _log_sizes(index, params, dtype)
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
                                 run_dir, loss_cfg)
         return finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
+
+
+def _log_sizes(index: markov.WeekIndex, params: dict, dtype) -> None:
+    """Log the logits' shape and the memory of one (T, n_max, K) array against dense."""
+    item = jnp.dtype(dtype).itemsize
+    mb = params["Z"].size * item / 1e6
+    dense_mb = index.n_transitions * index.n_max**2 * item / 1e6
+    log.info(summary(index))
+    log.info("transitions: %s, logits %s = %.1f MB in %s (the gradient, Adam's two moments and "
+             "the joints M are as large again each); dense logits would be %.1f MB",
+             "sparse" if index.sparse else "dense", tuple(params["Z"].shape), mb,
+             jnp.dtype(dtype).name, dense_mb)
 
 
 def build_index(cfg: DictConfig, ds) -> markov.WeekIndex:
