@@ -172,8 +172,9 @@ def test_full_radius_sparse_equals_dense(tiny_sparse, location):
     for name, index, params in (("dense", dense, pd), ("sparse", big, ps)):
         problem = make_problem(ds, index, cfg)
         state = init_loss_state(problem, index, cfg)
-        (_, (terms, _)), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, problem, index, cfg, state, 0)
+        vg = jax.jit(lambda p, st, problem=problem, index=index: jax.value_and_grad(
+            objective, has_aux=True)(p, problem, index, cfg, st, 0))
+        (_, (terms, _)), grads = vg(params, state)
         out[name] = terms, grads
     (td, gd), (ts, gs) = out["dense"], out["sparse"]
     keys = ["total", "obs", "l2", "dist", "ent"] + (["w2"] if location == "w2" else [])
@@ -201,6 +202,7 @@ def test_sparse_gradient_matches_finite_differences(genuinely_sparse):
     problem = make_problem(ds, index, cfg)
     params = init_params(jax.random.key(3), index, dtype=jnp.float64)
 
+    @jax.jit
     def f(p):
         return objective(p, problem, index, cfg, {}, 0)[0]
 
@@ -320,3 +322,30 @@ def test_training_with_a_radius_that_cuts_off_mass_fails_before_the_run_dir(tmp_
                                           r"\d+: .*the smallest radius .* is 1\d\d km"):
         train(_train_cfg(tmp_path / "run", "model.neighbourhood_km=100"), data=ds)
     assert not (tmp_path / "run").exists()
+
+
+def _pairs_within(ds, radius_km: float) -> int:
+    """Independent count from the dense distance matrix: n_1 + pairs within the radius."""
+    dm, d = ds["dynamic_mask"].values, ds["distance_km"].values
+    pairs = sum(int((d[np.ix_(dm[t], dm[(t + 1) % 52])] <= radius_km).sum()) for t in range(52))
+    return int(dm[0].sum()) + pairs
+
+
+def test_budget_resolution_counts_sparse_parameters(tmp_path):
+    from test_preprocess import blob_cube, laea_tif, species_cfg
+
+    from birdflow.data.bfdata import n_parameters
+    from birdflow.data.preprocess import preprocess
+    from birdflow.data.resolution import clean_ladder
+
+    RADIUS = 30.0  # km: the blob spans ~70 km, so this keeps a genuine neighbourhood
+    path = laea_tif(tmp_path, blob_cube(), res_km=10.0)
+    cfg, data = species_cfg(raster=str(path), res_km=None, max_params=6000), {"root": str(tmp_path)}
+    dense = preprocess(cfg, data)
+    ds = preprocess(cfg, data, neighbourhood_km=RADIUS)
+    res = ds.attrs["res_km"]
+    assert res < dense.attrs["res_km"], "sparse parameters buy a finer grid"
+    assert _pairs_within(ds, RADIUS) <= 6000 < n_parameters(ds["dynamic_mask"].values)
+    ladder = clean_ladder(10)
+    finer = ladder[np.flatnonzero(ladder == res)[0] - 1]
+    assert _pairs_within(preprocess({**cfg, "res_km": finer}, data), RADIUS) > 6000
