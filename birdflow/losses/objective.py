@@ -158,12 +158,16 @@ class Problem(NamedTuple):
         w2_cell_cost: (n_cells, n_cells) normalised W2 ground cost between active cells
             ((0, 0) when the location loss is L2).
         w2_unit: () normalised cost of a one-cell move; W2 is reported divided by it.
+        nbr: sparse models: ``index.nbr`` as an int32 device array, passed into the jitted
+            step as data (a large table compiled in as a constant costs compile time and
+            memory); None for dense models.
     """
 
     targets: jax.Array
     dist_cost: jax.Array
     w2_cell_cost: jax.Array
     w2_unit: jax.Array = 1.0
+    nbr: jax.Array | None = None
 
 
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
@@ -182,7 +186,9 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
     else:
         w2_cost, unit = np.zeros((0, 0)), 1.0
     dtype = jnp.result_type(float)
-    return Problem(*(jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit)))
+    nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)
+    return Problem(*(jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit)),
+                   nbr=nbr)
 
 
 def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
@@ -231,7 +237,7 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     dist_cost = problem.dist_cost
     if weights is not None and "dist_pow" in weights:
         dist_cost = distance.repowered_cost(dist_cost, cfg.dist_pow, weights["dist_pow"])
-    mu, M = marginals(params, index)
+    mu, M = marginals(params, index, problem.nbr)
     l2 = location.l2(mu, problem.targets).sum()
     dist = distance.distance_per_transition(M, dist_cost).sum()
     ent = entropy.entropy_term(mu, M)

@@ -128,22 +128,27 @@ def _masks(index: WeekIndex) -> tuple[jax.Array, jax.Array, jax.Array]:
     return valid[0], valid[t], valid[(t + 1) % index.n_weeks]
 
 
-def log_transitions(params: dict, index: WeekIndex) -> jax.Array:
+def log_transitions(params: dict, index: WeekIndex, nbr=None) -> jax.Array:
     """(n_transitions, n_max, n_max) row-wise log-softmax; padding columns ~ -1e9.
 
     Sparse layout: (n_transitions, n_max, K), softmax over each row's valid neighbours.
+    ``nbr`` (optional, sparse only) is ``index.nbr`` as a device array passed into jitted
+    code (e.g. ``Problem.nbr``), so large tables are arguments, not compiled-in constants.
     """
     if index.nbr is not None:
-        return _sparse.log_transitions(params["Z"], index.nbr)
+        return _sparse.log_transitions(params["Z"], index.nbr if nbr is None else nbr)
     _, _, valid_to = _masks(index)
     z = jnp.where(valid_to[:, None, :], params["Z"], MASKED_LOGIT)
     return jax.nn.log_softmax(z, axis=-1)
 
 
-def transitions(params: dict, index: WeekIndex) -> jax.Array:
-    """Row-stochastic transitions; rows of padding slots are all zero (sparse: (T, n_max, K))."""
+def transitions(params: dict, index: WeekIndex, nbr=None) -> jax.Array:
+    """Row-stochastic transitions; rows of padding slots are all zero (sparse: (T, n_max, K)).
+
+    ``nbr``: see :func:`log_transitions`.
+    """
     if index.nbr is not None:
-        return _sparse.transitions(params["Z"], index.nbr)
+        return _sparse.transitions(params["Z"], index.nbr if nbr is None else nbr)
     _, valid_from, _ = _masks(index)
     return jnp.exp(log_transitions(params, index)) * valid_from[:, :, None]
 
@@ -153,17 +158,18 @@ def initial_distr(params: dict, index: WeekIndex) -> jax.Array:
     return jax.nn.softmax(jnp.where(valid0, params["z0"], MASKED_LOGIT))
 
 
-def marginals(params: dict, index: WeekIndex) -> tuple[jax.Array, jax.Array]:
+def marginals(params: dict, index: WeekIndex, nbr=None) -> tuple[jax.Array, jax.Array]:
     """One-way marginals mu (n_transitions + 1, n_max) and joints M (n_transitions, n_max, n_max).
 
     ``M[t] = diag(mu[t]) P[t]`` and ``mu[t + 1] = M[t].sum(0)``, computed with ``lax.scan``.
     Sparse layout: M is (n_transitions, n_max, K) and ``mu[t + 1]`` its scatter-add onto the
-    week-(t+1) slots (:func:`birdflow.model.sparse.marginals`).
+    week-(t+1) slots (:func:`birdflow.model.sparse.marginals`); ``nbr``: see
+    :func:`log_transitions`.
     """
-    P = transitions(params, index)
+    P = transitions(params, index, nbr)
     mu0 = initial_distr(params, index)
     if index.nbr is not None:
-        return _sparse.marginals(mu0, P, index.nbr)
+        return _sparse.marginals(mu0, P, index.nbr if nbr is None else nbr)
 
     def step(mu, P_t):
         M_t = mu[:, None] * P_t

@@ -32,15 +32,18 @@ def init_logits(key: jax.Array, nbr: np.ndarray, dtype=jnp.float32) -> jax.Array
     return jax.random.normal(key, nbr.shape, dtype)
 
 
-def log_transitions(Z: jax.Array, nbr: np.ndarray) -> jax.Array:
-    """(T, n_max, K) log-softmax over each row's valid neighbours; padding entries ~ -1e9."""
-    z = jnp.where(jnp.asarray(nbr >= 0), Z, MASKED_LOGIT)
+def log_transitions(Z: jax.Array, nbr) -> jax.Array:
+    """(T, n_max, K) log-softmax over each row's valid neighbours; padding entries ~ -1e9.
+
+    ``nbr`` may be the numpy table or the same table as a (traced) device array.
+    """
+    z = jnp.where(jnp.asarray(nbr) >= 0, Z, MASKED_LOGIT)
     return jax.nn.log_softmax(z, axis=-1)
 
 
-def transitions(Z: jax.Array, nbr: np.ndarray) -> jax.Array:
+def transitions(Z: jax.Array, nbr) -> jax.Array:
     """(T, n_max, K) row-stochastic over valid neighbours; exactly 0 at padding entries/rows."""
-    return jnp.exp(log_transitions(Z, nbr)) * jnp.asarray(nbr >= 0)
+    return jnp.exp(log_transitions(Z, nbr)) * (jnp.asarray(nbr) >= 0)
 
 
 def push(mu: jax.Array, P_t: jax.Array, nbr_t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,7 +58,7 @@ def push(mu: jax.Array, P_t: jax.Array, nbr_t: jax.Array) -> tuple[jax.Array, ja
     return M_t, nxt
 
 
-def marginals(mu0: jax.Array, P: jax.Array, nbr: np.ndarray) -> tuple[jax.Array, jax.Array]:
+def marginals(mu0: jax.Array, P: jax.Array, nbr) -> tuple[jax.Array, jax.Array]:
     """One-way marginals (T + 1, n_max) and sparse joints (T, n_max, K) by ``lax.scan``."""
 
     def step(mu, xs):
@@ -67,7 +70,7 @@ def marginals(mu0: jax.Array, P: jax.Array, nbr: np.ndarray) -> tuple[jax.Array,
     return jnp.concatenate([mus, mu_last[None]], axis=0), M
 
 
-def project(distr: jax.Array, P: jax.Array, nbr: np.ndarray, start: int,
+def project(distr: jax.Array, P: jax.Array, nbr, start: int,
             n_steps: int) -> jax.Array:
     """(n_steps + 1, n_max) pushes of a slot distribution from marginal-week ``start``."""
     nbr = jnp.asarray(nbr, jnp.int32)
