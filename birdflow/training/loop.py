@@ -205,8 +205,7 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
 def _log_sizes(index: markov.WeekIndex, params: dict, dtype) -> None:
     """Log the logits' shape and the memory of one (T, n_max, K) array against dense."""
     item = jnp.dtype(dtype).itemsize
-    mb = params["Z"].size * item / 1e6
-    dense_mb = index.n_transitions * index.n_max**2 * item / 1e6
+    mb, dense_mb = params["Z"].size * item / 1e6, index.n_transitions * index.n_max**2 * item / 1e6
     log.info(summary(index))
     log.info("transitions: %s, logits %s = %.1f MB in %s (the gradient, Adam's two moments and "
              "the joints M are as large again each); dense logits would be %.1f MB",
