@@ -34,7 +34,7 @@ from birdflow.data.bfdata import (
 from birdflow.data.download import DEFAULT_BASE_URL, KEY_ENV, KEY_HELP, download_st_rasters
 from birdflow.data.ebirdst import bound_paths, normalize_source_res, read_st_raster, st_raster_path
 from birdflow.data.regrid import read_clip, regrid, source_res_m
-from birdflow.data.resolution import choose_resolution, max_params_for
+from birdflow.data.resolution import choose_resolution, count_parameters, max_params_for
 from birdflow.data.seasons import season_attrs
 from birdflow.data.weeks import N_WEEKS
 from birdflow.errors import ConfigError, DataError
@@ -46,7 +46,7 @@ AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 +dat
                  "+units=m +no_defs")
 DEFAULT_DATA = {"root": "data", "ebirdst_base_url": DEFAULT_BASE_URL, "download": True,
                 "zero_fill": True}
-_NOT_PREPROCESSING = ("tracks", "synthetic")  # species keys that do not change the output
+_NOT_PREPROCESSING = ("tracks", "synthetic", "max_weekly_km")  # species keys that do not change the output
 
 
 @dataclass
@@ -118,8 +118,12 @@ def season_weeks(start: int, end: int) -> np.ndarray:
     return weeks
 
 
-def cache_key(species: Mapping, data: Mapping, files: RasterFiles) -> str:
-    """SHA-256 over the raster files (path, size, mtime), every option and PREPROCESS_VERSION."""
+def cache_key(species: Mapping, data: Mapping, files: RasterFiles, neighbourhood_km=None) -> str:
+    """SHA-256 over the raster files (path, size, mtime), every option and PREPROCESS_VERSION.
+
+    ``neighbourhood_km`` (the sparse radius) only enters when ``species.res_km`` is null: it
+    changes the parameter count that picks the resolution.
+    """
     stats = {m: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
              for m, p in files.all().items()}
     opts = {k: v for k, v in species.items() if k not in _NOT_PREPROCESSING and k != "raster"}
@@ -131,7 +135,11 @@ def cache_key(species: Mapping, data: Mapping, files: RasterFiles) -> str:
         opts["clip"] = [str(clip.resolve()), *(
             [clip.stat().st_size, clip.stat().st_mtime_ns] if clip.exists() else [])]
     blob = json.dumps({"version": PREPROCESS_VERSION, "files": stats, "species": opts,
-                       "zero_fill": bool(data.get("zero_fill", True))}, sort_keys=True, default=str)
+                       "zero_fill": bool(data.get("zero_fill", True)),
+                       **({"neighbourhood_km": neighbourhood_km,
+                           "max_weekly_km": species.get("max_weekly_km")}
+                          if species.get("res_km") is None and neighbourhood_km is not None else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -147,13 +155,15 @@ def _trim(ds: xr.Dataset, q: float) -> xr.Dataset:
     return ds
 
 
-def preprocess(species: Mapping, data: Mapping | None = None) -> xr.Dataset:
+def preprocess(species: Mapping, data: Mapping | None = None, neighbourhood_km=None) -> xr.Dataset:
     """Build BirdFlowData for a species config (conf/species/*.yaml) and data options.
 
     Args:
         species: code, version_year, source_res, raster, res_km (null = from the parameter
             budget), max_params, gpu_ram_gb, crs, clip, trim_quantile, start_week, end_week, ...
         data: root, ebirdst_base_url, download, zero_fill (see conf/preprocess.yaml).
+        neighbourhood_km: ``model.neighbourhood_km`` (None, km or ``auto``): with ``res_km``
+            null the budget counts the sparse model's parameters.
 
     Returns:
         BirdFlowData (see :mod:`birdflow.data.bfdata`), not yet written anywhere.
@@ -181,7 +191,8 @@ def preprocess(species: Mapping, data: Mapping | None = None) -> xr.Dataset:
 
         def count(res: float) -> int:
             grid = regrid(median_only, crs, res, zero_fill=zero_fill, clip=clip)
-            return n_parameters(np.nan_to_num(grid.cubes["median"]).reshape(N_WEEKS, -1) > 0)
+            return count_parameters(np.nan_to_num(grid.cubes["median"]) > 0, grid.x, grid.y,
+                                    grid.crs, res, neighbourhood_km, species)
 
         da = cubes["median"]
         lo_km = source_res_m(da.rio.transform(), da.shape[1:], CRS.from_wkt(da.rio.crs.to_wkt()),
@@ -189,7 +200,7 @@ def preprocess(species: Mapping, data: Mapping | None = None) -> xr.Dataset:
         res_km, _ = choose_resolution(count, max_params_for(species), lo_km=lo_km)
     log.info("preprocessing %s at %g km from %s", species.get("code"), float(res_km), files.median)
     grid = regrid(cubes, crs, float(res_km), zero_fill=zero_fill, clip=clip).crop(weeks - 1)
-    key = cache_key(species, data, files)
+    key = cache_key(species, data, files, neighbourhood_km)
     attrs = {"common_name": str(species.get("common_name") or ""),
              "scientific_name": str(species.get("scientific_name") or ""),
              "preprocess_hash": key[:8], "cache_key": key, "zero_fill": int(zero_fill)}
@@ -223,11 +234,15 @@ def _crs(crs) -> CRS:
                           "string, EPSG code or WKT, or null for the Americas LAEA") from e
 
 
-def load_or_preprocess(species: Mapping, data: Mapping | None = None) -> tuple[xr.Dataset, Path]:
-    """BirdFlowData from ``<root>/processed/<code>_<year>_<res>km_<hash8>.nc``, made if missing."""
+def load_or_preprocess(species: Mapping, data: Mapping | None = None,
+                       neighbourhood_km=None) -> tuple[xr.Dataset, Path]:
+    """BirdFlowData from ``<root>/processed/<code>_<year>_<res>km_<hash8>.nc``, made if missing.
+
+    ``neighbourhood_km``: see :func:`preprocess` (only used when ``species.res_km`` is null).
+    """
     species, data = plain_mapping(species), {**DEFAULT_DATA, **plain_mapping(data)}
     files = resolve_rasters(species, data)
-    key = cache_key(species, data, files)[:8]
+    key = cache_key(species, data, files, neighbourhood_km)[:8]
     processed = Path(data.get("root") or "data") / "processed"
     stem = f"{species.get('code')}_{species.get('version_year')}"
     res = species.get("res_km")
@@ -236,7 +251,7 @@ def load_or_preprocess(species: Mapping, data: Mapping | None = None) -> tuple[x
     if cached:
         log.info("using cached %s", cached[0])
         return load_bfdata(cached[0]), cached[0]
-    ds = preprocess(species, data)
+    ds = preprocess(species, data, neighbourhood_km)
     path = processed / f"{stem}_{ds.attrs['res_km']:g}km_{key}.nc"
     save_bfdata(ds, path)
     log.info("wrote %s", path)

@@ -1,6 +1,8 @@
 """Choose the grid resolution from a parameter budget (BirdFlowR's ``determine_resolution``).
 
-The model fits ``n_params = n_1 + sum_t n_t n_{t+1}`` softmax logits (cyclic), which must fit
+The model fits ``n_params = n_1 + sum_t n_t n_{t+1}`` softmax logits (cyclic; a sparse model
+with ``model.neighbourhood_km`` set: n_1 + the pairs of consecutive weeks' cells within the
+radius, :func:`count_parameters`), which must fit
 in GPU memory: ``max_params = 23,224,801 x gpu_ram_gb`` unless given. We want the finest *clean*
 resolution (reference §1.4 step 5) whose real parameter count is within the budget, ideally in
 (90 %, 100 %] of it. Instead of BirdFlowR's area-based prediction we bisect over the ladder of
@@ -16,6 +18,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from birdflow.data.bfdata import n_parameters
+from birdflow.data.grid import to_lonlat
+from birdflow.data.reach import resolve_radius_km, sparse_n_parameters
 from birdflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,29 @@ def max_params_for(species: Mapping) -> int:
         raise ConfigError(f"species.max_params/gpu_ram_gb give a budget of {value} parameters; "
                           "set a positive max_params or gpu_ram_gb")
     return value
+
+
+def count_parameters(active: np.ndarray, x: np.ndarray, y: np.ndarray, crs, res_km: float,
+                     neighbourhood_km=None, species: Mapping | None = None) -> int:
+    """Parameters of a model on a regridded cube: dense, or sparse within a radius.
+
+    Args:
+        active: (n_weeks, nrow, ncol) bool, cells with S&T mass per week (all 52 weeks: cyclic).
+        x, y: (ncol,), (nrow,) cell-centre coordinates in metres of ``crs``.
+        crs: the grid's CRS.
+        res_km: the grid's resolution (for ``neighbourhood_km=auto``).
+        neighbourhood_km: None (dense: n_1 + sum n_t n_{t+1}), a radius in km, or ``auto``
+            (:func:`birdflow.data.reach.resolve_radius_km` with ``species``).
+        species: the species config (``max_weekly_km``) for ``auto``.
+    """
+    active = np.asarray(active, bool)
+    flat = active.reshape(active.shape[0], -1)
+    radius = resolve_radius_km(neighbourhood_km, res_km, species or {})
+    if radius is None:
+        return n_parameters(flat)
+    rows, cols = np.nonzero(active.any(axis=0))
+    lon, lat = to_lonlat(np.asarray(x, float)[cols], np.asarray(y, float)[rows], crs)
+    return sparse_n_parameters(active[:, rows, cols], lon, lat, radius)
 
 
 def _step(res_km: float) -> float:

@@ -3,6 +3,11 @@
 The cost of moving from week t's slot i to week t+1's slot j is the great-circle distance
 between the two cell centres in units of 100 km, raised to ``dist_pow`` (BirdFlowPy's
 "normalized" cost). Padding rows/columns get cost 0 (they carry no mass anyway).
+
+Sparse (neighbourhood) models get the cost at their kept pairs only, (n_transitions, n_max, K)
+gathered from the cell coordinates (:func:`sparse_transition_cost`), never from an
+(n_cells, n_cells) matrix; :func:`distance_per_transition` and :func:`repowered_cost` work
+on either layout.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from birdflow.data.grid import great_circle_km
 from birdflow.model.markov import WeekIndex
 from birdflow.types import Marginals
 
@@ -40,10 +46,39 @@ def transition_cost(distance_km: np.ndarray, index: WeekIndex, dist_pow: float) 
     return np.where(ok, cost, 0.0)
 
 
+def sparse_transition_cost(lon: np.ndarray, lat: np.ndarray, index: WeekIndex,
+                           dist_pow: float) -> np.ndarray:
+    """Per-transition costs on the sparse layout (``index.nbr``).
+
+    Args:
+        lon, lat: (n_cells,) cell centres in degrees.
+        index: sparse slot layout; ``nbr[t, i, k]`` is a week-(t+1) slot.
+        dist_pow: exponent applied to ``d_km / 100``.
+
+    Returns:
+        (n_transitions, n_max, K) float64 ``(d / 100)^dist_pow`` from week-t slot i to its k-th
+        neighbour; 0 at padding entries.
+    """
+    nbr = index.nbr
+    t = np.arange(index.n_transitions)
+    frm = index.slot_cell[t]  # (T, n_max) cells
+    to_slots = index.slot_cell[(t + 1) % index.n_weeks]  # (T, n_max) cells of week t + 1
+    to = np.take_along_axis(to_slots, np.maximum(nbr, 0).reshape(len(t), -1), axis=1)
+    to = to.reshape(nbr.shape)
+    src = np.maximum(frm, 0)[:, :, None]
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    d = great_circle_km(lon[src], lat[src], lon[np.maximum(to, 0)], lat[np.maximum(to, 0)])
+    ok = (nbr >= 0) & (frm >= 0)[:, :, None]
+    return np.where(ok, (d / DISTANCE_UNIT_KM) ** float(dist_pow), 0.0)
+
+
 def distance_per_transition(
     M: Marginals, cost: Marginals
 ) -> PerTransition:
-    """Expected cost ``<M_t, C_t>`` of each transition (units of (100 km)^dist_pow)."""
+    """Expected cost ``<M_t, C_t>`` of each transition (units of (100 km)^dist_pow).
+
+    ``M`` and ``cost`` are both dense (T, n_max, n_max) or both sparse (T, n_max, K).
+    """
     return (M * cost).sum(axis=(-2, -1))
 
 

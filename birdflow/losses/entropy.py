@@ -4,6 +4,9 @@ The objective rewards ``sum_t H(M_t) - sum_t H(mu_t)`` (BirdFlowPy's ``ent`` ter
 conditional entropy of the transitions, which favours spreading birds out), with
 ``H(p) = -sum p log p``. Padding slots and masked transitions carry exactly zero mass;
 ``0 log 0`` is taken as 0 with a finite (zero) gradient by guarding the logarithm.
+
+Sparse (neighbourhood) joints (T, n_max, K) hold the same non-zero entries as their dense
+(T, n_max, n_max) form, so :func:`joint_entropy` takes either layout unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def marginal_entropy(mu: WeeklyDistr) -> PerWeek:
 
 
 def joint_entropy(M: Marginals) -> PerTransition:
-    """H(M_t) of each joint (two-way) marginal; (T, n_max, n_max) -> (T,)."""
+    """H(M_t) of each joint (two-way) marginal; (T, n_max, n_max) or sparse (T, n_max, K) -> (T,)."""
     return entropy(M, axes=(-2, -1))
 
 

@@ -153,22 +153,31 @@ class Problem(NamedTuple):
     Attributes:
         targets: (T+1, n_max) S&T distribution per marginal-week in slot layout (the last is
             week 1 again for cyclic models); padding 0.
-        dist_cost: (T, n_max, n_max) ``(d_km / 100)^dist_pow`` from week-t to week-(t+1) slots.
+        dist_cost: (T, n_max, n_max) ``(d_km / 100)^dist_pow`` from week-t to week-(t+1) slots;
+            (T, n_max, K) at ``index.nbr``'s pairs for a sparse model.
         w2_cell_cost: (n_cells, n_cells) normalised W2 ground cost between active cells
             ((0, 0) when the location loss is L2).
         w2_unit: () normalised cost of a one-cell move; W2 is reported divided by it.
+        nbr: sparse models: ``index.nbr`` as an int32 device array, passed into the jitted
+            step as data (a large table compiled in as a constant costs compile time and
+            memory); None for dense models.
     """
 
     targets: jax.Array
     dist_cost: jax.Array
     w2_cell_cost: jax.Array
     w2_unit: jax.Array = 1.0
+    nbr: jax.Array | None = None
 
 
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
     """Slot-layout targets and costs of a BirdFlowData (float32 unless x64 is enabled)."""
     targets = index.slot_values(ds["distr"].values)
-    dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
+    if index.sparse:  # only the kept pairs, from coordinates (never ds["distance_km"])
+        dist_cost = distance.sparse_transition_cost(ds["cell_lon"].values, ds["cell_lat"].values,
+                                                    index, cfg.dist_pow)
+    else:
+        dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
     if cfg.location == "w2":
         coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
         w2_cost = location.cell_cost(*coords, cfg.w2.cost, cfg.w2.cost_pow)
@@ -177,7 +186,9 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
     else:
         w2_cost, unit = np.zeros((0, 0)), 1.0
     dtype = jnp.result_type(float)
-    return Problem(*(jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit)))
+    nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)
+    return Problem(*(jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit)),
+                   nbr=nbr)
 
 
 def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
@@ -226,7 +237,7 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     dist_cost = problem.dist_cost
     if weights is not None and "dist_pow" in weights:
         dist_cost = distance.repowered_cost(dist_cost, cfg.dist_pow, weights["dist_pow"])
-    mu, M = marginals(params, index)
+    mu, M = marginals(params, index, problem.nbr)
     l2 = location.l2(mu, problem.targets).sum()
     dist = distance.distance_per_transition(M, dist_cost).sum()
     ent = entropy.entropy_term(mu, M)

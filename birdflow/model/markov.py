@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-MASKED_LOGIT = -1e9  # finite: exp underflows to 0 and gradients stay finite
+from birdflow.model import sparse as _sparse
+from birdflow.model.sparse import MASKED_LOGIT  # -1e9: finite, so gradients stay finite
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,15 @@ class WeekIndex:
 
 
 def init_params(key: jax.Array, index: WeekIndex, dtype=jnp.float32) -> dict:
-    """i.i.d. N(0, 1) logits, as BirdFlowPy initialises them."""
+    """i.i.d. N(0, 1) logits, as BirdFlowPy initialises them.
+
+    ``Z`` is (n_transitions, n_max, n_max) dense, or (n_transitions, n_max, K) on the sparse
+    layout (``index.nbr``).
+    """
     k0, k1 = jax.random.split(key)
+    if index.nbr is not None:
+        return {"z0": jax.random.normal(k0, (index.n_max,), dtype),
+                "Z": _sparse.init_logits(k1, index.nbr, dtype)}
     return {
         "z0": jax.random.normal(k0, (index.n_max,), dtype),
         "Z": jax.random.normal(k1, (index.n_transitions, index.n_max, index.n_max), dtype),
@@ -120,15 +128,27 @@ def _masks(index: WeekIndex) -> tuple[jax.Array, jax.Array, jax.Array]:
     return valid[0], valid[t], valid[(t + 1) % index.n_weeks]
 
 
-def log_transitions(params: dict, index: WeekIndex) -> jax.Array:
-    """(n_transitions, n_max, n_max) row-wise log-softmax; padding columns ~ -1e9."""
+def log_transitions(params: dict, index: WeekIndex, nbr=None) -> jax.Array:
+    """(n_transitions, n_max, n_max) row-wise log-softmax; padding columns ~ -1e9.
+
+    Sparse layout: (n_transitions, n_max, K), softmax over each row's valid neighbours.
+    ``nbr`` (optional, sparse only) is ``index.nbr`` as a device array passed into jitted
+    code (e.g. ``Problem.nbr``), so large tables are arguments, not compiled-in constants.
+    """
+    if index.nbr is not None:
+        return _sparse.log_transitions(params["Z"], index.nbr if nbr is None else nbr)
     _, _, valid_to = _masks(index)
     z = jnp.where(valid_to[:, None, :], params["Z"], MASKED_LOGIT)
     return jax.nn.log_softmax(z, axis=-1)
 
 
-def transitions(params: dict, index: WeekIndex) -> jax.Array:
-    """Row-stochastic transitions; rows of padding slots are all zero."""
+def transitions(params: dict, index: WeekIndex, nbr=None) -> jax.Array:
+    """Row-stochastic transitions; rows of padding slots are all zero (sparse: (T, n_max, K)).
+
+    ``nbr``: see :func:`log_transitions`.
+    """
+    if index.nbr is not None:
+        return _sparse.transitions(params["Z"], index.nbr if nbr is None else nbr)
     _, valid_from, _ = _masks(index)
     return jnp.exp(log_transitions(params, index)) * valid_from[:, :, None]
 
@@ -138,13 +158,18 @@ def initial_distr(params: dict, index: WeekIndex) -> jax.Array:
     return jax.nn.softmax(jnp.where(valid0, params["z0"], MASKED_LOGIT))
 
 
-def marginals(params: dict, index: WeekIndex) -> tuple[jax.Array, jax.Array]:
+def marginals(params: dict, index: WeekIndex, nbr=None) -> tuple[jax.Array, jax.Array]:
     """One-way marginals mu (n_transitions + 1, n_max) and joints M (n_transitions, n_max, n_max).
 
     ``M[t] = diag(mu[t]) P[t]`` and ``mu[t + 1] = M[t].sum(0)``, computed with ``lax.scan``.
+    Sparse layout: M is (n_transitions, n_max, K) and ``mu[t + 1]`` its scatter-add onto the
+    week-(t+1) slots (:func:`birdflow.model.sparse.marginals`); ``nbr``: see
+    :func:`log_transitions`.
     """
-    P = transitions(params, index)
+    P = transitions(params, index, nbr)
     mu0 = initial_distr(params, index)
+    if index.nbr is not None:
+        return _sparse.marginals(mu0, P, index.nbr if nbr is None else nbr)
 
     def step(mu, P_t):
         M_t = mu[:, None] * P_t
@@ -154,12 +179,16 @@ def marginals(params: dict, index: WeekIndex) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([mus, mu_last[None]], axis=0), M
 
 
-def project(distr: jax.Array, P: jax.Array, start: int, n_steps: int) -> jax.Array:
+def project(distr: jax.Array, P: jax.Array, start: int, n_steps: int,
+            nbr: np.ndarray | None = None) -> jax.Array:
     """Push a slot distribution of marginal-week ``start`` forward ``n_steps`` transitions.
 
     Returns the (n_steps + 1, n_max) sequence of distributions (the first is ``distr``).
-    ``P`` is :func:`transitions`' output; indices wrap around for cyclic models.
+    ``P`` is :func:`transitions`' output; indices wrap around for cyclic models. For the
+    sparse layout pass ``nbr=index.nbr`` (``P`` is then (T, n_max, K)).
     """
+    if nbr is not None:
+        return _sparse.project(distr, P, nbr, start, n_steps)
     steps = (start + jnp.arange(n_steps)) % P.shape[0]
 
     def step(d, t):

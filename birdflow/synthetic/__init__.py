@@ -42,6 +42,7 @@ def preprocess(species: Mapping, data: Mapping | None = None) -> xr.Dataset:
     return _data.preprocess(resolve_species(species, data), data)
 
 
-def load_or_preprocess(species: Mapping, data: Mapping | None = None) -> tuple[xr.Dataset, Path]:
+def load_or_preprocess(species: Mapping, data: Mapping | None = None,
+                       neighbourhood_km=None) -> tuple[xr.Dataset, Path]:
     """:func:`birdflow.data.preprocess.load_or_preprocess` that also accepts ``species=synthetic``."""
-    return _data.load_or_preprocess(resolve_species(species, data), data)
+    return _data.load_or_preprocess(resolve_species(species, data), data, neighbourhood_km)

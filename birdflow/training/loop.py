@@ -27,6 +27,7 @@ from birdflow.io import write_text_atomic
 from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
+from birdflow.model.neighbours import sparse_index, summary
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
 from birdflow.training.rundir import (
@@ -36,7 +37,7 @@ from birdflow.training.rundir import (
     write_history_csv,
     write_run_info,
 )
-from birdflow.training.settings import OptimSettings, validate_train_config
+from birdflow.training.settings import ModelSettings, OptimSettings, validate_train_config
 
 log = logging.getLogger("birdflow.training.loop")
 
@@ -169,33 +170,56 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
         return RunResult(run_dir, model, {k: list(v) for k, v in model.loss_history.items()})
 
     if data is None:
-        ds, data_path = load_or_preprocess(cfg.species, cfg.data)
+        ds, data_path = load_or_preprocess(cfg.species, cfg.data,  # res_km null: sparse budget
+                                           (cfg.get("model") or {}).get("neighbourhood_km"))
     else:
         ds, data_path = data, "<in memory>"
+    index = build_index(cfg, ds)  # a radius that cuts off S&T mass fails before the run dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, species=cfg.species.code, loss=loss_cfg.location, data_path=str(data_path),
                    seed=int(cfg.seed), status="running", **_species_refs(cfg))
 
-    index = markov.WeekIndex.from_bfdata(ds)
-    problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
-        jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
-    optimizer, schedule = make_optimizer(opt)
-    params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
-    state = {"params": params, "opt_state": optimizer.init(params),
-             "loss_state": init_loss_state(problem, index, loss_cfg), "step": jnp.asarray(0, jnp.int32)}
-    state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
-    start, state, history = resume_from(run_dir, state, cfg.get("resume"))
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
     with run_log(run_dir):  # <run>/train.log, whoever called train
+        problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
+            jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
+        optimizer, schedule = make_optimizer(opt)
+        params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
+        state = {"params": params, "opt_state": optimizer.init(params),
+                 "loss_state": init_loss_state(problem, index, loss_cfg),
+                 "step": jnp.asarray(0, jnp.int32)}
+        state = jax.tree_util.tree_map(jnp.array, state)  # own buffers: the update donates them
+        start, state, history = resume_from(run_dir, state, cfg.get("resume"))
+        if start:
+            log.info("resuming %s from step %d", run_dir, start)
         log.info("%s: %d cells, %d weeks, %d parameters, loss=%s, %d steps -> %s", cfg.species.code,
                  ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps,
                  run_dir)
+        _log_sizes(index, params, dtype)
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
                                 run_dir, loss_cfg)
         return finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after)
+
+
+def _log_sizes(index: markov.WeekIndex, params: dict, dtype) -> None:
+    """Log the logits' shape and the memory of one (T, n_max, K) array against dense."""
+    item = jnp.dtype(dtype).itemsize
+    mb, dense_mb = params["Z"].size * item / 1e6, index.n_transitions * index.n_max**2 * item / 1e6
+    log.info(summary(index))
+    log.info("transitions: %s, logits %s = %.1f MB in %s (the gradient, Adam's two moments and "
+             "the joints M are as large again each); dense logits would be %.1f MB",
+             "sparse" if index.sparse else "dense", tuple(params["Z"].shape), mb,
+             jnp.dtype(dtype).name, dense_mb)
+
+
+def build_index(cfg: DictConfig, ds) -> markov.WeekIndex:
+    """The slot layout of ``ds``: dense, or sparse as ``cfg.model`` asks (radius or k nearest)."""
+    ms = ModelSettings.from_mapping(cfg.get("model"))
+    if not ms.sparse:
+        return markov.WeekIndex.from_bfdata(ds)
+    radius = ms.radius_km(float(ds.attrs.get("res_km", 100.0)), cfg.species)
+    return sparse_index(ds, radius_km=radius, k=ms.neighbours_k)
 
 
 def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir, loss_cfg):

@@ -51,6 +51,48 @@ class OptimSettings:
         return s
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """Transition layout (``model:`` in conf/train.yaml): dense, or neighbourhood-sparse.
+
+    ``neighbourhood_km``: None (dense), ``"auto"`` or a radius in km; ``neighbours_k``: None
+    or the k-nearest variant. At most one is set (see :mod:`birdflow.model.neighbours`).
+    """
+
+    neighbourhood_km: float | str | None = None
+    neighbours_k: int | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping | None) -> ModelSettings:
+        m = dict(m or {})
+        unknown = sorted(set(m) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]}: unknown key; valid keys are "
+                              f"{sorted(cls.__dataclass_fields__)}")
+        r, k = m.get("neighbourhood_km"), m.get("neighbours_k")
+        if r is not None and r != "auto" and (isinstance(r, bool) or not isinstance(r, int | float)
+                                              or not r > 0):
+            raise ConfigError(f"model.neighbourhood_km={r!r}: must be a radius in km > 0, auto, "
+                              "or null (dense transitions)")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"model.neighbours_k={k!r}: must be a positive integer or null")
+        if r is not None and k is not None:
+            raise ConfigError(f"model.neighbourhood_km={r} and model.neighbours_k={k}: set one of "
+                              "them (the other null)")
+        return cls(neighbourhood_km=float(r) if isinstance(r, int | float) else r, neighbours_k=k)
+
+    @property
+    def sparse(self) -> bool:
+        return self.neighbourhood_km is not None or self.neighbours_k is not None
+
+    def radius_km(self, res_km: float, species: Mapping) -> float | None:
+        """The radius in km (None for dense or k-nearest); ``auto`` follows the species
+        (:func:`birdflow.data.reach.resolve_radius_km`)."""
+        from birdflow.data.reach import resolve_radius_km
+
+        return resolve_radius_km(self.neighbourhood_km, res_km, species)
+
+
 def _positive(key: str, value) -> None:
     if not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{key}={value!r}: must be a number > 0")
@@ -110,4 +152,5 @@ def validate_train_config(cfg: Mapping) -> tuple[LossConfig, OptimSettings]:
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r}: must be a non-negative integer")
+    ModelSettings.from_mapping(cfg.get("model"))
     return loss, opt

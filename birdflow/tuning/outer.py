@@ -35,7 +35,7 @@ from birdflow.training.checkpoint import (
 )
 from birdflow.training.loop import AfterTraining, finish_run
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
-from birdflow.training.settings import validate_train_config
+from birdflow.training.settings import ModelSettings, validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, penalty
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
@@ -102,6 +102,10 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     """
     cfg = _resumed(cfg)
     loss_cfg, opt = validate_train_config(cfg)
+    if ModelSettings.from_mapping(cfg.get("model")).sparse:
+        raise ConfigError("model.neighbourhood_km / model.neighbours_k: tuning supports dense "
+                          "transitions only for now; set both to null (tune dense, then train "
+                          "the sparse model with the tuned weights)")
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
     if loss_cfg.location == "w2" and ts.w2_threshold:  # FD HVPs need accurate W2 gradients
         loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, threshold=min(
