@@ -299,8 +299,6 @@ def test_training_a_sparse_model_reduces_the_loss(tmp_path, override):
     np.testing.assert_allclose(res.model.marginals.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=False, reason="saving/loading sparse models is the wt_s2 side of issue "
-                                        "15 (model.nc does not yet record nbr)")
 def test_sparse_run_reloads_with_its_layout(tmp_path):
     from birdflow.model.fitted import load_model
     from birdflow.training.loop import train
