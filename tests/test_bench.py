@@ -240,3 +240,26 @@ def test_bad_week_batch_names_the_key():
         LossConfig.from_mapping({"location": "w2", "w2": {"week_batch": -2}})
     with pytest.raises(ConfigError, match=r"loss\.w2\.inner_iterations"):
         LossConfig.from_mapping({"location": "w2", "w2": {"inner_iterations": 0}})
+
+
+def test_sparse_bench_rows_compare_dense_and_sparse_steps():
+    """``python -m birdflow.bench.sparse``: one dense and one sparse row per size; the sparse
+    row's parameters are the index's count; a dense step over --max-run-gb is compiled from
+    shapes only and reported as an estimate (no step time), and its table row says so."""
+    from birdflow.bench import sparse as bench_sparse
+    from birdflow.bench.core import synthetic_bfdata
+    from birdflow.model.neighbours import sparse_index
+
+    rows = bench_sparse.main(["--cells", "120", "--radius-km", "300", "--repeats", "1"])
+    dense, sparse = rows
+    index = sparse_index(synthetic_bfdata(120), radius_km=300)
+    assert (dense["layout"], sparse["layout"]) == ("dense", "sparse")
+    assert sparse["parameters"] == index.n_parameters() < dense["parameters"]
+    assert sparse["K"] == index.n_neighbours < dense["K"] == dense["n_max"]
+    assert dense["step_ms"] > 0 and sparse["step_ms"] > 0
+    assert sparse["memory_bytes"] < dense["memory_bytes"]
+    est = bench_sparse.main(["--cells", "120", "--radius-km", "300", "--repeats", "1",
+                             "--max-run-gb", "1e-6"])
+    assert all(r["step_ms"] is None and "not run" in r["note"] for r in est)
+    assert est[0]["memory_bytes"] == dense["memory_bytes"]  # the estimate is the same compile
+    assert "(estimate, not run)" in bench_sparse._table(est)
