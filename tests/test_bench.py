@@ -250,7 +250,7 @@ def test_sparse_bench_rows_compare_dense_and_sparse_steps():
     from birdflow.bench.core import synthetic_bfdata
     from birdflow.model.neighbours import sparse_index
 
-    rows = bench_sparse.main(["--cells", "120", "--radius-km", "300", "--repeats", "1"])
+    rows = bench_sparse.main(["--cells", "120", "--radius-cells", "3", "--repeats", "1"])
     dense, sparse = rows
     index = sparse_index(synthetic_bfdata(120), radius_km=300)
     assert (dense["layout"], sparse["layout"]) == ("dense", "sparse")
@@ -258,7 +258,7 @@ def test_sparse_bench_rows_compare_dense_and_sparse_steps():
     assert sparse["K"] == index.n_neighbours < dense["K"] == dense["n_max"]
     assert dense["step_ms"] > 0 and sparse["step_ms"] > 0
     assert sparse["memory_bytes"] < dense["memory_bytes"]
-    est = bench_sparse.main(["--cells", "120", "--radius-km", "300", "--repeats", "1",
+    est = bench_sparse.main(["--cells", "120", "--radius-cells", "3", "--repeats", "1",
                              "--max-run-gb", "1e-6"])
     assert all(r["step_ms"] is None and "not run" in r["note"] for r in est)
     assert est[0]["memory_bytes"] == dense["memory_bytes"]  # the estimate is the same compile

@@ -51,18 +51,25 @@ SPEC_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 BYTES_PER_PARAMETER_ACCESSES = 8  # read logits, m, v; write logits, m, v; write + read grads
 
 
+MAX_EXTENT_M = 4.0e6  # larger grids get smaller cells: ESRI:102008 is meaningless far out
+
+
 def synthetic_bfdata(n: int, seed: int = 0):
-    """A 52-week cyclic BirdFlowData with about ``n`` active cells per week (a moving blob)."""
+    """A 52-week cyclic BirdFlowData with about ``n`` active cells per week (a moving blob).
+
+    Cells are 100 km while the grid stays within 4,000 km (n up to ~1,360), smaller beyond.
+    """
     side = int(np.ceil(np.sqrt(n / 0.85)))
+    res_m = min(1e5, MAX_EXTENT_M / side)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side]
     weeks = np.arange(52)
     centre = side / 2 + side / 4 * np.sin(2 * np.pi * weeks / 52)  # a north-south migration
     cube = np.exp(-((yy[None] - centre[:, None, None]) ** 2 + (xx[None] - side / 2) ** 2) / side)
     cube *= rng.random(cube.shape) > 0.2  # ~20 % of cells outside each week's mask
-    x, y = np.arange(side) * 1e5 + 5e4, 4e6 - np.arange(side) * 1e5
+    x, y = np.arange(side) * res_m + res_m / 2, 4e6 - np.arange(side) * res_m
     return make_bfdata(cube, x, y, "ESRI:102008", weeks + 1, week_dates(2022),
-                       species_code="bench", version_year=2022, res_km=100.0, source="bench")
+                       species_code="bench", version_year=2022, res_km=res_m / 1e3, source="bench")
 
 
 def copy_bandwidth(n_bytes: int = 256 * 2**20) -> float:

@@ -1,10 +1,10 @@
 """Dense vs neighbourhood-sparse transitions: ``python -m birdflow.bench.sparse``.
 
-``python -m birdflow.bench.sparse [--cells 1000 4000 16000] [--radius-km 600] [--repeats 3]``
+``python -m birdflow.bench.sparse [--cells 1000 4000 16000] [--radius-cells 6] [--repeats 3]``
 times the real L2 training step (:func:`birdflow.training.loop.make_update`: value, gradient
 and Adam update) on the bench's 52-week moving-blob problem (:func:`birdflow.bench.core.
-synthetic_bfdata`, 100 km cells) with about ``n`` active cells per week, dense and with the
-transitions cut to ``--radius-km``. Memory is XLA's compiled temp + argument + output bytes of
+synthetic_bfdata`: 100 km cells up to ~1,360 cells per week, smaller beyond) with about ``n``
+active cells per week, dense and with the transitions cut to ``--radius-cells`` cell widths. Memory is XLA's compiled temp + argument + output bytes of
 the step (what it needs at its peak; the same measure as ``python -m birdflow.bench``). A dense
 step whose estimate exceeds ``--max-run-gb`` is compiled from shapes only (nothing allocated)
 and reported as an estimate, not run. Prints one JSON line per row, then a table with the
@@ -101,8 +101,8 @@ def main(argv=None) -> list[dict]:
                                description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", type=int, nargs="+", default=[1000, 4000, 16000],
                     help="about this many active cells per week (default: 1000 4000 16000)")
-    ap.add_argument("--radius-km", type=float, default=600.0,
-                    help="neighbourhood radius of the sparse rows, km (default 600 = 6 cells)")
+    ap.add_argument("--radius-cells", type=float, default=6.0,
+                    help="neighbourhood radius of the sparse rows in cell widths (default 6)")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up")
     ap.add_argument("--max-run-gb", type=float, default=8.0,
                     help="compile-only above this estimated step memory (default 8)")
@@ -110,8 +110,10 @@ def main(argv=None) -> list[dict]:
     rows = []
     for n in args.cells:
         ds = synthetic_bfdata(n)
-        for index in (WeekIndex.from_bfdata(ds), sparse_index(ds, radius_km=args.radius_km)):
-            row = {"cells_target": n, "radius_km": args.radius_km if index.sparse else None,
+        radius_km = args.radius_cells * float(ds.attrs["res_km"])
+        for index in (WeekIndex.from_bfdata(ds), sparse_index(ds, radius_km=radius_km)):
+            row = {"cells_target": n, "res_km": float(ds.attrs["res_km"]),
+                   "radius_km": radius_km if index.sparse else None,
                    "backend": jax.default_backend(),
                    **step_row(ds, index, args.repeats, args.max_run_gb)}
             print(json.dumps(row), flush=True)
