@@ -30,7 +30,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
-from birdflow.losses import sinkhorn_implicit
+from birdflow.losses import online_cost, sinkhorn_implicit
 from birdflow.types import WeeklyDistr
 
 PerWeek = Float[Array, "week"]  # one value per one-way marginal
@@ -150,10 +150,19 @@ class SlotCost(NamedTuple):
 
 
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
-            symmetric: bool = False, inner_iterations: int = 10, momentum: float = 1.0):
-    """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one."""
+            symmetric: bool = False, inner_iterations: int = 10, momentum: float = 1.0,
+            fixed_iterations: int | None = None):
+    """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one.
+
+    ``fixed_iterations`` k (amortised solves): exactly k iterations, no convergence check
+    inside (OTT runs a scan when min = max iterations); the marginal error is computed once,
+    after the last iteration, and ``converged`` says whether it is below ``threshold``.
+    """
     kw = {"threshold": threshold, "max_iterations": max_iterations,
           "inner_iterations": inner_iterations}
+    if fixed_iterations is not None:
+        kw.update(max_iterations=fixed_iterations, min_iterations=fixed_iterations,
+                  inner_iterations=fixed_iterations)
     if momentum != 1.0:  # over-relaxation of the a != b solve
         kw["momentum"] = acceleration.Momentum(start=0, value=momentum)
     if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
@@ -189,6 +198,16 @@ def default_week_batch() -> int:
     return 1 if jax.default_backend() == "cpu" else 0
 
 
+def last_error(errors: jax.Array) -> jax.Array:
+    """The last L1 marginal error an OTT Sinkhorn recorded (``errors``: -1 = not reached).
+
+    Entries before ``min_iterations`` are inf (not computed); the result is finite whenever
+    the solver measured its error at least once (always after its last iteration).
+    """
+    idx = jnp.maximum(jnp.sum(errors != -1) - 1, 0)
+    return errors[idx]
+
+
 def _slot_geom(cell_cost, slot_cell, epsilon=None):
     return SlotGeometry(cell_cost, slot_cell, epsilon=epsilon)
 
@@ -202,11 +221,15 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
 
     ``solver`` is an OTT Sinkhorn, or a :class:`sinkhorn_implicit.SolveSettings` (implicit
     gradients; then ``valid`` (W, n_max) marks the real slots). Returns (values, f, g,
-    iterations, converged, fallback) per week; ``fallback`` is False except for implicit
-    solves whose gradient fell back to the envelope gradient.
+    iterations, converged, fallback, error) per week; ``fallback`` is False except for
+    implicit solves whose gradient fell back to the envelope gradient; ``error`` is the L1
+    marginal error Sinkhorn last measured (:func:`last_error`).
     """
     shared = isinstance(cost, SlotCost)
-    per_week = cost.slot_cell if shared else cost
+    online = isinstance(cost, online_cost.OnlineCost)
+    if online and isinstance(solver, sinkhorn_implicit.SolveSettings):
+        raise ValueError("the online W2 cost supports grad_mode danskin only")
+    per_week = cost.slot_cell if shared or online else cost
     implicit = isinstance(solver, sinkhorn_implicit.SolveSettings)
     if valid is None:
         valid = jnp.ones(a.shape, bool)
@@ -215,17 +238,22 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
         a_w, b_w, c_w, f_w, g_w, v_w = x
         if implicit:
             make, args = (_slot_geom, (cost.cell_cost, c_w)) if shared else (_dense_geom, (c_w,))
-            val, f, g, it, conv, fb = sinkhorn_implicit.reg_ot(solver, make, a_w, b_w, args, v_w,
-                                                               epsilon, f_w, g_w)
+            val, f, g, it, conv, fb, err = sinkhorn_implicit.reg_ot(solver, make, a_w, b_w, args,
+                                                                    v_w, epsilon, f_w, g_w)
             neg_ent = jnp.sum(jax.scipy.special.xlogy(a_w, a_w) + jax.scipy.special.xlogy(b_w, b_w))
             return (val - epsilon * neg_ent,  # OTT's reg_ot_cost (KL to a x b)
                     f, g, jax.lax.stop_gradient(it).astype(jnp.int32),
-                    jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5)
-        geom = (SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon) if shared
-                else geometry.Geometry(cost_matrix=c_w, epsilon=epsilon))
+                    jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5,
+                    jax.lax.stop_gradient(err))
+        if online:
+            geom = cost.geometry(c_w, epsilon=epsilon)
+        elif shared:
+            geom = SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon)
+        else:
+            geom = geometry.Geometry(cost_matrix=c_w, epsilon=epsilon)
         out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))
         return (out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged,
-                jnp.zeros((), bool))
+                jnp.zeros((), bool), jax.lax.stop_gradient(last_error(out.errors)))
 
     xs = (a, b, per_week, f0, g0, valid)
     week_batch = default_week_batch() if week_batch < 0 else week_batch
@@ -245,6 +273,9 @@ class W2Result(NamedTuple):
             as solved or as cached).
         fallback: (n_solves * W,) bool, implicit mode only: the gradient's linear solve
             failed and that solve used the envelope gradient (known when a gradient is taken).
+        errors: (n_solves * W,) L1 marginal error of the returned potentials (the last one
+            Sinkhorn measured): below ``threshold`` when converged; what an amortised
+            (``fixed_iterations``) solve reports instead of convergence.
     """
 
     values: jax.Array
@@ -252,6 +283,7 @@ class W2Result(NamedTuple):
     iterations: jax.Array
     converged: jax.Array
     fallback: jax.Array
+    errors: jax.Array
 
 
 def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.Array,
@@ -261,7 +293,7 @@ def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.
     """Regularised OT cost W(p, p) per week, no gradient (the debiasing term of a target).
 
     Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,) bool,
-    fallback (W,) bool, always False).
+    fallback (W,) bool, always False, errors (W,) last L1 marginal error).
     """
     p = jax.lax.stop_gradient(_floor(p))
     solver = _solver(threshold, max_iterations, "danskin", symmetric=symmetric,
@@ -276,7 +308,8 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        init: tuple[jax.Array, jax.Array], *, threshold: float = 1e-3,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
        target_self=None, symmetric: bool = False, inner_iterations: int = 10,
-       week_batch: int = 0, momentum: float = 1.0) -> W2Result:
+       week_batch: int = 0, momentum: float = 1.0,
+       fixed_iterations: int | None = None) -> W2Result:
     """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
@@ -297,23 +330,27 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
             week stopping at its own convergence); -1 = :func:`default_week_batch`.
         momentum: over-relaxation of the W(mu, s) Sinkhorn updates (1 = none).
+        fixed_iterations: None = solve W(mu, s) and W(mu, mu) to ``threshold``; k = exactly k
+            warm-started iterations each, no convergence check (amortised Sinkhorn: the
+            potentials converge across training steps; the gradient uses them as they are).
+            ``target_self``, when solved here, is always solved to ``threshold``.
     """
     a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
-    solver = _solver(threshold, max_iterations, grad_mode,
-                     inner_iterations=inner_iterations, momentum=momentum)
+    solver = _solver(threshold, max_iterations, grad_mode, inner_iterations=inner_iterations,
+                     momentum=momentum, fixed_iterations=fixed_iterations)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
-    if isinstance(cost, SlotCost):
+    if isinstance(cost, SlotCost | online_cost.OnlineCost):
         valid = cost.slot_cell >= 0
     else:  # padding slots carry no mass on either side
         valid = (jax.lax.stop_gradient(mu) > 0) | (jax.lax.stop_gradient(targets) > 0)
     solve = partial(_batch_solve, epsilon=epsilon, week_batch=week_batch, valid=valid)
 
     if not debiased:
-        vals, f, g, iters, conv, fb = solve(solver, a, b, cost, f0=f0, g0=g0)
+        vals, f, g, iters, conv, fb, err = solve(solver, a, b, cost, f0=f0, g0=g0)
     else:  # W(s, s) has no gradient: solved (or cached) without any derivative
         sym = _solver(threshold, max_iterations, grad_mode, symmetric=symmetric,
-                      inner_iterations=inner_iterations)
+                      inner_iterations=inner_iterations, fixed_iterations=fixed_iterations)
         main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
         auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
         if target_self is None:
@@ -321,8 +358,8 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
                                     threshold=threshold, max_iterations=max_iterations,
                                     symmetric=symmetric, inner_iterations=inner_iterations,
                                     week_batch=week_batch)
-        vals, f, g, iters, conv, fb = (jnp.concatenate(x) for x in zip(main, auto, target_self,
-                                                                       strict=True))
+        vals, f, g, iters, conv, fb, err = (jnp.concatenate(x) for x in
+                                            zip(main, auto, target_self, strict=True))
         vals = vals[:w] - 0.5 * vals[w:2 * w] - 0.5 * vals[2 * w:]
     return W2Result(vals, (jax.lax.stop_gradient(f), jax.lax.stop_gradient(g)), iters, conv,
-                    jax.lax.stop_gradient(fb))
+                    jax.lax.stop_gradient(fb), jax.lax.stop_gradient(err))

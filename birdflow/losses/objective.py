@@ -19,11 +19,13 @@ import numpy as np
 import xarray as xr
 
 from birdflow.errors import ConfigError
-from birdflow.losses import distance, entropy, location
+from birdflow.losses import distance, entropy, location, online_cost
 from birdflow.model.markov import WeekIndex, marginals
 
 LOCATIONS = ("l2", "w2")
 ON_UNCONVERGED = ("warn", "stop")
+ONLINE_COST = ("auto", True, False)
+NULLABLE = ("epsilon_start", "iterations_per_step")  # numeric keys that may be null
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,21 @@ class W2Config:
     ``on_unconverged`` says what training does when a week's Sinkhorn solve stops at
     ``max_iterations`` before ``threshold`` (counted per step as ``n_unconverged``):
     ``warn`` (log it and go on) or ``stop`` (end the run with an error).
+
+    Amortised Sinkhorn: ``iterations_per_step`` k (null = solve to ``threshold`` every
+    step) runs exactly k Sinkhorn iterations per step for W(mu, s) and W(mu, mu), warm-
+    started from the previous step's potentials, without a convergence check; the
+    gradient (``grad_mode``) uses the potentials as they are. Step 0 and, with
+    ``full_solve_every`` m > 0, every m-th step solve to ``threshold`` instead. Only those
+    convergence-checked solves (and W(s, s)) count in ``n_unconverged``; every step reports
+    ``sinkhorn_error``, the largest L1 marginal error of the W(mu, .) potentials.
+
+    ``online_cost`` (``auto``, true, false): the ground cost is computed from cell
+    coordinates inside each Sinkhorn iteration, a block of rows at a time
+    (:class:`birdflow.losses.online_cost.OnlineSlotGeometry`), instead of being read from
+    an (n_cells, n_cells) matrix: W2 memory O(n) per week. ``auto`` turns it on above
+    :data:`birdflow.losses.online_cost.AUTO_CELLS` active cells; ``grad_mode: danskin``
+    only.
     """
 
     cost: str = "sqeuclidean"
@@ -77,6 +94,9 @@ class W2Config:
     week_batch: int = -1
     momentum: float = 1.5
     on_unconverged: str = "warn"
+    iterations_per_step: int | None = None
+    full_solve_every: int = 0
+    online_cost: str | bool = "auto"
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,15 @@ class LossConfig:
         _check("loss.w2.epsilon_decay_steps", c.epsilon_decay_steps, lambda v: v >= 0, ">= 0")
         if c.epsilon_start is not None:
             _check("loss.w2.epsilon_start", c.epsilon_start, lambda v: v > 0, "> 0 (or null)")
+        if c.iterations_per_step is not None:
+            _check("loss.w2.iterations_per_step", c.iterations_per_step,
+                   lambda v: v == int(v) and v >= 1, "an integer >= 1 (or null)")
+        _check("loss.w2.full_solve_every", c.full_solve_every, lambda v: v >= 0,
+               ">= 0 (0 = only step 0)")
+        _check_choice("loss.w2.online_cost", c.online_cost, ONLINE_COST)
+        if c.online_cost is True and c.grad_mode != "danskin":
+            raise ConfigError(f"loss.w2.online_cost: true needs loss.w2.grad_mode=danskin, got "
+                              f"grad_mode={c.grad_mode!r}; set loss.w2.online_cost=false or auto")
         return cfg
 
 
@@ -126,13 +155,14 @@ def _build(cls, m: dict, prefix: str, **extra):
         if isinstance(default, bool):
             if not isinstance(v, bool):
                 raise ConfigError(f"{prefix}.{k}: expected true/false, got {v!r}")
-        elif isinstance(default, int | float) or k == "epsilon_start":
-            if v is None and k == "epsilon_start":
+        elif isinstance(default, int | float) or k in NULLABLE:
+            if v is None and k in NULLABLE:
                 pass
             elif isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"{prefix}.{k}: expected a number, got {v!r}; e.g. {prefix}.{k}={default}")
             else:
-                v = type(default)(v) if default is not None else float(v)
+                v = type(default)(v) if default is not None else (
+                    int(v) if k == "iterations_per_step" and v == int(v) else float(v))
         kw[k] = v
     return cls(**kw, **extra)
 
@@ -161,6 +191,10 @@ class Problem(NamedTuple):
         nbr: sparse models: ``index.nbr`` as an int32 device array, passed into the jitted
             step as data (a large table compiled in as a constant costs compile time and
             memory); None for dense models.
+        w2_points: online W2 cost (``loss.w2.online_cost``): (n_cells, 2) cell coordinates
+            (:func:`birdflow.losses.online_cost.cell_points`; ``w2_cell_cost`` is then (0, 0));
+            None otherwise.
+        w2_top: () the online cost's normaliser (1 for sqeuclidean).
     """
 
     targets: jax.Array
@@ -168,6 +202,8 @@ class Problem(NamedTuple):
     w2_cell_cost: jax.Array
     w2_unit: jax.Array = 1.0
     nbr: jax.Array | None = None
+    w2_points: jax.Array | None = None
+    w2_top: jax.Array = 1.0
 
 
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
@@ -178,17 +214,22 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
                                                     index, cfg.dist_pow)
     else:
         dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
-    if cfg.location == "w2":
-        coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
-        w2_cost = location.cell_cost(*coords, cfg.w2.cost, cfg.w2.cost_pow)
-        unit = location.one_cell_cost(*coords, float(ds.attrs.get("res_km", 100.0)), cfg.w2.cost,
-                                      cfg.w2.cost_pow)
-    else:
-        w2_cost, unit = np.zeros((0, 0)), 1.0
+    w2_cost, unit, points, top = np.zeros((0, 0)), 1.0, None, 1.0
     dtype = jnp.result_type(float)
+    if cfg.location == "w2":
+        c = cfg.w2
+        coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
+        if online_cost.use_online(c.online_cost, len(coords[0])) and c.grad_mode == "danskin":
+            points, top, unit = online_cost.cell_points(*coords, c.cost, c.cost_pow,
+                                                        float(ds.attrs.get("res_km", 100.0)))
+            points = jnp.asarray(points, dtype)
+        else:
+            w2_cost = location.cell_cost(*coords, c.cost, c.cost_pow)
+            unit = location.one_cell_cost(*coords, float(ds.attrs.get("res_km", 100.0)), c.cost,
+                                          c.cost_pow)
     nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)
-    return Problem(*(jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit)),
-                   nbr=nbr)
+    arrays = (jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit))
+    return Problem(*arrays, nbr=nbr, w2_points=points, w2_top=jnp.asarray(top, dtype))
 
 
 def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
@@ -229,8 +270,9 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
         ``scale``), "dist", "ent" (BirdFlowPy's bracket, subtracted), "l2", and for W2 "w2"
         (unscaled sum over weeks, in one-cell-move units), "sinkhorn_iterations" (slowest week),
         "epsilon", "n_unconverged" (week-solves, all terms, that stopped at max_iterations before
-        the threshold) and "n_fallback" (implicit mode: week-solves whose gradient fell back to
-        the envelope gradient).
+        the threshold; amortised steps count only W(s, s)), "n_fallback" (implicit mode:
+        week-solves whose gradient fell back to the envelope gradient) and "sinkhorn_error"
+        (largest L1 marginal error of the W(mu, s) and W(mu, mu) potentials this step).
     """
     w = {"obs_weight": cfg.obs_weight, "dist_weight": cfg.dist_weight, "ent_weight": cfg.ent_weight,
          "w2_scale": cfg.w2.scale, **(weights or {})}
@@ -246,7 +288,7 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     if cfg.location == "w2":
         c = cfg.w2
         eps = epsilon_at(c, step)
-        vals, iters, counts, new_state = _w2_term(mu, problem, index, c, state, eps)
+        vals, iters, counts, new_state = _w2_term(mu, problem, index, c, state, eps, step)
         terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps,
                      **counts)
         obs = w["w2_scale"] * terms["w2"]
@@ -257,10 +299,13 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     return total, (terms, new_state)
 
 
-def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, eps):
+def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, eps, step):
     """Weekly W2 values, Sinkhorn iterations and the new loss state (see W2Config)."""
     slot_cell = index.slot_cell[index.week_of_marginal()]
-    if c.shared_cost and c.grad_mode != "unroll":  # unrolling cannot carry the int slot table
+    if problem.w2_points is not None:  # online cost: coordinates, no (n, n) matrix
+        cost = online_cost.OnlineCost(problem.w2_points, jnp.asarray(slot_cell), problem.w2_top,
+                                      c.cost, c.cost_pow)
+    elif c.shared_cost and c.grad_mode != "unroll":  # unrolling cannot carry the int slot table
         cost = location.SlotCost(problem.w2_cell_cost, jnp.asarray(slot_cell))
     else:
         cost = location.slot_cost(problem.w2_cell_cost, slot_cell)
@@ -270,27 +315,41 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
     solve_kw = {"threshold": c.threshold, "max_iterations": c.max_iterations,
                 "symmetric": c.symmetric, "inner_iterations": c.inner_iterations,
                 "week_batch": c.week_batch}
+    w = mu.shape[0]
     ref, ref_val, ref_eps = None, state.get("ref"), state.get("ref_eps")
     if c.debiased and c.cache_target_self:
-        w = mu.shape[0]
         ref_init = (init[0][2 * w:], init[1][2 * w:])
 
         def fresh():
             return location.self_cost(problem.targets, cost, eps, ref_init, **solve_kw)
 
-        def cached():  # the flags W(s, s) had when it was solved
+        def cached():  # the flags W(s, s) had when it was solved; its error is not kept
             return (state["ref"].astype(mu.dtype), *ref_init, jnp.zeros((w,), jnp.int32),
-                    state["ref_converged"], jnp.zeros((w,), bool))
+                    state["ref_converged"], jnp.zeros((w,), bool), jnp.full((w,), -1.0, mu.dtype))
 
         ref = jax.lax.cond(state["ref_eps"] == eps, cached, fresh)
         ref_val, ref_eps = ref[0], jnp.asarray(eps, state["ref_eps"].dtype)
-    res = location.w2(
-        mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode, debiased=c.debiased,
-        target_self=ref, momentum=c.momentum, **solve_kw)
+
+    def solve(fixed):
+        return location.w2(mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode,
+                           debiased=c.debiased, target_self=ref, momentum=c.momentum,
+                           fixed_iterations=fixed, **solve_kw)
+
+    n_mu = 2 * w if c.debiased else w  # the solves that depend on mu
+    if c.iterations_per_step is None:
+        res = solve(None)
+        counted = res.converged
+    else:  # amortised: step 0 and every full_solve_every-th step solve to the threshold
+        full = step == 0
+        if c.full_solve_every > 0:
+            full = full | (step % c.full_solve_every == 0)
+        res = jax.lax.cond(full, lambda: solve(None), lambda: solve(c.iterations_per_step))
+        counted = res.converged.at[:n_mu].set(res.converged[:n_mu] | ~full)
     f, g = res.potentials
     new_state = {"f": f, "g": g}
     if ref_val is not None:
         new_state.update(ref=ref_val, ref_eps=ref_eps,
                          ref_converged=state["ref_converged"] if ref is None else ref[4])
-    counts = {"n_unconverged": jnp.sum(~res.converged), "n_fallback": jnp.sum(res.fallback)}
+    counts = {"n_unconverged": jnp.sum(~counted), "n_fallback": jnp.sum(res.fallback),
+              "sinkhorn_error": jnp.max(res.errors[:n_mu])}
     return res.values, res.iterations, counts, new_state

@@ -128,7 +128,8 @@ def kkt_solve(P: jax.Array, valid: jax.Array, eps, u: jax.Array, v: jax.Array,
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def potentials(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, f0, g0):
-    """Sinkhorn potentials (f, g) with IFT tangents; also iterations and converged flag.
+    """Sinkhorn potentials (f, g) with IFT tangents; also iterations, converged flag and the
+    last L1 marginal error Sinkhorn measured.
 
     ``cost_args`` build the geometry with ``make_geom(*cost_args, epsilon=eps)``; the cost,
     eps and the warm start are constants for differentiation.
@@ -139,18 +140,20 @@ def potentials(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, 
     out = settings.solver(linear_problem.LinearProblem(geom, a, b), init=(f0, g0))
     # iterations and the converged flag as floats: integer outputs of a custom_jvp need
     # float0 tangents, which broke linearising it under jit + vmap
-    return out.f, out.g, out.n_iters.astype(a.dtype), out.converged.astype(a.dtype)
+    idx = jnp.maximum(jnp.sum(out.errors != -1) - 1, 0)
+    return (out.f, out.g, out.n_iters.astype(a.dtype), out.converged.astype(a.dtype),
+            out.errors[idx].astype(a.dtype))
 
 
 @potentials.defjvp
 def _potentials_jvp(settings, make_geom, primals, tangents):
     a, b, cost_args, valid, eps, f0, g0 = primals
     da, db = tangents[0], tangents[1]
-    f, g, it, conv = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
+    f, g, it, conv, err = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
     P = _plan(make_geom, cost_args, eps, f, g)
     da, db = _zero_if_none(da, a) * P.sum(1) / a, _zero_if_none(db, b) * P.sum(0) / b
     df, dg, _ = kkt_solve(P, valid, eps, da, db, settings)
-    return (f, g, it, conv), (df, dg, jnp.zeros_like(it), jnp.zeros_like(conv))
+    return (f, g, it, conv, err), (df, dg, *(jnp.zeros_like(x) for x in (it, conv, err)))
 
 
 def _zero_if_none(t, like):
@@ -177,26 +180,27 @@ def reg_ot(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, f0, 
     starts and carry zero tangents (differentiate :func:`potentials` for their derivatives).
 
     Returns:
-        (value, f, g, iterations, converged, fallback), the last three as floats (1.0 =
-        true): ``fallback`` is 1 when the gradient's linear solve failed and the envelope
-        gradient was used (only known when a derivative is taken; 0 otherwise).
+        (value, f, g, iterations, converged, fallback, error), iterations and the flags as
+        floats (1.0 = true): ``fallback`` is 1 when the gradient's linear solve failed and the
+        envelope gradient was used (only known when a derivative is taken; 0 otherwise);
+        ``error`` the last L1 marginal error Sinkhorn measured.
     """
-    f, g, it, conv = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
+    f, g, it, conv, err = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
     P = _plan(make_geom, cost_args, eps, f, g)
     # (0 * a.sum(): batched like the rule's flag under vmap, which jax needs when linearising)
-    return dual_value(P, a, b, f, g, eps), f, g, it, conv, 0 * a.sum()
+    return dual_value(P, a, b, f, g, eps), f, g, it, conv, 0 * a.sum(), err
 
 
 @reg_ot.defjvp
 def _reg_ot_jvp(settings, make_geom, primals, tangents):
     a, b, cost_args, valid, eps, f0, g0 = primals
     da, db = _zero_if_none(tangents[0], a), _zero_if_none(tangents[1], b)
-    f, g, it, conv = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
+    f, g, it, conv, err = potentials(settings, make_geom, a, b, cost_args, valid, eps, f0, g0)
     P = _plan(make_geom, cost_args, eps, f, g)
     m = valid.astype(a.dtype)
     x, y, ok = kkt_solve(P, valid, eps, (a - P.sum(1)) * m, (b - P.sum(0)) * m, settings)
     value = dual_value(P, a, b, f, g, eps)
     dvalue = (f + x * P.sum(1) / a) @ da + (g + y * P.sum(0) / b) @ db
     fallback = (~ok).astype(a.dtype)
-    zeros = tuple(jnp.zeros_like(x) for x in (f, g, it, conv, fallback))
-    return (value, f, g, it, conv, fallback), (dvalue, *zeros)
+    zeros = tuple(jnp.zeros_like(x) for x in (f, g, it, conv, fallback, err))
+    return (value, f, g, it, conv, fallback, err), (dvalue, *zeros)
