@@ -19,7 +19,7 @@ from birdflow.model.markov import WeekIndex, init_params
 
 # Tiny grid: epsilon large enough (relative to the largest cost) and threshold tight enough
 # that every Sinkhorn solve converges, so fast and plain paths must agree to solver accuracy.
-TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000)
+TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000, iterations_per_step=None)
 PLAIN = dataclasses.replace(TIGHT, cache_target_self=False, symmetric=False, shared_cost=False,
                             week_batch=0)
 
@@ -31,7 +31,7 @@ def _json_lines(text: str) -> list[dict]:
 def test_bench_runs_tiny_and_prints_json_lines(capsys):
     # 100 cells: at fewer, epsilon 1e-3 is below one cell spacing and the implicit system
     # degenerates (the kernel hardly mixes; those weeks fall back, counted)
-    rows = bench.main(["--cells", "100", "--cases", "l2,danskin,implicit,like", "--repeats", "1",
+    rows = bench.main(["--cells", "100", "--cases", "l2,danskin,implicit,like", "--repeats", "2",
                        "--warmup", "1"])
     out = capsys.readouterr().out
     lines = _json_lines(out)
@@ -53,6 +53,11 @@ def test_bench_runs_tiny_and_prints_json_lines(capsys):
     assert imp["grad_finite"] and imp["n_fallback"] == 0
     assert 0 < imp["grad_rel_diff_vs_danskin"] < 1e-2  # differs only by the marginal error
     assert "grad_rel_diff_vs_danskin" not in w
+    # the default (amortised) danskin row: its gradient against a tight solve's, W2 memory
+    assert W2Config().iterations_per_step is not None and w["sinkhorn_iterations"] == \
+        W2Config().iterations_per_step
+    assert 0 < w["grad_bias_vs_tight"] < 0.2 and 0.98 < w["grad_cos_vs_tight"] <= 1.0 + 1e-6
+    assert w["w2_term_memory_bytes"] > 0 and w["w2_cost"] == "matrix"
     like = by_case[bench.LIKE]
     assert like["terms"]["epsilon"] == pytest.approx(
         bench.like_for_like_config(bench.synthetic_bfdata(100)["distance_km"].values,
@@ -189,7 +194,8 @@ def test_warm_start_at_the_default_threshold_with_moving_parameters(tiny, grad_m
     potentials) and a cold one at p1 both agree with a tightly converged solve at p1, within
     what threshold 1e-3 allows, on the value and the gradient; warm needs fewer iterations."""
     ds, index = tiny
-    loose = W2Config(epsilon=0.05, grad_mode=grad_mode)  # default threshold 1e-3
+    # default threshold 1e-3, solved to it every step (amortised steps: tests/test_w2_fast.py)
+    loose = W2Config(epsilon=0.05, grad_mode=grad_mode, iterations_per_step=None)
     assert loose.threshold == W2Config().threshold == 1e-3
     tight = dataclasses.replace(loose, threshold=1e-9, max_iterations=20000)
     with jax.enable_x64(True):
@@ -263,3 +269,41 @@ def test_sparse_bench_rows_compare_dense_and_sparse_steps():
     assert all(r["step_ms"] is None and "not run" in r["note"] for r in est)
     assert est[0]["memory_bytes"] == dense["memory_bytes"]  # the estimate is the same compile
     assert "(estimate, not run)" in bench_sparse._table(est)
+
+
+def test_memory_only_rows_compare_online_and_matrix_costs(capsys):
+    rows = bench.main(["--cells", "100", "--cases", "l2,default", "--variants", "online,matrix",
+                       "--memory-only"])
+    by_case = {r["case"]: r for r in rows}
+    assert set(by_case) == {bench.DEFAULT, "w2-danskin[online]", "w2-danskin[matrix]"}  # no L2
+    assert by_case["w2-danskin[online]"]["w2_cost"] == "online"
+    assert by_case["w2-danskin[matrix]"]["w2_cost"] == "matrix"
+    assert all(r["w2_term_memory_bytes"] > 0 for r in rows)
+    assert "W2 term" in capsys.readouterr().out
+
+
+def test_interleaved_runs_take_one_step_of_each_case_in_turn():
+    """run_cases advances the case generators round-robin after each one's first step
+    (compile and warm-up), and returns each generator's value (or its exception)."""
+    log = []
+
+    def case(name, steps):
+        log.append((name, "compile"))
+        yield
+        for i in range(steps):
+            log.append((name, i))
+            if i < steps - 1:
+                yield
+        return name
+
+    def broken():
+        raise jax.errors.JaxRuntimeError("INTERNAL: Error: solve failed")
+        yield
+
+    out = bench.run_cases([case("a", 2), case("b", 3), broken()], interleave=True)
+    assert out[:2] == ["a", "b"] and isinstance(out[2], jax.errors.JaxRuntimeError)
+    assert log == [("a", "compile"), ("b", "compile"), ("a", 0), ("b", 0), ("a", 1), ("b", 1),
+                   ("b", 2)]
+    log.clear()
+    assert bench.run_cases([case("a", 2), case("b", 1)], interleave=False) == ["a", "b"]
+    assert log == [("a", "compile"), ("a", 0), ("a", 1), ("b", "compile"), ("b", 0)]

@@ -92,7 +92,8 @@ def test_w2_implicit_mode_trains_like_danskin_when_sinkhorn_converges(tmp_path, 
     follow the same path; no implicit solve fell back and no solve stopped unconverged."""
     runs = {mode: train(make_cfg(tmp_path / mode, "loss=w2", f"loss.w2.grad_mode={mode}",
                                  "loss.w2.epsilon=0.05", "loss.w2.threshold=1e-6",
-                                 "optim.steps=10"), data=data) for mode in ("implicit", "danskin")}
+                                 "loss.w2.iterations_per_step=null", "optim.steps=10"), data=data)
+            for mode in ("implicit", "danskin")}
     imp, dan = runs["implicit"].history, runs["danskin"].history
     assert imp["total"][-1] < imp["total"][0]
     np.testing.assert_allclose(imp["total"], dan["total"], rtol=1e-4)
@@ -105,7 +106,8 @@ def test_unconverged_sinkhorn_is_counted_warned_or_stops(tmp_path, data, caplog)
     """Too few iterations for epsilon 1e-4: every step reports unconverged week-solves."""
     from birdflow.training.loop import SinkhornNotConverged
 
-    few = ("loss=w2", "loss.w2.epsilon=1e-4", "loss.w2.max_iterations=10", "optim.steps=3")
+    few = ("loss=w2", "loss.w2.epsilon=1e-4", "loss.w2.max_iterations=10", "optim.steps=3",
+           "loss.w2.iterations_per_step=null")  # every step a convergence-checked solve
     with caplog.at_level("WARNING", logger="birdflow.training.loop"):
         res = train(make_cfg(tmp_path / "warn", *few), data=data)
     n = res.history["n_unconverged"]

@@ -188,7 +188,7 @@ def test_w2_objective_warm_start_and_schedule():
     ds = make_tiny_bfdata(n_rows=3, n_cols=4, n_weeks=6, seed=5)
     index = WeekIndex.from_bfdata(ds)
     w2cfg = W2Config(debiased=False, epsilon=0.02, epsilon_start=0.2, epsilon_decay_steps=10, threshold=1e-6,
-                     max_iterations=5000)
+                     max_iterations=5000, iterations_per_step=None)
     cfg = LossConfig(location="w2", w2=w2cfg)
     problem = make_problem(ds, index, cfg)
     params = init_params(jax.random.key(0), index, dtype=jnp.float64)

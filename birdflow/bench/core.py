@@ -9,7 +9,6 @@ line per case, then a summary table. No assertions: numbers only.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -19,14 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from birdflow.app import OneLineArgumentParser
+from birdflow.bench.machine import _memory, device_info
 from birdflow.bench.reference import (
     like_for_like_config,
     make_reference_update,
     reference_costs,
 )
+from birdflow.bench.report import table
+from birdflow.bench.w2checks import grad_vs_danskin, grad_vs_tight, tight_w2, w2_term_memory
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.weeks import week_dates
-from birdflow.losses.objective import LossConfig, W2Config, init_loss_state, make_problem, objective
+from birdflow.losses.objective import LossConfig, W2Config, init_loss_state, make_problem
 from birdflow.model.markov import WeekIndex, init_params
 from birdflow.training.loop import make_optimizer, make_update
 from birdflow.training.settings import OptimSettings
@@ -44,10 +46,17 @@ VARIANTS = {
     "cold": {"warm_start": False},
     "inner-5": {"inner_iterations": 5},
     "no-momentum": {"momentum": 1.0},
+    # amortised Sinkhorn (issue 15): converged = a full solve to threshold every step
+    "converged": {"iterations_per_step": None},
+    "amortised-5": {"iterations_per_step": 5},
+    "amortised-10": {"iterations_per_step": 10},
+    "amortised-20": {"iterations_per_step": 20},
+    # the W2 ground cost from coordinates inside Sinkhorn vs the (n_cells, n_cells) matrix
+    "online": {"online_cost": True},
+    "matrix": {"online_cost": False},
 }
+DEFAULT = "w2-default"  # W2Config() as shipped (conf/loss/w2.yaml)
 LIKE = "w2-danskin[reference-settings]"  # like-for-like with the reference
-# Spec memory bandwidth (bytes/s) used for the L2 byte bound; others use a measured copy.
-SPEC_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 BYTES_PER_PARAMETER_ACCESSES = 8  # read logits, m, v; write logits, m, v; write + read grads
 
 
@@ -72,48 +81,11 @@ def synthetic_bfdata(n: int, seed: int = 0):
                        species_code="bench", version_year=2022, res_km=res_m / 1e3, source="bench")
 
 
-def copy_bandwidth(n_bytes: int = 256 * 2**20) -> float:
-    """Measured bytes/s of a large jnp elementwise copy (read + write counted)."""
-    x = jnp.ones(n_bytes // 4, jnp.float32)
-    f = jax.jit(lambda v: v * 1.0001)
-    jax.block_until_ready(f(x))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(x))
-        times.append(time.perf_counter() - t0)
-    return 2 * n_bytes / float(np.median(times))
+def _run(update, state, args: tuple, warmup: int, repeats: int):
+    """Generator: the first ``next`` compiles and warms up, each further one times one step.
 
-
-def device_info() -> dict:
-    """Device, versions, bandwidth assumption and load."""
-    import ott
-
-    dev = jax.devices()[0]
-    kind = getattr(dev, "device_kind", str(dev))
-    measured = copy_bandwidth()
-    spec = next((v for k, v in SPEC_BANDWIDTH.items() if k in kind), None)
-    return {"device": kind, "backend": jax.default_backend(), "jax": jax.__version__,
-            "ott": ott.__version__, "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
-            "copy_bandwidth_GBps": measured / 1e9,
-            "bandwidth_GBps": (spec or measured) / 1e9,
-            "bandwidth_source": "spec sheet" if spec else "measured jnp copy"}
-
-
-def _memory(compiled) -> tuple[int | None, str]:
-    if jax.default_backend() != "cpu":
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            return int(stats["peak_bytes_in_use"]), "peak_bytes_in_use (process so far)"
-    m = compiled.memory_analysis()
-    if m is None:
-        return None, "unavailable"
-    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-    return int(total), "compiled temp+argument+output bytes"
-
-
-def _run(update, state, args: tuple, warmup: int, repeats: int) -> dict:
-    """Compile, warm up, then time ``repeats`` steps; keeps the state before the last step."""
+    Returns (as ``StopIteration.value``) the result dict and the state before the last step.
+    """
     t0 = time.perf_counter()
     compiled = update.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
@@ -121,6 +93,7 @@ def _run(update, state, args: tuple, warmup: int, repeats: int) -> dict:
     for _ in range(warmup):
         state, terms, _ = compiled(state, *args)
     jax.block_until_ready(state)
+    yield
     times, iters, before = [], [], None
     for r in range(repeats):
         if r == repeats - 1:
@@ -131,6 +104,8 @@ def _run(update, state, args: tuple, warmup: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
         if "sinkhorn_iterations" in terms:
             iters.append(float(terms["sinkhorn_iterations"]))
+        if r < repeats - 1:
+            yield
     res = {"compile_s": compile_s, "step_ms": 1e3 * float(np.median(times)),
            "step_ms_min": 1e3 * min(times), "repeats": repeats, "warmup": warmup,
            "memory_bytes": memory, "memory_kind": memory_kind,
@@ -139,41 +114,12 @@ def _run(update, state, args: tuple, warmup: int, repeats: int) -> dict:
     return res, before
 
 
-def tight_w2(before: dict, problem, index: WeekIndex, cfg: LossConfig) -> dict:
-    """W2 at the timed step's parameters from a tightly converged solve (same epsilon)."""
-    tight_threshold = 1e-7 if jax.config.jax_enable_x64 else 1e-5  # float32 floor ~3e-6
-    w2 = dataclasses.replace(cfg.w2, threshold=tight_threshold, max_iterations=20000,
-                             cache_target_self=False, warm_start=True)
-    tcfg = dataclasses.replace(cfg, w2=w2)
-    f = jax.jit(lambda p, prob, s, k: objective(p, prob, index, tcfg, s, k)[1][0])
-    terms = f(before["params"], problem, before["loss_state"], before["step"])
-    return {"w2_tight": float(terms["w2"]), "tight_iterations": float(terms["sinkhorn_iterations"]),
-            "tight_threshold": tight_threshold}
+def case_runner(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: int,
+                repeats: int, accuracy: bool = True):
+    """One benchmark case as a generator (see :func:`_run`); returns its row.
 
-
-def grad_vs_danskin(before: dict, problem, index: WeekIndex, cfg: LossConfig) -> dict:
-    """This case's gradient and the envelope (danskin) one at the same parameters and state.
-
-    Returns ``grad_finite``, ``grad_rel_diff_vs_danskin`` (||g - g_danskin|| / ||g_danskin||,
-    all parameters) and ``n_fallback`` (implicit week-solves that used the envelope gradient).
+    ``w2cfg`` None = L2; name "reference" = the research-code W2.
     """
-    danskin = dataclasses.replace(cfg, w2=dataclasses.replace(cfg.w2, grad_mode="danskin"))
-    grads, terms = {}, {}
-    for key, c in (("case", cfg), ("danskin", danskin)):
-        vg = jax.jit(jax.value_and_grad(
-            lambda p, prob, s, k, c=c: objective(p, prob, index, c, s, k), has_aux=True))
-        (_, (terms[key], _)), g = vg(before["params"], problem, before["loss_state"],
-                                     before["step"])
-        grads[key] = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
-    diff = jnp.linalg.norm(grads["case"] - grads["danskin"]) / jnp.linalg.norm(grads["danskin"])
-    return {"grad_finite": bool(jnp.isfinite(grads["case"]).all()),
-            "grad_rel_diff_vs_danskin": float(diff),
-            "n_fallback": float(terms["case"].get("n_fallback", 0.0))}
-
-
-def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: int,
-             repeats: int, accuracy: bool = True) -> dict:
-    """One benchmark case: ``w2cfg`` None = L2; name "reference" = the research-code W2."""
     cfg = LossConfig(location="l2" if w2cfg is None or name == "reference" else "w2",
                      w2=w2cfg or W2Config())
     optimizer, _ = make_optimizer(OptimSettings())
@@ -187,7 +133,7 @@ def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: in
         update, args = make_reference_update(index, cfg, optimizer), (problem, costs)
     else:
         update, args = make_update(index, cfg, optimizer), (problem,)
-    res, before = _run(update, state, args, warmup, repeats)
+    res, before = yield from _run(update, state, args, warmup, repeats)
     out = {"case": name, "n_max": index.n_max, "n_cells": int(ds.sizes["cell"]),
            "weeks": index.n_weeks, "parameters": index.n_max * (1 + index.n_transitions * index.n_max),
            **res}
@@ -198,9 +144,49 @@ def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: in
             out["w2_rel_err"] = abs(out["w2"] - out["w2_tight"]) / abs(out["w2_tight"])
         if cfg.w2.grad_mode != "danskin":
             out.update(grad_vs_danskin(before, problem, index, cfg))
+        elif accuracy:
+            out.update(grad_vs_tight(before, problem, index, cfg))
+        out.update(w2_term_memory(ds, index, cfg.w2))
     elif name == "reference":
         out["w2"] = res["terms"]["w2"]
     return out
+
+
+def run_cases(runners: list, interleave: bool) -> list:
+    """Drive :func:`case_runner` generators: one after another, or (``interleave``) all
+    compiled and warmed up first, then one timed step of each in turn, so that a change in
+    the machine's load hits every case alike (their ratios stay fair on a shared machine).
+    A runner that raises gives the exception as its result."""
+    out: list = [None] * len(runners)
+
+    def advance(i):
+        try:
+            next(runners[i])
+            return True
+        except StopIteration as stop:
+            out[i] = stop.value
+        except jax.errors.JaxRuntimeError as e:
+            out[i] = e
+        return False
+
+    if not interleave:
+        for i in range(len(runners)):
+            while advance(i):
+                pass
+        return out
+    live = [i for i in range(len(runners)) if advance(i)]
+    while live:
+        live = [i for i in live if advance(i)]
+    return out
+
+
+def run_case(name: str, ds, index: WeekIndex, w2cfg: W2Config | None, warmup: int,
+             repeats: int, accuracy: bool = True) -> dict:
+    """One benchmark case, run to the end (see :func:`case_runner`)."""
+    r = run_cases([case_runner(name, ds, index, w2cfg, warmup, repeats, accuracy)], False)[0]
+    if isinstance(r, Exception):
+        raise r
+    return r
 
 
 def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config | None]]:
@@ -209,6 +195,8 @@ def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config 
     for c in selected:
         if c == "l2":
             out.append(("l2", None))
+        elif c == "default":
+            out.append((DEFAULT, W2Config()))
         elif c in GRAD_MODES:
             out.append((f"w2-{c}", W2Config(grad_mode=c)))
         elif c == "reference":
@@ -216,8 +204,8 @@ def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config 
         elif c == "like":  # our solver at the reference's cost, epsilon and threshold
             out.append((LIKE, None))  # its W2Config depends on the data (see main)
         else:
-            raise SystemExit(f"--cases: unknown case {c!r}; use l2, {', '.join(GRAD_MODES)}, "
-                             "reference, like")
+            raise SystemExit(f"--cases: unknown case {c!r}; use l2, default, "
+                             f"{', '.join(GRAD_MODES)}, reference, like")
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {v!r}; use {', '.join(VARIANTS)}")
@@ -228,7 +216,8 @@ def cases(selected: list[str], variants: list[str]) -> list[tuple[str, W2Config 
 def _add_ratios(rows: list[dict], info: dict) -> None:
     """W2/L2 and reference/ours step-time ratios, and the L2 step's byte bound."""
     l2 = next((r for r in rows if r["case"] == "l2"), None)
-    ours = next((r for r in rows if r["case"] == "w2-danskin" and not r.get("error")), None)
+    ours = next((r for r in rows if r["case"] in (DEFAULT, "w2-danskin") and not r.get("error")),
+                None)
     like = next((r for r in rows if r["case"] == LIKE and not r.get("error")), None)
     for r in rows:
         if r.get("error"):
@@ -245,46 +234,26 @@ def _add_ratios(rows: list[dict], info: dict) -> None:
             r["l2_byte_bound_ms"] = 1e3 * n_bytes / (info["bandwidth_GBps"] * 1e9)
 
 
-def _table(rows: list[dict]) -> str:
-    head = (f"{'n_max':>5} {'case':<34} {'compile s':>9} {'step ms':>9} {'x L2':>6} {'ref/ours':>8} "
-            f"{'ref/like':>8} {'iters':>6} {'mem MB':>8} {'W2 rel err':>10} {'grad vs danskin':>15}")
-    lines = [head, "-" * len(head)]
-
-    def fmt(v, spec):
-        ok = isinstance(v, int | float) and v == v
-        return format(v, spec) if ok else "-".rjust(int(spec.split(".")[0]))
-
-    for r in rows:
-        if r.get("error"):
-            lines.append(f"{r['n_max']:>5} {r['case']:<34} failed: {r['error'][:60]}")
-            continue
-        mem = r["memory_bytes"] / 2**20 if r.get("memory_bytes") else None
-        gd = r.get("grad_rel_diff_vs_danskin")
-        gd = ("non-finite" if not r.get("grad_finite", True) else f"{gd:.1e}") if gd is not None \
-            else "-"
-        lines.append(f"{r['n_max']:>5} {r['case']:<34} {fmt(r['compile_s'], '9.1f')} "
-                     f"{fmt(r['step_ms'], '9.1f')} {fmt(r.get('ratio_vs_l2'), '6.2f')} "
-                     f"{fmt(r.get('ref_over_ours'), '8.1f')} {fmt(r.get('ref_over_like'), '8.1f')} "
-                     f"{fmt(r.get('sinkhorn_iterations'), '6.0f')} "
-                     f"{fmt(mem, '8.0f')} {fmt(r.get('w2_rel_err'), '10.1e')} {gd:>15}")
-        if "l2_byte_bound_ms" in r:
-            lines.append(f"{'':>5} {'  (L2 byte bound)':<34} {'':>9} {r['l2_byte_bound_ms']:9.1f}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> list[dict]:
     on_cpu = jax.default_backend() == "cpu"
     ap = OneLineArgumentParser(prog="birdflow bench", description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, nargs="+", default=[300, 1000] if on_cpu else [1000, 2000, 4000],
                     help="active cells per week (default: 300 1000 on CPU, 1000 2000 4000 on GPU)")
-    ap.add_argument("--cases", default="l2,implicit,danskin,unroll,like,reference",
-                    help="comma list of l2, implicit, danskin, unroll, like (our solver at the "
-                         "reference's cost, epsilon and threshold), reference")
+    ap.add_argument("--cases", default="l2,default,implicit,unroll,like,reference",
+                    help="comma list of l2, default (W2 as configured by default), implicit, "
+                         "danskin, unroll (W2 defaults with that grad_mode), like (our solver at "
+                         "the reference's cost, epsilon and threshold), reference")
     ap.add_argument("--variants", default="", help=f"comma list of W2 variants: {', '.join(VARIANTS)}")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     ap.add_argument("--ref-repeats", type=int, default=1, help="timed steps of the slow reference")
-    ap.add_argument("--no-accuracy", action="store_true", help="skip the tightly converged W2 solve")
+    ap.add_argument("--no-accuracy", action="store_true",
+                    help="skip the tightly converged W2 solve and gradient")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time each case to the end before the next (default: interleaved, one "
+                         "timed step of each case in turn, all held in memory at once)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the compiled memory of each W2 case's W2 term (no model, no timing)")
     a = ap.parse_args(argv)
     info = device_info()
     print(json.dumps({"device_info": info}), flush=True)
@@ -295,26 +264,43 @@ def main(argv=None) -> list[dict]:
         ds = synthetic_bfdata(n)
         index = WeekIndex.from_bfdata(ds)
         block = []
+        runners, names = [], []
         for name, w2cfg in todo:
             ref = name == "reference"
             if name == LIKE:
                 w2cfg = like_for_like_config(ds["distance_km"].values, index)
-            try:
-                r = run_case(name, ds, index, w2cfg, warmup=1 if ref else a.warmup,
-                             repeats=a.ref_repeats if ref else a.repeats, accuracy=not a.no_accuracy)
-            except jax.errors.JaxRuntimeError as e:  # e.g. implicit mode's linear solve failing
+            if a.memory_only:
+                if w2cfg is not None and not ref:
+                    block.append({"case": name, "n_max": index.n_max,
+                                  "n_cells": int(ds.sizes["cell"]),
+                                  **w2_term_memory(ds, index, w2cfg)})
+                    print(json.dumps(block[-1]), flush=True)
+                continue
+            names.append(name)
+            runners.append(case_runner(name, ds, index, w2cfg, warmup=1 if ref else a.warmup,
+                                       repeats=a.ref_repeats if ref else a.repeats,
+                                       accuracy=not a.no_accuracy))
+        for name, r in zip(names, run_cases(runners, not a.sequential), strict=True):
+            if isinstance(r, Exception):  # e.g. implicit mode's linear solve failing
                 r = {"case": name, "n_max": index.n_max, "compile_s": None, "step_ms": None,
-                     "error": next((ln.strip() for ln in str(e).splitlines() if "Error:" in ln
-                                    and "Traceback" not in ln), str(e).splitlines()[0])[:300]}
+                     "error": next((ln.strip() for ln in str(r).splitlines() if "Error:" in ln
+                                    and "Traceback" not in ln), str(r).splitlines()[0])[:300]}
             r["requested_cells"], r["load_avg_1min"] = n, os.getloadavg()[0]
             block.append(r)
+        rows += block
+        if a.memory_only:
+            continue
         _add_ratios(block, info)
         for r in block:
             print(json.dumps(r), flush=True)
-        rows += block
     print(f"\n{info['device']} ({info['backend']}), jax {info['jax']}, ott-jax {info['ott']}, "
           f"52 weeks; bandwidth {info['bandwidth_GBps']:.0f} GB/s ({info['bandwidth_source']})")
-    print(_table(rows))
+    if a.memory_only:
+        for r in rows:
+            print(f"{r['n_max']:>6} {r['n_cells']:>6} {r['case']:<34} {r['w2_cost']:<7} "
+                  f"W2 term {r['w2_term_memory_bytes'] / 2**20:10.1f} MiB")
+        return rows
+    print(table(rows))
     return rows
 
 

@@ -94,7 +94,7 @@ class W2Config:
     week_batch: int = -1
     momentum: float = 1.5
     on_unconverged: str = "warn"
-    iterations_per_step: int | None = None
+    iterations_per_step: int | None = 10
     full_solve_every: int = 0
     online_cost: str | bool = "auto"
 

@@ -107,7 +107,9 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
                           "transitions only for now; set both to null (tune dense, then train "
                           "the sparse model with the tuned weights)")
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
-    if loss_cfg.location == "w2" and ts.w2_threshold:  # FD HVPs need accurate W2 gradients
+    if loss_cfg.location == "w2":  # FD HVPs need accurate W2 gradients: full solves
+        loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, iterations_per_step=None))
+    if loss_cfg.location == "w2" and ts.w2_threshold:
         loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, threshold=min(
             loss_cfg.w2.threshold, ts.w2_threshold)))
     tracks_csv, truth = _tracks_path(cfg)
