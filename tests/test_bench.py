@@ -51,7 +51,10 @@ def test_bench_runs_tiny_and_prints_json_lines(capsys):
     assert w["sinkhorn_iterations"] >= 1 and w["w2_rel_err"] < 1e-3
     imp = by_case["w2-implicit"]
     assert imp["grad_finite"] and imp["n_fallback"] == 0
-    assert 0 < imp["grad_rel_diff_vs_danskin"] < 1e-2  # differs only by the marginal error
+    # the default is amortised (10 iterations per step): the implicit gradient corrects for
+    # the marginal error those leave, which is larger than a converged solve's (measured 0.14
+    # here; < 1e-2 with iterations_per_step null, tests/test_w2_implicit.py at n = 1000)
+    assert 0 < imp["grad_rel_diff_vs_danskin"] < 0.3
     assert "grad_rel_diff_vs_danskin" not in w
     # the default (amortised) danskin row: its gradient against a tight solve's, W2 memory
     assert W2Config().iterations_per_step is not None and w["sinkhorn_iterations"] == \

@@ -160,6 +160,8 @@ def _build(cls, m: dict, prefix: str, **extra):
                 pass
             elif isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"{prefix}.{k}: expected a number, got {v!r}; e.g. {prefix}.{k}={default}")
+            elif isinstance(default, int) and v != int(v):
+                raise ConfigError(f"{prefix}.{k}: expected an integer, got {v!r}; e.g. {prefix}.{k}={default}")
             else:
                 v = type(default)(v) if default is not None else (
                     int(v) if k == "iterations_per_step" and v == int(v) else float(v))
