@@ -74,7 +74,8 @@ def w2_term_memory(ds, index: WeekIndex, w2cfg: W2Config) -> dict:
     if online:
         pts, top, _ = online_cost.cell_points(*coords, w2cfg.cost, w2cfg.cost_pow)
         problem = Problem(targets, jnp.zeros((0, 0, 0)), jnp.zeros((0, 0)), 1.0,
-                              jnp.asarray(pts, jnp.float32), jnp.asarray(top, jnp.float32))
+                          w2_points=jnp.asarray(pts, jnp.float32),
+                          w2_top=jnp.asarray(top, jnp.float32))
     else:
         cc = location.cell_cost(*coords, w2cfg.cost, w2cfg.cost_pow)
         problem = Problem(targets, jnp.zeros((0, 0, 0)), jnp.asarray(cc, jnp.float32), 1.0)
