@@ -16,13 +16,8 @@ from test_tracks import HAND_DISTR, WEEK_DATE, hand_bfdata, hand_rows, write_csv
 from birdflow.data.tracks import TrackRowWarning, load_tracks
 from birdflow.evaluate import main
 from birdflow.evaluation.evaluate import evaluate_model, format_report, transition_tv
-from birdflow.evaluation.metrics import (
-    distribution_performance,
-    fit_metrics,
-    forecast_intervals,
-    score_intervals,
-    sinkhorn_w2_km,
-)
+from birdflow.evaluation.intervals import forecast_intervals, score_intervals
+from birdflow.evaluation.metrics import distribution_performance, fit_metrics, sinkhorn_w2_km
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.model.markov import WeekIndex
 

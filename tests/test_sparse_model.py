@@ -26,7 +26,8 @@ from birdflow.data.tracks import load_tracks
 from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation.evaluate import evaluate_model, transition_tv
 from birdflow.evaluation.flux import flux_dataset
-from birdflow.evaluation.metrics import score_intervals, slot_transitions
+from birdflow.evaluation.intervals import score_intervals
+from birdflow.evaluation.metrics import slot_transitions
 from birdflow.export import export_birdflowr, import_birdflowr
 from birdflow.model import joints
 from birdflow.model.fitted import BirdFlowModel, load_model, save_model

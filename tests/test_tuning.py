@@ -50,11 +50,11 @@ def test_split_with_too_few_intervals_gives_the_counts():
 
 
 def test_log_likelihood_matches_the_numpy_metric():
-    """Same intervals, same chain: JAX ll == metrics.score_intervals' ll (float64)."""
+    """Same intervals, same chain: JAX ll == intervals.score_intervals' ll (float64)."""
     import jax
     import jax.numpy as jnp
 
-    from birdflow.evaluation.metrics import score_intervals
+    from birdflow.evaluation.intervals import score_intervals
     from birdflow.model import markov
     from birdflow.model.fitted import BirdFlowModel
     from birdflow.tuning import likelihood

@@ -18,13 +18,8 @@ import pandas as pd
 import xarray as xr
 
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
-from birdflow.evaluation.metrics import (
-    SCORE_COLUMNS,
-    distribution_performance,
-    fit_metrics,
-    interval_summary,
-    score_intervals,
-)
+from birdflow.evaluation.intervals import SCORE_COLUMNS, interval_summary, score_intervals
+from birdflow.evaluation.metrics import distribution_performance, fit_metrics
 from birdflow.evaluation.seasons import migration_seasons, season_performance
 from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from birdflow.data.tracks import Tracks, load_tracks
-from birdflow.evaluation.metrics import distribution_performance, score_intervals
+from birdflow.evaluation.intervals import score_intervals
+from birdflow.evaluation.metrics import distribution_performance
 from birdflow.model.fitted import BirdFlowModel
 from birdflow.model.sparsify import METHODS, density, sparsify
 

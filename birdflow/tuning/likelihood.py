@@ -2,7 +2,7 @@
 
 An interval of a bird observed in cell ``c1`` at model week ``t1`` and in ``c2`` at ``t2``,
 ``lag`` transitions later, scores ``log((e_{c1} P_{t1} ... P_{t1+lag-1})[c2] + 1e-8)`` — the
-same number as :func:`birdflow.evaluation.metrics.score_intervals`' ``ll``, computed from the
+same number as :func:`birdflow.evaluation.intervals.score_intervals`' ``ll``, computed from the
 logits so that it can be differentiated. All intervals that start in the same week are pushed
 forward together: one ``(week, interval, slot) x (week, slot, slot)`` product per step.
 """

@@ -28,21 +28,25 @@ from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
     resume_from,
     save_checkpoint,
 )
-from birdflow.training.loop import AfterTraining, finish_run
+from birdflow.training.loop import AfterTraining
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
 from birdflow.training.settings import ModelSettings, validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, penalty
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
+from birdflow.tuning.tunedir import (  # noqa: F401  (MODEL_DIR, TRAJECTORY_CSV re-exported)
+    MODEL_DIR,
+    TRAJECTORY_CSV,
+    load_best,
+    plot,
+    read_csv,
+    save_model,
+)
 
 log = logging.getLogger("birdflow.tuning.outer")
-TRAJECTORY_CSV = "trajectory.csv"
-MODEL_DIR = "model"
 
 
 class TuningStopped(BirdFlowError):
@@ -119,7 +123,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     tune_dir = _tune_dir(cfg)
     if cfg.get("resume") and read_run_info(tune_dir).get("status") == "finished":
         log.info("%s already finished; nothing to do", tune_dir)
-        traj = _read_csv(tune_dir / TRAJECTORY_CSV)
+        traj = read_csv(tune_dir / TRAJECTORY_CSV)
         theta = np.array(read_run_info(tune_dir)["theta"])
         return TuneResult(tune_dir, tune_dir / MODEL_DIR, theta, traj)
     ds, data_path = (data, "<in memory>") if data is not None else load_or_preprocess(cfg.species,
@@ -177,16 +181,16 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
              len(split.validation_birds), len(split.validation), tune_dir)
     stopped = _outer(cfg, ts, state, traj, start, fit, implicit, unrolled, outer_loss,
                      (val_ll, min_cor), optimizer, free, lo, hi, tune_dir)
-    best = state_best = _load_best(tune_dir, state)
+    best = state_best = load_best(tune_dir, state)
     if not np.isfinite(float(best["loss"])):
         write_run_info(tune_dir, status="failed", message=stopped)
         raise TuningStopped(f"{tune_dir}: {stopped}; no hyperparameters were evaluated")
-    traj = _read_csv(tune_dir / TRAJECTORY_CSV)
-    model_dir = _save_model(cfg, tune_dir, ds, index, loss_cfg, opt, state_best, traj, truth,
+    traj = read_csv(tune_dir / TRAJECTORY_CSV)
+    model_dir = save_model(cfg, tune_dir, ds, index, loss_cfg, opt, state_best, traj, truth,
                             after)
     write_run_info(tune_dir, status="stopped" if stopped else "finished", message=stopped,
                    model=str(model_dir), theta=np.asarray(best["theta"]).tolist())
-    _plot(traj, tune_dir / "tuning.png")
+    plot(traj, tune_dir / "tuning.png")
     if stopped:
         raise TuningStopped(f"{stopped}; the last good θ and its model are kept in {model_dir}")
     print(f"tune dir: {tune_dir}\nmodel run dir: {model_dir}")
@@ -289,63 +293,3 @@ def _solve(implicit, res, theta, state, damping: float, max_damping: float, step
         damping *= 10
         h = implicit(res.params, theta, res.state, None, damping)
     return h
-
-
-def _load_best(tune_dir: Path, template) -> dict:
-    ckpt = latest_checkpoint(tune_dir)
-    if ckpt is None:
-        return {"theta": template["theta"], "params": template["params"],
-                "loss": jnp.asarray(np.inf)}
-    return load_checkpoint(ckpt, template)[1]["best"]
-
-
-def _read_csv(path: Path) -> dict[str, list]:
-    import pandas as pd
-
-    return {k: list(v) for k, v in pd.read_csv(path).items()} if path.exists() else {}
-
-
-def _save_model(cfg, tune_dir, ds, index, loss_cfg, opt, best, traj, truth, after) -> Path:
-    """The best θ's inner solution as an ordinary run dir under ``<tune dir>/model``."""
-    model_dir = tune_dir / MODEL_DIR
-    tuned = inner.config_from_theta(loss_cfg, np.asarray(best["theta"]))
-    mcfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in ("dist_weight", "ent_weight", "dist_pow"):
-        mcfg.loss[key] = getattr(tuned, key)
-    if loss_cfg.location == "w2":
-        mcfg.loss.w2.scale = tuned.w2.scale
-    mcfg.run_dir, mcfg.resume = str(model_dir), None
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(model_dir / CONFIG_YAML, OmegaConf.to_yaml(mcfg, resolve=True))
-    write_run_info(model_dir, species=cfg.species.code, loss=loss_cfg.location,
-                   data_path=str(read_run_info(tune_dir).get("data_path")), seed=int(cfg.seed),
-                   status="running", tracks=str(tune_dir / "validation_tracks.csv"), truth=truth,
-                   tuned_by=str(tune_dir))
-    steps = int(np.sum(traj["inner_steps"]))
-    history = {"step": list(traj["step"]), "total": list(traj["inner_loss"]),
-               "outer_loss": list(traj["outer_loss"]), "time_s": list(traj["time_s"])}
-    finish_run(mcfg, model_dir, ds, index, best["params"], history, tuned, replace(opt, steps=steps),
-            after)
-    return model_dir
-
-
-def _plot(traj: dict, path: Path) -> None:
-    """Outer loss (tuning and validation) and θ against the outer step."""
-    from matplotlib.figure import Figure
-
-    from birdflow.io import atomic_path
-
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    a.plot(traj["step"], traj["outer_loss"], "o-", label="tuning birds: −mean ll")
-    a.plot(traj["step"], [-x for x in traj["validation_ll"]], "s--", label="validation birds: −mean ll")
-    a.set(xlabel="outer step", ylabel="negative mean interval log-likelihood")
-    a.legend()
-    for n in inner.THETA_NAMES:
-        if n in traj and np.ptp(traj[n]) > 0:
-            b.plot(traj["step"], traj[n], "o-", label=n)
-    b.set(xlabel="outer step", ylabel="θ")
-    if b.get_lines():
-        b.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
