@@ -310,3 +310,17 @@ def test_interleaved_runs_take_one_step_of_each_case_in_turn():
     log.clear()
     assert bench.run_cases([case("a", 2), case("b", 1)], interleave=False) == ["a", "b"]
     assert log == [("a", "compile"), ("a", 0), ("a", 1), ("b", "compile"), ("b", 0)]
+
+
+def test_hypergradient_bench_unrolled_memory_grows_with_k_and_implicit_does_not():
+    """``python -m birdflow.bench.hypergrad``: the implicit row's compiled memory does not depend
+    on how many CG steps it takes; the unrolled rows' grows with K and passes it."""
+    from birdflow.bench import hypergrad as bench_hypergrad
+
+    args = ["--cells", "30", "--ks", "5", "40", "--repeats", "1", "--intervals", "200"]
+    imp, u5, u40 = bench_hypergrad.main([*args, "--cg-steps", "5"])
+    imp_more = bench_hypergrad.main([*args[:3], "5", *args[4:], "--cg-steps", "40"])[0]
+    assert imp["case"] == "implicit (CG)" and (imp["cg_steps"], imp_more["cg_steps"]) == (5, 40)
+    assert imp_more["memory_bytes"] == imp["memory_bytes"]
+    assert (u5["K"], u40["K"]) == (5, 40) and u5["memory_bytes"] < u40["memory_bytes"]
+    assert imp["memory_bytes"] < u40["memory_bytes"]

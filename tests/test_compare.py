@@ -46,3 +46,33 @@ def test_metrics_table_picks_winners_by_direction():
     assert "| mean_ll | -3 | -4 | **l2** (higher) |" in table
     assert "| n_cells | 5 | 5 |  |" in table
     assert wins == {"l2": 1, "w2": 1}
+
+
+@pytest.mark.slow
+def test_compare_tune_reports_both_losses_on_the_validation_birds(tmp_path):
+    """``compare tune=true`` (one outer step each, tiny species): both losses tuned on the same
+    tuning birds, scored on the same validation birds, with their θ and step counts."""
+    import pandas as pd
+
+    from birdflow.training.rundir import read_run_info
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("compare", overrides=[
+            f"data.root={tmp_path / 'data'}", "species.synthetic.size=0.5",
+            "species.synthetic.n_tracks=40", "progress=false", "tensorboard=false", "tune=true",
+            "tuning.steps=1", "tuning.first_max_steps=150", "tuning.inner.max_steps=30",
+            "tuning.inner.gtol=1e-3"])
+    report = compare(cfg, tmp_path / "report")
+    text = report.read_text()
+    assert "# L2 vs W2, each tuned by implicit differentiation" in text
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    infos = {n: read_run_info(tmp_path / "report" / f"tune_{n}") for n in ("l2", "w2")}
+    assert (tmp_path / "report" / "tune_l2" / "validation_tracks.csv").read_text() == \
+        (tmp_path / "report" / "tune_w2" / "validation_tracks.csv").read_text()
+    for n in ("l2", "w2"):
+        m, info = metrics[n], infos[n]
+        traj = pd.read_csv(tmp_path / "report" / f"tune_{n}" / "trajectory.csv")
+        assert m["summary"]["n_intervals"] == info["n_validation_intervals"] > 0
+        assert m["inner_steps"] == int(traj["inner_steps"].sum()) > 0
+        assert m["theta"] == pytest.approx(info["theta"])
+        assert f"| {n} | " in text

@@ -11,7 +11,6 @@ the implicit one, its CG steps (capped at ``--cg-steps``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from birdflow.app import OneLineArgumentParser
 from birdflow.bench.core import _memory, synthetic_bfdata
 from birdflow.losses.objective import LossConfig
 from birdflow.tuning import hypergrad, inner, likelihood
@@ -84,7 +84,7 @@ def run(cells: int, ks: list[int], repeats: int, cg_steps: int, n_intervals: int
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m birdflow.bench.hypergrad", description=__doc__)
+    ap = OneLineArgumentParser(prog="python -m birdflow.bench.hypergrad", description=__doc__)
     ap.add_argument("--cells", type=int, default=100, help="active cells per week (about)")
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 30, 100, 300])
     ap.add_argument("--repeats", type=int, default=3)
