@@ -347,3 +347,14 @@ def test_budget_resolution_counts_sparse_parameters(tmp_path):
     ladder = clean_ladder(10)
     finer = ladder[np.flatnonzero(ladder == res)[0] - 1]
     assert _pairs_within(preprocess({**cfg, "res_km": finer}, data), RADIUS) > 6000
+
+
+def test_cells_without_coordinates_are_named():
+    from birdflow.errors import DataError
+
+    ds = make_tiny_bfdata(n_rows=3, n_cols=4, seed=3)
+    lon = ds["cell_lon"].values.copy()
+    lon[2] = np.nan
+    ds = ds.assign(cell_lon=(ds["cell_lon"].dims, lon))
+    with pytest.raises(DataError, match=r"cell_lon/cell_lat: 1 of \d+ cells .*first: cell 2"):
+        sparse_index(ds, radius_km=10_000)

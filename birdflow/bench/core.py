@@ -46,7 +46,7 @@ VARIANTS = {
     "cold": {"warm_start": False},
     "inner-5": {"inner_iterations": 5},
     "no-momentum": {"momentum": 1.0},
-    # amortised Sinkhorn (issue 15): converged = a full solve to threshold every step
+    # amortised Sinkhorn: converged = a full solve to threshold every step
     "converged": {"iterations_per_step": None},
     "amortised-5": {"iterations_per_step": 5},
     "amortised-10": {"iterations_per_step": 10},

@@ -35,7 +35,7 @@ import xarray as xr
 
 from birdflow.data import reach
 from birdflow.data.reach import DEFAULT_MAX_WEEKLY_KM, default_radius_km, resolve_radius_km
-from birdflow.errors import ConfigError
+from birdflow.errors import ConfigError, DataError
 from birdflow.model.markov import WeekIndex
 
 __all__ = ["DEFAULT_MAX_WEEKLY_KM", "build_neighbours", "default_radius_km", "resolve_radius_km",
@@ -127,12 +127,20 @@ def build_neighbours(ds: xr.Dataset, index: WeekIndex, radius_km: float | None =
     Raises:
         ConfigError: both or neither given, a radius below one cell, k < 1, or a radius/k that
             cuts off a cell with S&T mass (see the module docstring).
+        DataError: cells without a finite longitude/latitude.
     """
     if (radius_km is None) == (k is None):
         raise ConfigError("model.neighbourhood_km / model.neighbours_k: set exactly one of them "
                           "for sparse transitions (both null = dense)")
     res_km = float(ds.attrs.get("res_km", 0.0))
-    xyz = reach.unit_vectors(ds["cell_lon"].values, ds["cell_lat"].values)
+    lon, lat = ds["cell_lon"].values, ds["cell_lat"].values
+    bad = ~(np.isfinite(lon) & np.isfinite(lat))
+    if bad.any():
+        raise DataError(f"cell_lon/cell_lat: {int(bad.sum())} of {bad.size} cells have no finite "
+                        f"longitude/latitude (first: cell {int(np.flatnonzero(bad)[0])}), so their "
+                        "distances are unknown; check the grid's CRS (cells outside its valid "
+                        "domain) or use dense transitions (model.neighbourhood_km=null)")
+    xyz = reach.unit_vectors(lon, lat)
     if radius_km is not None:
         radius_km = float(radius_km)
         if not radius_km >= res_km or not radius_km > 0:
