@@ -15,6 +15,7 @@ from birdflow.errors import ConfigError
 from birdflow.losses import (
     LossConfig,
     W2Config,
+    ground_cost,
     init_loss_state,
     location,
     make_problem,
@@ -122,7 +123,7 @@ def test_online_cost_equals_the_matrix_cost(tiny, cost, monkeypatch):
 @pytest.mark.parametrize("cost", ["sqeuclidean", "dist_pow"])
 def test_online_geometry_reproduces_the_slot_cost(tiny, cost):
     ds, index = tiny
-    assert online_cost.PAD_COST == location.PAD_COST
+    assert online_cost.pad_slots is ground_cost.pad_slots  # one padding rule for both geometries
     m = make_problem(ds, index, LossConfig(location="w2", w2=W2Config(cost=cost, online_cost=False)))
     o = make_problem(ds, index, LossConfig(location="w2", w2=W2Config(cost=cost, online_cost=True)))
     assert o.w2_cell_cost.shape == (0, 0) and o.w2_points.shape == (ds.sizes["cell"], 2)

@@ -62,6 +62,13 @@ def one_cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.nda
     return (float(res_km) / 100.0) ** float(cost_pow) / top if top > 0 else 1.0
 
 
+def pad_slots(c: jax.Array, valid_from: jax.Array, valid_to: jax.Array) -> jax.Array:
+    """The padding rule on a slot cost: real-real pairs keep ``c``, padding-padding pairs cost 0,
+    padding-real pairs ``PAD_COST``; ``valid_from``/``valid_to`` broadcast against ``c``."""
+    both, neither = valid_from & valid_to, ~valid_from & ~valid_to
+    return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+
+
 def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
     """Gather per-week (n_max, n_max) costs from a cell cost; padding blocks as documented.
 
@@ -70,9 +77,7 @@ def slot_cost(cell_cost_matrix: jax.Array, slot_cell: np.ndarray) -> WeeklyCost:
     valid = slot_cell >= 0
     idx = np.maximum(slot_cell, 0)
     c = cell_cost_matrix[idx[:, :, None], idx[:, None, :]]
-    both = valid[:, :, None] & valid[:, None, :]
-    neither = ~valid[:, :, None] & ~valid[:, None, :]
-    return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+    return pad_slots(c, valid[:, :, None], valid[:, None, :])
 
 
 @jax.tree_util.register_pytree_node_class
@@ -92,9 +97,7 @@ class SlotGeometry(geometry.Geometry):
     def cost_matrix(self) -> jax.Array:
         valid = self.slot_cell >= 0
         idx = jnp.maximum(self.slot_cell, 0)
-        c = self.cell_cost[idx[:, None], idx[None, :]]
-        both, neither = valid[:, None] & valid[None, :], ~valid[:, None] & ~valid[None, :]
-        return jnp.where(both, c, jnp.where(neither, 0.0, PAD_COST).astype(c.dtype))
+        return pad_slots(self.cell_cost[idx[:, None], idx[None, :]], valid[:, None], valid[None, :])
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -25,10 +25,10 @@ import numpy as np
 from ott.geometry import geometry
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
+from birdflow.losses.ground_cost import pad_slots
 
 AUTO_CELLS = 3000  # online_cost: auto turns the online cost on above this many active cells
 BLOCK_ROWS = 256  # cost rows computed at once (memory O(BLOCK_ROWS * n_max) per week)
-PAD_COST = 100.0  # = birdflow.losses.location.PAD_COST (kept equal by a test)
 
 
 def use_online(setting, n_cells: int) -> bool:
@@ -124,8 +124,7 @@ class OnlineSlotGeometry(geometry.Geometry):
     def cost_rows(self, rows: jax.Array) -> jax.Array:
         """(len(rows), n_max) cost from the slots ``rows`` to every slot, padding included."""
         c = pair_cost(self.points[rows], self.points, self.top, self.kind, self.cost_pow)
-        vi, vj = self.valid[rows][:, None], self.valid[None, :]
-        return jnp.where(vi & vj, c, jnp.where(~vi & ~vj, 0.0, PAD_COST)).astype(self.dtype)
+        return pad_slots(c, self.valid[rows][:, None], self.valid[None, :]).astype(self.dtype)
 
     @property
     def cost_matrix(self) -> jax.Array:  # only for checks and the plan; Sinkhorn never needs it
