@@ -80,3 +80,25 @@ def independence_model(ds):
     return BirdFlowModel(data=ds, index=index, marginals=M,
                          hyperparameters={"obs_weight": 1.0, "ent_weight": 1e-3,
                                           "dist_weight": 1e-2, "dist_pow": 0.4})
+
+
+def w2_objective_steps(ds, index, w2cfg, steps, params=None):
+    """Call the W2 objective (float64, jitted) at each training step of ``steps``, carrying the
+    loss state; returns the last call's terms (floats), gradient (a pytree) and loss state."""
+    import jax
+    import jax.numpy as jnp
+
+    from birdflow.losses import LossConfig, init_loss_state, make_problem, objective
+    from birdflow.model.markov import init_params
+
+    cfg = LossConfig(location="w2", w2=w2cfg)
+    with jax.enable_x64(True):
+        problem = make_problem(ds, index, cfg)
+        if params is None:
+            params = init_params(jax.random.key(1), index, dtype=jnp.float64)
+        vg = jax.jit(jax.value_and_grad(
+            lambda p, prob, s, k: objective(p, prob, index, cfg, s, k), has_aux=True))
+        state = init_loss_state(problem, index, cfg)
+        for k in steps:
+            (_, (terms, state)), g = vg(params, problem, state, jnp.int32(k))
+    return {k: float(v) for k, v in terms.items()}, g, state

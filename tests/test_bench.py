@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_tiny_bfdata
+from conftest import make_tiny_bfdata, w2_objective_steps
 
 from birdflow.bench import core as bench
 from birdflow.errors import ConfigError
@@ -119,17 +119,7 @@ def tiny():
 
 def _value_grad(tiny, w2cfg: W2Config, steps=(0, 0)):
     """Objective terms and gradient after calling it at each step in ``steps`` (state carried)."""
-    ds, index = tiny
-    cfg = LossConfig(location="w2", w2=w2cfg)
-    with jax.enable_x64(True):
-        problem = make_problem(ds, index, cfg)
-        params = init_params(jax.random.key(1), index, dtype=jnp.float64)
-        vg = jax.jit(jax.value_and_grad(
-            lambda p, prob, s, k: objective(p, prob, index, cfg, s, k), has_aux=True))
-        state = init_loss_state(problem, index, cfg)
-        for k in steps:
-            (_, (terms, state)), g = vg(params, problem, state, jnp.int32(k))
-    return {k: float(v) for k, v in terms.items()}, g, state
+    return w2_objective_steps(*tiny, w2cfg, steps)
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_tiny_bfdata
+from conftest import make_tiny_bfdata, w2_objective_steps
 
 from birdflow.errors import ConfigError
 from birdflow.losses import (
     LossConfig,
     W2Config,
     ground_cost,
-    init_loss_state,
     location,
     make_problem,
-    objective,
     online_cost,
 )
-from birdflow.model.markov import WeekIndex, init_params
+from birdflow.model.markov import WeekIndex
 
 # every full solve converges on this grid (epsilon large for its cost, threshold tight)
 TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000, online_cost=False)
@@ -36,19 +34,8 @@ def tiny():
 
 def _run(tiny, w2cfg: W2Config, steps, params=None):
     """Terms, flat gradient and loss state after calling the objective at each of ``steps``."""
-    ds, index = tiny
-    cfg = LossConfig(location="w2", w2=w2cfg)
-    with jax.enable_x64(True):
-        problem = make_problem(ds, index, cfg)
-        if params is None:
-            params = init_params(jax.random.key(1), index, dtype=jnp.float64)
-        vg = jax.jit(jax.value_and_grad(
-            lambda p, prob, s, k: objective(p, prob, index, cfg, s, k), has_aux=True))
-        state = init_loss_state(problem, index, cfg)
-        for k in steps:
-            (_, (terms, state)), g = vg(params, problem, state, jnp.int32(k))
-        flat = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
-    return {k: float(v) for k, v in terms.items()}, np.asarray(flat), state
+    terms, g, state = w2_objective_steps(*tiny, w2cfg, steps, params)
+    return terms, np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]), state
 
 
 def _rel(a, b) -> float:
