@@ -60,7 +60,7 @@ def test_bench_runs_tiny_and_prints_json_lines(capsys):
     assert W2Config().iterations_per_step is not None and w["sinkhorn_iterations"] == \
         W2Config().iterations_per_step
     assert 0 < w["grad_bias_vs_tight"] < 0.2 and 0.98 < w["grad_cos_vs_tight"] <= 1.0 + 1e-6
-    assert w["w2_term_memory_bytes"] > 0 and w["w2_cost"] == "matrix"
+    assert w["w2_term_memory_bytes"] > 0 and w["w2_cost"] == "grid"  # the default: sqeuclidean, danskin, a raster grid
     like = by_case[bench.LIKE]
     assert like["terms"]["epsilon"] == pytest.approx(
         bench.like_for_like_config(bench.synthetic_bfdata(100)["distance_km"].values,

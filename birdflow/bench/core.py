@@ -37,10 +37,10 @@ GRAD_MODES = ("implicit", "danskin", "unroll")
 # W2 speed settings switched off one at a time ("plain" = all off, the solver before issue 5).
 VARIANTS = {
     "plain": {"cache_target_self": False, "symmetric": False, "shared_cost": False, "week_batch": 0,
-              "momentum": 1.0},
+              "momentum": 1.0, "grid_kernel": False},
     "no-cache": {"cache_target_self": False},
     "no-symmetric": {"symmetric": False},
-    "gathered-cost": {"shared_cost": False},
+    "gathered-cost": {"shared_cost": False, "grid_kernel": False},
     "vmap-weeks": {"week_batch": 0},
     "scan-weeks": {"week_batch": 1},
     "cold": {"warm_start": False},
@@ -52,8 +52,10 @@ VARIANTS = {
     "amortised-10": {"iterations_per_step": 10},
     "amortised-20": {"iterations_per_step": 20},
     # the W2 ground cost from coordinates inside Sinkhorn vs the (n_cells, n_cells) matrix
-    "online": {"online_cost": True},
-    "matrix": {"online_cost": False},
+    "online": {"online_cost": True, "grid_kernel": False},
+    "matrix": {"online_cost": False, "grid_kernel": False},
+    # the kernel one grid axis at a time (on whenever it applies and costs less)
+    "grid": {"grid_kernel": True},
 }
 DEFAULT = "w2-default"  # W2Config() as shipped (conf/loss/w2.yaml)
 LIKE = "w2-danskin[reference-settings]"  # like-for-like with the reference

@@ -4,7 +4,7 @@
 * :func:`grad_vs_danskin`: a case's gradient against the envelope one (implicit, unroll);
 * :func:`grad_vs_tight`: a case's training gradient against a tightly converged solve's (the
   bias of the amortised Sinkhorn budget, or of the threshold);
-* :func:`w2_term_memory`: the compiled memory of the W2 term alone (matrix vs online cost).
+* :func:`w2_term_memory`: the compiled memory of the W2 term alone (matrix, online or grid cost).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from birdflow.losses import location, online_cost
 from birdflow.losses.objective import (
     LossConfig,
     Problem,
@@ -22,6 +21,7 @@ from birdflow.losses.objective import (
     _w2_term,
     init_loss_state,
     objective,
+    w2_cost_parts,
 )
 from birdflow.model.markov import WeekIndex
 
@@ -69,16 +69,9 @@ def w2_term_memory(ds, index: WeekIndex, w2cfg: W2Config) -> dict:
     """
     cfg = LossConfig(location="w2", w2=w2cfg)
     targets = jnp.asarray(index.slot_values(ds["distr"].values), jnp.float32)
-    coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
-    online = online_cost.use_online(w2cfg.online_cost, len(coords[0])) and w2cfg.grad_mode == "danskin"
-    if online:
-        pts, top, _ = online_cost.cell_points(*coords, w2cfg.cost, w2cfg.cost_pow)
-        problem = Problem(targets, jnp.zeros((0, 0, 0)), jnp.zeros((0, 0)), 1.0,
-                          w2_points=jnp.asarray(pts, jnp.float32),
-                          w2_top=jnp.asarray(top, jnp.float32))
-    else:
-        cc = location.cell_cost(*coords, w2cfg.cost, w2cfg.cost_pow)
-        problem = Problem(targets, jnp.zeros((0, 0, 0)), jnp.asarray(cc, jnp.float32), 1.0)
+    cc, unit, pts, top, boxes = w2_cost_parts(ds, index, w2cfg, jnp.float32)
+    problem = Problem(targets, jnp.zeros((0, 0, 0)), jnp.asarray(cc, jnp.float32), unit,
+                      w2_points=pts, w2_top=jnp.asarray(top, jnp.float32), w2_grid=boxes)
     state = init_loss_state(problem, index, cfg)
 
     def term(mu, prob, st):
@@ -89,7 +82,8 @@ def w2_term_memory(ds, index: WeekIndex, w2cfg: W2Config) -> dict:
     mu = jax.ShapeDtypeStruct(targets.shape, jnp.float32)
     compiled = jax.jit(jax.value_and_grad(term, has_aux=True)).lower(mu, problem, state).compile()
     m = compiled.memory_analysis()
-    return {"w2_cost": "online" if online else "matrix",
+    kind = "grid" if boxes is not None else "online" if pts is not None else "matrix"
+    return {"w2_cost": kind,
             "w2_term_memory_bytes": None if m is None else int(
                 m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)}
 

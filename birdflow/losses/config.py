@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from birdflow.errors import ConfigError
-from birdflow.losses import location
+from birdflow.losses import grid_kernel, location
 
 LOCATIONS = ("l2", "w2")
 ON_UNCONVERGED = ("warn", "stop")
 ONLINE_COST = ("auto", True, False)
+GRID_KERNEL = ("auto", True, False)
 NULLABLE = ("epsilon_start", "iterations_per_step")  # numeric keys that may be null
 
 
@@ -66,6 +67,13 @@ class W2Config:
     an (n_cells, n_cells) matrix: W2 memory O(n) per week. ``auto`` turns it on above
     :data:`birdflow.losses.online_cost.AUTO_CELLS` active cells; ``grad_mode: danskin``
     only.
+
+    ``grid_kernel`` (``auto``, true, false): apply the Sinkhorn kernel one grid axis at a
+    time on per-week boxes of the raster (:mod:`birdflow.losses.grid_kernel`): the
+    ``sqeuclidean`` cost on a regular grid factorises, so an update costs O(B (H + W)) for a
+    box of B = H x W cells instead of O(n_max^2), with no cost matrix at all. ``auto`` uses it
+    whenever it applies (``sqeuclidean``, ``danskin``, regular grid) and costs less; it then
+    takes precedence over ``shared_cost`` and ``online_cost``.
     """
 
     cost: str = "sqeuclidean"
@@ -89,6 +97,7 @@ class W2Config:
     iterations_per_step: int | None = 10
     full_solve_every: int = 0
     online_cost: str | bool = "auto"
+    grid_kernel: str | bool = "auto"
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,9 @@ class LossConfig:
         _check("loss.w2.full_solve_every", c.full_solve_every, lambda v: v >= 0,
                ">= 0 (0 = only step 0)")
         _check_choice("loss.w2.online_cost", c.online_cost, ONLINE_COST)
+        _check_choice("loss.w2.grid_kernel", c.grid_kernel, GRID_KERNEL)
+        if c.grid_kernel is True:  # the grid's own reasons (cost, grad_mode) as a ConfigError
+            grid_kernel.use_grid(True, c.cost, c.grad_mode, 1, (1, 1))
         if c.online_cost is True and c.grad_mode != "danskin":
             raise ConfigError(f"loss.w2.online_cost: true needs loss.w2.grad_mode=danskin, got "
                               f"grad_mode={c.grad_mode!r}; set loss.w2.online_cost=false or auto")

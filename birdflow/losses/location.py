@@ -28,7 +28,7 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
-from birdflow.losses import online_cost, sinkhorn_implicit
+from birdflow.losses import grid_kernel, online_cost, sinkhorn_implicit
 from birdflow.losses.ground_cost import (  # noqa: F401  (re-exported)
     COSTS,
     PAD_COST,
@@ -87,6 +87,11 @@ def _floor(p: jax.Array) -> jax.Array:
     return p / p.sum(axis=-1, keepdims=True)
 
 
+def _to_solve(p: jax.Array, cost) -> jax.Array:
+    """Slot distributions as a solve takes them: floored (box layout for a grid cost)."""
+    return cost.to_box(p) if isinstance(cost, grid_kernel.GridCost) else _floor(p)
+
+
 def n_solves(debiased: bool) -> int:
     """Problems per marginal-week in the batched solve (3 when debiased)."""
     return 3 if debiased else 1
@@ -130,9 +135,10 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
     """
     shared = isinstance(cost, SlotCost)
     online = isinstance(cost, online_cost.OnlineCost)
-    if online and isinstance(solver, sinkhorn_implicit.SolveSettings):
-        raise ValueError("the online W2 cost supports grad_mode danskin only")
-    per_week = cost.slot_cell if shared or online else cost
+    boxes = isinstance(cost, grid_kernel.GridCost)  # a, b already in box layout
+    if (online or boxes) and isinstance(solver, sinkhorn_implicit.SolveSettings):
+        raise ValueError("the online and grid W2 costs support grad_mode danskin only")
+    per_week = cost.box if boxes else cost.slot_cell if shared or online else cost
     implicit = isinstance(solver, sinkhorn_implicit.SolveSettings)
     if valid is None:
         valid = jnp.ones(a.shape, bool)
@@ -148,7 +154,9 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
                     f, g, jax.lax.stop_gradient(it).astype(jnp.int32),
                     jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5,
                     jax.lax.stop_gradient(err))
-        if online:
+        if boxes:
+            geom = cost.geometry(epsilon)
+        elif online:
             geom = cost.geometry(c_w, epsilon=epsilon)
         elif shared:
             geom = SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon)
@@ -159,7 +167,8 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
                 jnp.zeros((), bool), jax.lax.stop_gradient(last_error(out.errors)))
 
     xs = (a, b, per_week, f0, g0, valid)
-    week_batch = default_week_batch() if week_batch < 0 else week_batch
+    if week_batch < 0:  # the grid's small per-week updates vectorise best across weeks
+        week_batch = 0 if boxes else default_week_batch()
     if week_batch == 0 or week_batch >= a.shape[0]:
         return jax.vmap(one)(xs)
     return jax.lax.map(one, xs, batch_size=None if week_batch == 1 else week_batch)
@@ -170,7 +179,8 @@ class W2Result(NamedTuple):
 
     Attributes:
         values: (W,) entropic OT cost (or Sinkhorn divergence) per marginal-week.
-        potentials: (f, g), each (n_solves * W, n_max), for the next warm start.
+        potentials: (f, g), each (n_solves * W, n_max) (box size for a grid cost), for the
+            next warm start.
         iterations: (n_solves * W,) int32 Sinkhorn iterations per solve.
         converged: (n_solves * W,) bool, Sinkhorn reached ``threshold`` (W(s, s) included,
             as solved or as cached).
@@ -198,7 +208,7 @@ def self_cost(p: WeeklyDistr, cost: WeeklyCost | SlotCost, epsilon: float | jax.
     Returns (values (W,), f, g (W, n_max), iterations (W,) int32, converged (W,) bool,
     fallback (W,) bool, always False, errors (W,) last L1 marginal error).
     """
-    p = jax.lax.stop_gradient(_floor(p))
+    p = jax.lax.stop_gradient(_to_solve(p, cost))
     solver = _solver(threshold, max_iterations, "danskin", symmetric=symmetric,
                      inner_iterations=inner_iterations)
     out = _batch_solve(solver, p, p, jax.lax.stop_gradient(cost), epsilon,
@@ -217,8 +227,10 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
 
     Args:
         mu, targets: (W, n_max) model and S&T distributions in slot layout (padding = 0).
-        cost: (W, n_max, n_max) ground cost from :func:`slot_cost` (max real cost 1), or a
-            :class:`SlotCost` (the same costs gathered on the fly from one shared matrix).
+        cost: (W, n_max, n_max) ground cost from :func:`slot_cost` (max real cost 1), a
+            :class:`SlotCost` (the same costs gathered on the fly from one shared matrix), an
+            online cost, or a :class:`birdflow.losses.grid_kernel.GridCost` (per-week boxes;
+            potentials then live on the boxes).
         epsilon: entropic regularisation in cost units (scalar, may be traced).
         init: warm-start potentials (f, g), each (n_solves * W, n_max) (zeros = cold start).
         threshold: L1 marginal error at which Sinkhorn stops; max_iterations: its cap.
@@ -238,12 +250,14 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
             potentials converge across training steps; the gradient uses them as they are).
             ``target_self``, when solved here, is always solved to ``threshold``.
     """
-    a, b = _floor(mu), jax.lax.stop_gradient(_floor(targets))
+    a, b = _to_solve(mu, cost), jax.lax.stop_gradient(_to_solve(targets, cost))
     solver = _solver(threshold, max_iterations, grad_mode, inner_iterations=inner_iterations,
                      momentum=momentum, fixed_iterations=fixed_iterations)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
-    if isinstance(cost, SlotCost | online_cost.OnlineCost):
+    if isinstance(cost, grid_kernel.GridCost):  # every box cell carries (floor) mass
+        valid = jnp.ones(a.shape, bool)
+    elif isinstance(cost, SlotCost | online_cost.OnlineCost):
         valid = cost.slot_cell >= 0
     else:  # padding slots carry no mass on either side
         valid = (jax.lax.stop_gradient(mu) > 0) | (jax.lax.stop_gradient(targets) > 0)

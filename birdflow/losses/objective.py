@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from birdflow.losses import distance, entropy, location, online_cost
+from birdflow.losses import distance, entropy, grid_kernel, location, online_cost
 from birdflow.losses.config import (  # noqa: F401  (re-exported: the objective's public names)
     LOCATIONS,
     NULLABLE,
@@ -46,6 +46,9 @@ class Problem(NamedTuple):
             (:func:`birdflow.losses.online_cost.cell_points`; ``w2_cell_cost`` is then (0, 0));
             None otherwise.
         w2_top: () the online cost's normaliser (1 for sqeuclidean).
+        w2_grid: grid kernel (``loss.w2.grid_kernel``): the per-week boxes
+            (:class:`birdflow.losses.grid_kernel.GridCost`; ``w2_cell_cost`` is then (0, 0));
+            None otherwise.
     """
 
     targets: jax.Array
@@ -55,6 +58,7 @@ class Problem(NamedTuple):
     nbr: jax.Array | None = None
     w2_points: jax.Array | None = None
     w2_top: jax.Array = 1.0
+    w2_grid: grid_kernel.GridCost | None = None
 
 
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
@@ -65,28 +69,48 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
                                                     index, cfg.dist_pow)
     else:
         dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
-    w2_cost, unit, points, top = np.zeros((0, 0)), 1.0, None, 1.0
     dtype = jnp.result_type(float)
-    if cfg.location == "w2":
-        c = cfg.w2
-        coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
-        if online_cost.use_online(c.online_cost, len(coords[0])) and c.grad_mode == "danskin":
-            points, top, unit = online_cost.cell_points(*coords, c.cost, c.cost_pow,
-                                                        float(ds.attrs.get("res_km", 100.0)))
-            points = jnp.asarray(points, dtype)
-        else:
-            w2_cost = location.cell_cost(*coords, c.cost, c.cost_pow)
-            unit = location.one_cell_cost(*coords, float(ds.attrs.get("res_km", 100.0)), c.cost,
-                                          c.cost_pow)
+    w2_cost, unit, points, top, boxes = w2_cost_parts(ds, index, cfg.w2, dtype) if (
+        cfg.location == "w2") else (np.zeros((0, 0)), 1.0, None, 1.0, None)
     nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)
     arrays = (jnp.asarray(a, dtype=dtype) for a in (targets, dist_cost, w2_cost, unit))
-    return Problem(*arrays, nbr=nbr, w2_points=points, w2_top=jnp.asarray(top, dtype))
+    return Problem(*arrays, nbr=nbr, w2_points=points, w2_top=jnp.asarray(top, dtype),
+                   w2_grid=boxes)
+
+
+def w2_cost_parts(ds: xr.Dataset, index: WeekIndex, c: W2Config, dtype=jnp.float32):
+    """The W2 cost of a BirdFlowData as :class:`Problem` holds it, by ``loss.w2`` settings.
+
+    Returns ``(w2_cell_cost, w2_unit, w2_points, w2_top, w2_grid)``: one of the grid kernel's
+    boxes, the online cost's points or the (n_cells, n_cells) matrix is set (the others empty).
+    """
+    w2_cost, unit, points, top, boxes = np.zeros((0, 0)), 1.0, None, 1.0, None
+    coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
+    res_km = float(ds.attrs.get("res_km", 100.0))
+    lay, diameter = None, 0.0
+    if c.grid_kernel is not False and c.cost == "sqeuclidean":
+        diameter = grid_kernel.diameter_km(coords[0], coords[1])
+        lay = grid_kernel.layout(ds["cell_row"].values, ds["cell_col"].values, coords[0],
+                                 coords[1], index.slot_cell[index.week_of_marginal()], diameter)
+    shape = None if lay is None else (len(lay[1]), len(lay[2]))
+    if grid_kernel.use_grid(c.grid_kernel, c.cost, c.grad_mode, index.n_max, shape):
+        boxes = grid_kernel.GridCost(jnp.asarray(lay[0], jnp.int32), jnp.asarray(lay[1], dtype),
+                                     jnp.asarray(lay[2], dtype))
+        unit = res_km ** 2 / diameter ** 2 if diameter > 0 else 1.0
+    elif online_cost.use_online(c.online_cost, len(coords[0])) and c.grad_mode == "danskin":
+        points, top, unit = online_cost.cell_points(*coords, c.cost, c.cost_pow, res_km)
+        points = jnp.asarray(points, dtype)
+    else:
+        w2_cost = location.cell_cost(*coords, c.cost, c.cost_pow)
+        unit = location.one_cell_cost(*coords, res_km, c.cost, c.cost_pow)
+    return w2_cost, unit, points, top, boxes
 
 
 def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
     """W2 loss state; ``{}`` for L2.
 
-    ``f``, ``g``: warm-start Sinkhorn potentials (zeros = cold start), (n_solves * W, n_max);
+    ``f``, ``g``: warm-start Sinkhorn potentials (zeros = cold start), (n_solves * W, n_max)
+    (the box size instead of n_max with the grid kernel);
     ``ref``: the cached W(s, s) per week (W,), ``ref_eps`` the epsilon it was solved at
     (-1: not yet solved) and ``ref_converged`` (W,) whether each of those solves converged.
     """
@@ -94,7 +118,8 @@ def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
         return {}
     w = problem.targets.shape[0]
     dtype = problem.targets.dtype
-    zeros = jnp.zeros((location.n_solves(cfg.w2.debiased) * w, index.n_max), dtype)
+    size = index.n_max if problem.w2_grid is None else problem.w2_grid.size
+    zeros = jnp.zeros((location.n_solves(cfg.w2.debiased) * w, size), dtype)
     return {"f": zeros, "g": zeros, "ref": jnp.zeros((w,), dtype), "ref_eps": jnp.asarray(-1.0, dtype),
             "ref_converged": jnp.zeros((w,), bool)}
 
@@ -153,7 +178,9 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
 def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, eps, step):
     """Weekly W2 values, Sinkhorn iterations and the new loss state (see W2Config)."""
     slot_cell = index.slot_cell[index.week_of_marginal()]
-    if problem.w2_points is not None:  # online cost: coordinates, no (n, n) matrix
+    if problem.w2_grid is not None:  # grid kernel: per-week boxes, no (n, n) matrix
+        cost = problem.w2_grid
+    elif problem.w2_points is not None:  # online cost: coordinates, no (n, n) matrix
         cost = online_cost.OnlineCost(problem.w2_points, jnp.asarray(slot_cell), problem.w2_top,
                                       c.cost, c.cost_pow)
     elif c.shared_cost and c.grad_mode != "unroll":  # unrolling cannot carry the int slot table

@@ -60,7 +60,9 @@ class Inner:
         index = markov.WeekIndex.from_bfdata(ds)
         base = replace(cfg, dist_pow=1.0)
         problem = make_problem(ds, index, base)
-        problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), problem)
+        problem = jax.tree_util.tree_map(  # floats to dtype; integer tables (boxes) stay
+            lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+            else jnp.asarray(a), problem)
         return cls(index, base, problem)
 
     def init_state(self) -> Any:
