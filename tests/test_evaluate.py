@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from conftest import REPO, make_tiny_bfdata, run_command
 from test_tracks import HAND_DISTR, WEEK_DATE, hand_bfdata, hand_rows, write_csv
 
+from birdflow.data.bfdata import distances_km
 from birdflow.data.tracks import TrackRowWarning, load_tracks
 from birdflow.evaluate import main
 from birdflow.evaluation.evaluate import evaluate_model, format_report, transition_tv
@@ -175,6 +177,25 @@ def test_interval_scores_by_hand(hand_model, tmp_path):
     assert summ["weighted_mean_win_prob"] == pytest.approx(w @ [0.2, 0.62, 0.12, 0.62])
     assert summ["mean_l2"] == pytest.approx(0.0392 / 3)
     json.dumps(result, allow_nan=False)
+
+
+def test_interval_scores_without_a_stored_distance_matrix(hand_model, tmp_path):
+    """Files above DISTANCE_MATRIX_MAX_CELLS hold no distance_km: distances come from the
+    coordinates (same log-likelihoods and distances), the all-pairs energy scores are NaN."""
+    ds = hand_model.data
+    with pytest.warns(TrackRowWarning):
+        tracks = load_tracks(write_csv(tmp_path / "t.csv", ds, hand_rows(ds)), ds)
+    full = score_intervals(hand_model, tracks.intervals)
+    lean = dataclasses.replace(hand_model, data=ds.drop_vars("distance_km"))
+    np.testing.assert_allclose(distances_km(lean.data), ds["distance_km"].values, rtol=1e-12)
+    np.testing.assert_allclose(distances_km(lean.data, np.array([2, 0])),
+                               ds["distance_km"].values[:, [2, 0]], rtol=1e-12)
+    scored = score_intervals(lean, tracks.intervals)
+    kept = scored["exclude"] == ""
+    for col in ("ll", "null_ll", "pred_km", "st_km", "win_distance", "win_prob"):
+        np.testing.assert_allclose(scored.loc[kept, col], full.loc[kept, col], rtol=1e-12)
+    assert scored.loc[kept, "energy_score_bf"].isna().all()
+    assert full.loc[kept, "energy_score_bf"].notna().all()
 
 
 def test_interval_day_cap_is_an_option_recorded_in_the_result(hand_model, tmp_path):

@@ -157,3 +157,20 @@ def test_config_errors_name_the_key(override, key):
         LossConfig.from_mapping(override)
     msg = str(err.value)
     assert msg.startswith(key + ":") and "\n" not in msg
+
+
+def test_files_without_a_distance_matrix_train_on_distances_from_coordinates(monkeypatch, tmp_path):
+    """Above DISTANCE_MATRIX_MAX_CELLS BirdFlowData holds no distance_km (n^2): it round-trips
+    through NetCDF and the dense distance cost is the same, computed from the coordinates."""
+    from birdflow.data import bfdata
+
+    ref = make_tiny_bfdata()
+    monkeypatch.setattr(bfdata, "DISTANCE_MATRIX_MAX_CELLS", 3)
+    lean = make_tiny_bfdata()
+    assert "distance_km" in ref and "distance_km" not in lean
+    back = bfdata.load_bfdata(bfdata.save_bfdata(lean, tmp_path / "lean.nc"))
+    assert "distance_km" not in back
+    index = WeekIndex.from_bfdata(ref)
+    cfg = LossConfig()
+    np.testing.assert_allclose(make_problem(back, index, cfg).dist_cost,
+                               make_problem(ref, index, cfg).dist_cost, rtol=1e-6)

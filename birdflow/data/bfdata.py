@@ -11,7 +11,9 @@ static_mask         (y, x)            bool, active cells (non-zero in some week)
 cell_row, cell_col  (cell,)           grid row (0 = north) and column of each active cell
 cell_x, cell_y      (cell,)           cell centre, projected metres
 cell_lon, cell_lat  (cell,)           cell centre, degrees WGS84
-distance_km         (cell, cell_to)   great-circle km between cell centres
+distance_km         (cell, cell_to)   great-circle km between cell centres (only up to
+                                      ``DISTANCE_MATRIX_MAX_CELLS`` cells; see
+                                      :func:`distances_km`)
 totals              (week,)           per-week divisor used to normalise the raw abundance
 uci, lci            (week, cell)      optional upper/lower bounds divided by ``totals``
 percent_lost        (week,)           optional: % of density removed by a clip polygon
@@ -35,13 +37,16 @@ import xarray as xr
 from pyproj import CRS
 
 from birdflow.data.cf import from_cf, to_cf
-from birdflow.data.grid import distance_matrix_km, to_lonlat
+from birdflow.data.grid import distance_matrix_km, great_circle_km, to_lonlat
 from birdflow.data.weeks import increasing_dates
 from birdflow.errors import DataError
 from birdflow.io import atomic_path
 
 REQUIRED_VARS = ("distr", "dynamic_mask", "static_mask", "cell_row", "cell_col", "cell_x",
-                 "cell_y", "cell_lon", "cell_lat", "distance_km", "totals")
+                 "cell_y", "cell_lon", "cell_lat", "totals")
+# distance_km is stored up to this many cells (n^2 float64: 512 MB at 8,000); beyond, the
+# distances are computed from the cell coordinates where needed (:func:`distances_km`)
+DISTANCE_MATRIX_MAX_CELLS = 8000
 
 
 def make_bfdata(
@@ -105,12 +110,13 @@ def make_bfdata(
             "cell_y": ("cell", cy),
             "cell_lon": ("cell", lon),
             "cell_lat": ("cell", lat),
-            "distance_km": (("cell", "cell_to"), distance_matrix_km(lon, lat)),
             "totals": ("week", totals),
         },
         coords={"week": weeks, "date": ("week", increasing_dates(dates).values.astype("datetime64[ns]")),
                 "x": np.asarray(x, float), "y": np.asarray(y, float)},
     )
+    if len(lon) <= DISTANCE_MATRIX_MAX_CELLS:
+        ds["distance_km"] = (("cell", "cell_to"), distance_matrix_km(lon, lat))
     for name, bound in (("uci", uci), ("lci", lci)):
         if bound is not None:
             b = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)[:, rows, cols]
@@ -129,6 +135,22 @@ def make_bfdata(
     )
     validate_bfdata(ds, source)
     return ds
+
+
+def distances_km(ds: xr.Dataset, to_cells: np.ndarray | None = None) -> np.ndarray:
+    """Great-circle km from every active cell to ``to_cells`` (all cells when None).
+
+    Returns (n_cells, len(to_cells)) float64: read from ``distance_km`` when the file holds it,
+    else computed from ``cell_lon``/``cell_lat`` (files above ``DISTANCE_MATRIX_MAX_CELLS``).
+    """
+    if "distance_km" in ds:
+        d = np.asarray(ds["distance_km"].values, dtype=np.float64)
+        return d if to_cells is None else d[:, np.asarray(to_cells)]
+    lon, lat = ds["cell_lon"].values, ds["cell_lat"].values
+    if to_cells is None:
+        return distance_matrix_km(lon, lat)
+    to_cells = np.asarray(to_cells)
+    return great_circle_km(lon[:, None], lat[:, None], lon[None, to_cells], lat[None, to_cells])
 
 
 def validate_bfdata(ds: xr.Dataset, source: str = "") -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from birdflow.data.bfdata import distances_km
 from birdflow.evaluation.metrics import to_cells
 from birdflow.model.fitted import BirdFlowModel
 from birdflow.model.joints import Transitions
@@ -79,9 +80,11 @@ def score_intervals(model: BirdFlowModel, intervals: pd.DataFrame, *,
     p_end = p[np.arange(len(sub)), end]
     out.loc[out.index[keep], "zero_probability"] = p_end <= 0
     distr = np.asarray(model.data["distr"].values, dtype=np.float64)
-    D = np.asarray(model.data["distance_km"].values, dtype=np.float64)
     s = distr[sub["t2"].to_numpy()]
-    g = D[:, end].T
+    ucells, inverse = np.unique(end, return_inverse=True)
+    g = distances_km(model.data, ucells).T[inverse]  # (interval, cell): km to each end cell
+    # the energy scores need all pairs: skipped (NaN) where the file holds no distance matrix
+    D = distances_km(model.data) if "distance_km" in model.data else None
     pred, st = (p * g).sum(1), (s * g).sum(1)
     scores = {
         "ll": np.log(p_end + LL_FLOOR),
@@ -91,8 +94,8 @@ def score_intervals(model: BirdFlowModel, intervals: pd.DataFrame, *,
         "win_distance": st - pred,
         "win_distance_fraction": np.divide(st - pred, st, out=np.full(len(st), np.nan),
                                            where=st > 0),
-        "energy_score_bf": pred - 0.5 * ((p @ D) * p).sum(1),
-        "energy_score_st": st - 0.5 * ((s @ D) * s).sum(1),
+        "energy_score_bf": pred - 0.5 * ((p @ D) * p).sum(1) if D is not None else np.nan * pred,
+        "energy_score_st": st - 0.5 * ((s @ D) * s).sum(1) if D is not None else np.nan * st,
         "weight": distr[sub["t1"].to_numpy(), start] / 52.0,
     }
     scores["ll_gain"] = scores["ll"] - scores["null_ll"]

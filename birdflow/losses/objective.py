@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from birdflow.data.bfdata import distances_km
 from birdflow.losses import distance, entropy, grid_kernel, location, online_cost
 from birdflow.losses.config import (  # noqa: F401  (re-exported: the objective's public names)
     LOCATIONS,
@@ -68,7 +69,7 @@ def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
         dist_cost = distance.sparse_transition_cost(ds["cell_lon"].values, ds["cell_lat"].values,
                                                     index, cfg.dist_pow)
     else:
-        dist_cost = distance.transition_cost(ds["distance_km"].values, index, cfg.dist_pow)
+        dist_cost = distance.transition_cost(distances_km(ds), index, cfg.dist_pow)
     dtype = jnp.result_type(float)
     w2_cost, unit, points, top, boxes = w2_cost_parts(ds, index, cfg.w2, dtype) if (
         cfg.location == "w2") else (np.zeros((0, 0)), 1.0, None, 1.0, None)
