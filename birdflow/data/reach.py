@@ -34,14 +34,18 @@ def default_radius_km(res_km: float, max_weekly_km: float | None = None) -> floa
 def resolve_radius_km(setting, res_km: float, species: Mapping) -> float | None:
     """``model.neighbourhood_km`` in km: None (dense), a number, or ``auto`` for the species.
 
-    ``auto`` = ``species.max_weekly_km`` (for the synthetic species: per unit of
-    ``species.synthetic.size``, as its whole scene scales), else :func:`default_radius_km`.
+    ``auto`` = ``species.max_weekly_km`` (for the synthetic species' default ``flyway`` scene:
+    per unit of ``species.synthetic.size``, as its whole scene scales; other scenes, e.g.
+    ``continental``, keep their weekly hop at every size: km as given), else
+    :func:`default_radius_km`.
     """
     if setting is None or setting != "auto":
         return None if setting is None else float(setting)
     km = species.get("max_weekly_km")
-    if km is not None and species.get("code") == "synthetic":
-        km = float(km) * float((species.get("synthetic") or {}).get("size", 1.0))
+    node = species.get("synthetic") or {}
+    if km is not None and species.get("code") == "synthetic" and node.get("scene",
+                                                                         "flyway") == "flyway":
+        km = float(km) * float(node.get("size", 1.0))
     return default_radius_km(res_km, km)
 
 

@@ -9,8 +9,11 @@
 * ``truth/``: the true chain as a run dir (``birdflow.model.fitted.save_model``);
 * ``settings.json``: written last; a folder without it is regenerated, never reused.
 
-The chain itself is built by :mod:`birdflow.synthetic.flyway`. CLI:
-``python -m birdflow.synthetic [species.synthetic.size=2] [data.root=data]``.
+The chain itself is built by :mod:`birdflow.synthetic.flyway` for the scene
+``species.synthetic.scene`` (:mod:`birdflow.synthetic.scene`; the continental one is sparse:
+its truth is saved with its neighbour table). CLI:
+``python -m birdflow.synthetic [species.synthetic.size=2] [data.root=data]``
+(``species=synthetic_continental`` for the continental scene).
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.transform import Affine
 
 from birdflow.data.bfdata import load_bfdata, make_bfdata, n_parameters
-from birdflow.data.grid import to_lonlat
 from birdflow.data.weeks import week_dates
 from birdflow.errors import ConfigError
 from birdflow.io import atomic_path, write_text_atomic
-from birdflow.model.fitted import DATA_FILE, MODEL_FILE, BirdFlowModel, save_model
+from birdflow.model.fitted import DATA_FILE, MODEL_FILE, BirdFlowModel, load_model, save_model
 from birdflow.model.markov import WeekIndex
 from birdflow.synthetic.flyway import (
     EDGE_M,
@@ -42,10 +44,15 @@ from birdflow.synthetic.flyway import (
     build_flyway,
     true_season_weeks,
 )
+from birdflow.synthetic.scene import DEFAULT_SCENE, get_scene
+from birdflow.synthetic.tracks import sample_tracks
+
+__all__ = ["DEFAULTS", "GENERATOR_VERSION", "NODATA", "SyntheticFiles", "SyntheticSettings",
+           "describe", "ensure_synthetic", "sample_tracks", "season_tags", "synthetic_truth"]
 
 GENERATOR_VERSION = 3  # 3: season dates in the GeoTIFF tags; bump when the generated data change, so old folders are not reused
 NODATA = float(np.float32(-3.4e38))  # the S&T GeoTIFF sentinel
-DEFAULTS = {"seed": 0, "native_res_km": 100, "size": 1.0, "n_tracks": 200}
+DEFAULTS = {"seed": 0, "native_res_km": 100, "size": 1.0, "n_tracks": 200, "scene": DEFAULT_SCENE}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class SyntheticSettings:
     n_tracks: int = 200
     code: str = "synthetic"
     version_year: int = 2022
+    scene: str = DEFAULT_SCENE
 
     @classmethod
     def from_species_cfg(cls, species_cfg: Mapping) -> SyntheticSettings:
@@ -70,7 +78,8 @@ class SyntheticSettings:
             s = cls(seed=int(node["seed"]), native_res_km=float(node["native_res_km"]),
                     size=float(node["size"]), n_tracks=int(node["n_tracks"]),
                     code=str(species_cfg.get("code") or "synthetic"),
-                    version_year=int(species_cfg.get("version_year") or 2022))
+                    version_year=int(species_cfg.get("version_year") or 2022),
+                    scene=get_scene(node["scene"]).name)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"species.synthetic: non-numeric value ({e}); seed, n_tracks are "
                               "integers and native_res_km, size numbers") from e
@@ -84,9 +93,17 @@ class SyntheticSettings:
             raise ConfigError(f"species.synthetic: seed={s.seed} and n_tracks={s.n_tracks} must be >= 0")
         return s
 
+    def fields(self) -> dict:
+        """The settings as recorded (hashed, settings.json); ``scene`` only when not the default,
+        so the flyway scene's folders and files are those of before scenes existed."""
+        out = asdict(self)
+        if out["scene"] == DEFAULT_SCENE:
+            del out["scene"]
+        return out
+
     def key(self) -> str:
         """Short hash naming the output folder of these settings."""
-        text = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True)
+        text = json.dumps({**self.fields(), "generator": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -111,7 +128,7 @@ def season_tags(version_year: int) -> dict[str, str]:
 
 def _truth(s: SyntheticSettings) -> tuple[xr.Dataset, BirdFlowModel, tuple]:
     """Truth data (cropped to cells with data) and chain, plus the full (cube, x, y) grid."""
-    chain = build_flyway(s.seed, s.native_res_km, s.size)
+    chain = build_flyway(s.seed, s.native_res_km, s.size, get_scene(s.scene))
     cube = chain.abundance()
     # crop to the cells with data, as preprocessing does, so truth and model share one grid
     static = (np.nan_to_num(cube) > 0).any(axis=0)
@@ -123,9 +140,13 @@ def _truth(s: SyntheticSettings) -> tuple[xr.Dataset, BirdFlowModel, tuple]:
                      attrs={"cache_key": s.key(), **season_tags(s.version_year)})
     index = WeekIndex.from_bfdata(ds)
     if not np.array_equal(index.slot_cell, WeekIndex.from_dynamic_mask(chain.dynamic_mask, True).slot_cell):
-        raise AssertionError("synthetic cube lost cells in float32; raise flyway.FLOOR")
+        raise AssertionError("synthetic cube lost cells in float32; raise the scene's floor")
+    if chain.nbr is not None:  # sparse truth: joints paired with the neighbour table
+        index = WeekIndex(slot_cell=index.slot_cell, cyclic=index.cyclic, nbr=chain.nbr)
     hyper = {"truth": True, "seed": s.seed, "native_res_km": s.native_res_km, "size": s.size,
              "generator": GENERATOR_VERSION}
+    if s.scene != DEFAULT_SCENE:
+        hyper["scene"] = s.scene
     return ds, BirdFlowModel(data=ds, index=index, marginals=chain.marginals, hyperparameters=hyper), (cube, chain.x, chain.y)
 
 
@@ -133,66 +154,6 @@ def synthetic_truth(species_cfg: Mapping) -> tuple[xr.Dataset, BirdFlowModel]:
     """The synthetic species' BirdFlowData (native resolution) and its true chain, in memory."""
     ds, model, _ = _truth(SyntheticSettings.from_species_cfg(species_cfg))
     return ds, model
-
-
-def sample_tracks(model: BirdFlowModel, n_tracks: int, seed: int, *, max_gap_weeks: int = 3,
-                  version_year: int = 2022) -> pd.DataFrame:
-    """Sample birds from a cyclic chain for one year each, starting at a random week.
-
-    Each bird starts in a uniform random week w0 (of ``version_year``) at a cell drawn from the
-    model's distribution of w0, then moves by the weekly transitions for 51 steps. It is fixed
-    at its first week and then every 1..``max_gap_weeks`` weeks; a fix's date is the week
-    centre +- up to 3 days and its position uniform inside the cell.
-
-    Returns:
-        DataFrame with ``bird_id, date, lat, lon`` (degrees WGS84) and the true ``week``
-        (1..52) and ``cell`` (active-cell index), one row per fix, by bird then date.
-    """
-    if not model.cyclic or model.index.n_weeks != N_WEEKS:
-        raise ValueError("sample_tracks needs a cyclic 52-week model (a year of transitions)")
-    rng = np.random.default_rng([seed, 1])
-    ds, idx = model.data, model.index
-    start = rng.integers(0, N_WEEKS, n_tracks)
-    cell = np.zeros((n_tracks, N_WEEKS), dtype=np.int64)
-    for w in range(N_WEEKS):
-        birds = np.flatnonzero(start == w)
-        p = model.distr_at(w)
-        cell[birds, 0] = rng.choice(p.size, size=birds.size, p=p / p.sum())
-    for u in range(2 * N_WEEKS - 2):  # absolute week index; bird b moves at u = start_b + k
-        t = u % N_WEEKS
-        k = u - start
-        movers = np.flatnonzero((k >= 0) & (k < N_WEEKS - 1))
-        if movers.size == 0:
-            continue
-        src, dst = idx.slot_cell[t], idx.slot_cell[(t + 1) % N_WEEKS]
-        dmi = np.full(model.n_cells, -1)
-        dmi[src[src >= 0]] = np.arange(int((src >= 0).sum()))
-        rows = dmi[cell[movers, k[movers]]]
-        cum = np.cumsum(model.marginal_at(t), axis=1)
-        cum = np.divide(cum, cum[:, -1:], out=np.ones_like(cum), where=cum[:, -1:] > 0)
-        # searchsorted over all rows at once: row r occupies (r, r + 1] after adding r
-        flat = (cum + np.arange(cum.shape[0])[:, None]).ravel()
-        pick = np.searchsorted(flat, rng.random(movers.size) + rows, side="right")
-        pick = np.clip(pick - rows * cum.shape[1], 0, cum.shape[1] - 1)
-        cell[movers, k[movers] + 1] = dst[pick]
-    gaps = rng.integers(1, max_gap_weeks + 1, (n_tracks, N_WEEKS))
-    steps = np.cumsum(np.column_stack([np.zeros(n_tracks, int), gaps[:, :-1]]), axis=1)
-    bird, col = np.nonzero(steps < N_WEEKS)
-    k = steps[bird, col]
-    absolute = start[bird] + k
-    week = absolute % N_WEEKS + 1
-    year = version_year + absolute // N_WEEKS
-    jan1 = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]")
-    date = jan1 + (3 + 7 * (week - 1) + rng.integers(-3, 4, bird.size)).astype("timedelta64[D]")
-    c = cell[bird, k]
-    res_m = float(ds.attrs["res_km"]) * 1e3
-    x = ds["cell_x"].values[c] + (rng.random(c.size) - 0.5) * 0.999 * res_m
-    y = ds["cell_y"].values[c] + (rng.random(c.size) - 0.5) * 0.999 * res_m
-    lon, lat = to_lonlat(x, y, ds.attrs["crs_wkt"])
-    width = len(str(n_tracks))
-    return pd.DataFrame({"bird_id": [f"syn{b + 1:0{width}d}" for b in bird],
-                         "date": pd.DatetimeIndex(date), "lat": lat, "lon": lon,
-                         "week": week, "cell": c})
 
 
 def _write_tif(full: tuple, ds: xr.Dataset, path: Path) -> None:
@@ -230,7 +191,7 @@ def ensure_synthetic(species_cfg: Mapping, out_dir: str | Path) -> SyntheticFile
         out = tracks[["bird_id", "date", "lat", "lon"]].assign(date=tracks["date"].dt.strftime("%Y-%m-%d"))
         out.to_csv(tmp, index=False, float_format="%.6f")
     save_model(model, files.truth)
-    write_text_atomic(marker, json.dumps({**asdict(s), "generator": GENERATOR_VERSION}, indent=2) + "\n")
+    write_text_atomic(marker, json.dumps({**s.fields(), "generator": GENERATOR_VERSION}, indent=2) + "\n")
     return files
 
 
@@ -247,6 +208,14 @@ def describe(species_cfg: Mapping, data_cfg: Mapping | None = None) -> Synthetic
     params = n_parameters(ds["dynamic_mask"].values, cyclic=True)
     grid, n_cells = f"{ds.sizes['y']} x {ds.sizes['x']}", ds.sizes["cell"]
     print(f"raster: {files.raster}\ntracks: {files.tracks}\ntruth:  {files.truth}")
-    print(f"grid {grid} at {s.native_res_km:g} km, cells {n_cells}, cells per week "
-          f"{per_week.min()}-{per_week.max()}, parameters {params:,}")
+    print(f"scene {s.scene}: grid {grid} at {s.native_res_km:g} km, cells {n_cells}, cells per "
+          f"week {per_week.min()}-{per_week.max()}, parameters {params:,} (dense)")
+    scene = get_scene(s.scene)
+    if scene.reach_km is not None:
+        nbr = load_model(files.truth).index.nbr
+        per_row = (nbr >= 0).sum(axis=2)
+        per_row = per_row[per_row > 0]
+        print(f"truth: sparse within {scene.reach_km:g} km, neighbours per row mean "
+              f"{per_row.mean():.1f} max {per_row.max()}, parameters "
+              f"{int(per_week[0]) + int(per_row.sum()):,}")
     return files
