@@ -77,6 +77,17 @@ def _transition_csr(geo: SceneGeometry, xyz: np.ndarray, t: int, scene: Scene,
     return sp.csr_array((p, flat, indptr), shape=(a.size, b.size))
 
 
+def transition_matrices(geo: SceneGeometry, scene: Scene, size: float) -> list[sp.csr_array]:
+    """The 52 row-stochastic P_t (n_t, n_{t+1}) as CSR, column indices ascending.
+
+    Raises:
+        ConfigError: ``reach_km`` strands a cell or leaves one unreachable (see :func:`_pairs`).
+    """
+    lon, lat = to_lonlat(geo.xy[:, 0], geo.xy[:, 1], LAEA_AMERICAS)  # as make_bfdata does
+    xyz = reach.unit_vectors(lon, lat)
+    return [_transition_csr(geo, xyz, t, scene, size) for t in range(N_WEEKS)]
+
+
 def stationary(P: list[sp.csr_array]) -> np.ndarray:
     """Week-1 distribution with mu_1 P_1 ... P_52 = mu_1 (power iteration, sparse products)."""
     mu1 = np.full(P[0].shape[0], 1.0 / P[0].shape[0])
@@ -101,9 +112,7 @@ def sparse_chain(geo: SceneGeometry, scene: Scene, size: float,
         ``nbr`` (52, n_max, K) int32 (week-(t+1) slots, ascending, -1 padding); K is the
         longest row of any week.
     """
-    lon, lat = to_lonlat(geo.xy[:, 0], geo.xy[:, 1], LAEA_AMERICAS)  # as make_bfdata does
-    xyz = reach.unit_vectors(lon, lat)
-    P = [_transition_csr(geo, xyz, t, scene, size) for t in range(N_WEEKS)]
+    P = transition_matrices(geo, scene, size)
     index = WeekIndex.from_dynamic_mask(geo.dyn, cyclic=True)
     K = max(int(np.diff(Pt.indptr).max()) for Pt in P)
     nbr = np.full((N_WEEKS, index.n_max, K), -1, dtype=np.int32)
