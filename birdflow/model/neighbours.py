@@ -20,7 +20,9 @@ Radius rule (``model.neighbourhood_km``):
   dispersal all scale with ``size``): at size 1 the true chain puts at most 4.2e-4 of a
   week's mass on moves longer than that, all of it from its 0.2 % uniform floor, which spreads
   mass over *every* pair of cells, so no radius short of the range's diameter reaches all of
-  the truth's mass.
+  the truth's mass. Its ``continental`` scene (``species=synthetic_continental``) is the
+  opposite: its truth is exactly zero beyond 250 km (at every ``size``), and ``auto`` keeps
+  exactly the truth's pairs.
 
 Never silently dropping mass: every week-(t+1) cell with S&T mass must be reachable from some
 week-t cell with mass, and every week-t cell must reach some week-(t+1) cell; otherwise
