@@ -18,6 +18,7 @@ import pytest
 import rasterio
 from omegaconf import OmegaConf
 
+from birdflow.data.bfdata import distances_km
 from birdflow.data.reach import resolve_radius_km
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel, load_model
@@ -84,7 +85,7 @@ def test_transitions_are_stochastic_and_exactly_zero_beyond_reach(truth):
     ds, model = truth
     geo = scene_geometry(0, 150, 0.5, CONTINENTAL)
     P = transition_matrices(geo, CONTINENTAL, 0.5)
-    D = ds["distance_km"].values  # haversine (make_bfdata), independent of the KD-tree chords
+    D = distances_km(ds)  # haversine (make_bfdata), independent of the KD-tree chords
     dyn = ds["dynamic_mask"].values
     n_kept = 0
     for t, Pt in enumerate(P):
@@ -131,7 +132,7 @@ def test_auto_neighbourhood_keeps_exactly_the_truths_pairs(truth):
 def test_sparse_tracks_move_within_reach_and_equal_dense_sampling(truth):
     ds, model = truth
     fixes = sample_tracks(model, 400, seed=3, max_gap_weeks=1)
-    D = ds["distance_km"].values
+    D = distances_km(ds)
     for _, bird in fixes.groupby("bird_id"):
         c = bird["cell"].values
         assert ds["dynamic_mask"].values[bird["week"].values - 1, c].all()
