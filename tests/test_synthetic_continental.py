@@ -25,6 +25,7 @@ from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.model.markov import WeekIndex
 from birdflow.model.neighbours import build_neighbours
 from birdflow.model.sparse import to_dense
+from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.continental import transition_matrices
 from birdflow.synthetic.flyway import _supports, build_flyway, scene_geometry
 from birdflow.synthetic.scene import CONTINENTAL, FLYWAY
@@ -180,6 +181,16 @@ def test_continental_yaml_reach_and_resolution_match_the_scene():
     s = SyntheticSettings.from_species_cfg(yaml)
     assert s.scene == "continental" and yaml.res_km == s.native_res_km
     assert resolve_radius_km("auto", yaml.res_km, OmegaConf.to_container(yaml)) == REACH
+
+
+def test_cli_generates_the_continental_species_and_prints_its_sparse_truth(tmp_path, capsys):
+    files = main(["species=synthetic_continental", "species.synthetic.native_res_km=150",
+                  "species.res_km=150", "species.synthetic.size=0.5",
+                  "species.synthetic.n_tracks=5", f"data.root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "scene continental" in out and "cells per week 31-36" in out
+    assert "truth: sparse within 250 km" in out and "parameters 12,497" in out
+    assert load_model(files.truth).sparse
 
 
 @pytest.mark.slow
