@@ -83,6 +83,14 @@ def within_radius(src: np.ndarray, dst: np.ndarray, radius_km: float) -> list[np
     return [np.asarray(h, dtype=np.int64) for h in hits]
 
 
+def longest_row(src: np.ndarray, dst: np.ndarray, radius_km: float) -> int:
+    """The most destination points within ``radius_km`` of one source point (0 if none)."""
+    if len(src) == 0 or len(dst) == 0:
+        return 0
+    r = float(chord_of_km(radius_km)) * (1.0 + RADIUS_SLACK)
+    return int(np.max(cKDTree(dst).query_ball_point(src, r, return_length=True)))
+
+
 def nearest(src: np.ndarray, dst: np.ndarray, k: int) -> np.ndarray:
     """(n_src, min(k, n_dst)) indices of each source's nearest destinations, ascending index."""
     k = min(int(k), len(dst))

@@ -47,29 +47,29 @@ def transition_cost(distance_km: np.ndarray, index: WeekIndex, dist_pow: float) 
 
 
 def sparse_transition_cost(lon: np.ndarray, lat: np.ndarray, index: WeekIndex,
-                           dist_pow: float) -> np.ndarray:
+                           dist_pow: float, dtype=np.float64) -> np.ndarray:
     """Per-transition costs on the sparse layout (``index.nbr``).
 
     Args:
         lon, lat: (n_cells,) cell centres in degrees.
         index: sparse slot layout; ``nbr[t, i, k]`` is a week-(t+1) slot.
         dist_pow: exponent applied to ``d_km / 100``.
+        dtype: of the result (float32 halves the host memory of large models).
 
     Returns:
-        (n_transitions, n_max, K) float64 ``(d / 100)^dist_pow`` from week-t slot i to its k-th
+        (n_transitions, n_max, K) ``(d / 100)^dist_pow`` from week-t slot i to its k-th
         neighbour; 0 at padding entries.
     """
-    nbr = index.nbr
-    t = np.arange(index.n_transitions)
-    frm = index.slot_cell[t]  # (T, n_max) cells
-    to_slots = index.slot_cell[(t + 1) % index.n_weeks]  # (T, n_max) cells of week t + 1
-    to = np.take_along_axis(to_slots, np.maximum(nbr, 0).reshape(len(t), -1), axis=1)
-    to = to.reshape(nbr.shape)
-    src = np.maximum(frm, 0)[:, :, None]
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
-    d = great_circle_km(lon[src], lat[src], lon[np.maximum(to, 0)], lat[np.maximum(to, 0)])
-    ok = (nbr >= 0) & (frm >= 0)[:, :, None]
-    return np.where(ok, (d / DISTANCE_UNIT_KM) ** float(dist_pow), 0.0)
+    out = np.zeros(index.nbr.shape, dtype)
+    for t in range(index.n_transitions):  # a week at a time: no (T, n_max, K) float64 temporaries
+        nbr, frm = index.nbr[t], index.slot_cell[t]  # (n_max, K) week-(t+1) slots, (n_max,) cells
+        to = index.slot_cell[(t + 1) % index.n_weeks][np.maximum(nbr, 0)]  # (n_max, K) cells
+        src = np.maximum(frm, 0)[:, None]
+        d = great_circle_km(lon[src], lat[src], lon[to], lat[to])
+        ok = (nbr >= 0) & (frm >= 0)[:, None]
+        out[t] = np.where(ok, (d / DISTANCE_UNIT_KM) ** float(dist_pow), 0.0)
+    return out
 
 
 def distance_per_transition(

@@ -65,12 +65,12 @@ class Problem(NamedTuple):
 def make_problem(ds: xr.Dataset, index: WeekIndex, cfg: LossConfig) -> Problem:
     """Slot-layout targets and costs of a BirdFlowData (float32 unless x64 is enabled)."""
     targets = index.slot_values(ds["distr"].values)
+    dtype = jnp.result_type(float)
     if index.sparse:  # only the kept pairs, from coordinates (never ds["distance_km"])
         dist_cost = distance.sparse_transition_cost(ds["cell_lon"].values, ds["cell_lat"].values,
-                                                    index, cfg.dist_pow)
+                                                    index, cfg.dist_pow, np.dtype(dtype))
     else:
         dist_cost = distance.transition_cost(distances_km(ds), index, cfg.dist_pow)
-    dtype = jnp.result_type(float)
     w2_cost, unit, points, top, boxes = w2_cost_parts(ds, index, cfg.w2, dtype) if (
         cfg.location == "w2") else (np.zeros((0, 0)), 1.0, None, 1.0, None)
     nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)

@@ -40,6 +40,8 @@ from birdflow.data.reach import DEFAULT_MAX_WEEKLY_KM, default_radius_km, resolv
 from birdflow.errors import ConfigError, DataError
 from birdflow.model.markov import WeekIndex
 
+ROW_CHUNK = 4096  # source cells per KD-tree ball query (memory of its Python lists)
+
 __all__ = ["DEFAULT_MAX_WEEKLY_KM", "build_neighbours", "default_radius_km", "resolve_radius_km",
            "sparse_index", "summary"]
 
@@ -155,17 +157,20 @@ def build_neighbours(ds: xr.Dataset, index: WeekIndex, radius_km: float | None =
             raise ConfigError(f"model.neighbours_k={k!r}: must be a positive integer (or null)")
         k = int(k)
         _check_k(ds, index, xyz, k)
-    rows: list[list[np.ndarray]] = []
-    for _, _, _, a, b in _weeks(ds, index):
-        if radius_km is not None:
-            rows.append(reach.within_radius(xyz[a], xyz[b], radius_km))
-        else:
-            rows.append(list(reach.nearest(xyz[a], xyz[b], k)))
-    width = max(len(r) for week in rows for r in week)
+    if radius_km is None:
+        width = min(k, int(max(len(b) for *_, b in _weeks(ds, index))))
+    else:  # the longest row first, so each week's rows go straight into the table
+        width = max(reach.longest_row(xyz[a], xyz[b], radius_km) for *_, a, b in _weeks(ds, index))
     nbr = np.full((index.n_transitions, index.n_max, width), -1, dtype=np.int32)
-    for t, week in enumerate(rows):
-        for i, r in enumerate(week):
-            nbr[t, i, : len(r)] = r
+    for t, _, _, a, b in _weeks(ds, index):
+        if radius_km is None:
+            table = reach.nearest(xyz[a], xyz[b], k)
+            nbr[t, : table.shape[0], : table.shape[1]] = table
+            continue
+        for start in range(0, len(a), ROW_CHUNK):  # bounded lists of Python ints per chunk
+            rows = reach.within_radius(xyz[a[start:start + ROW_CHUNK]], xyz[b], radius_km)
+            for i, r in enumerate(rows, start):
+                nbr[t, i, : len(r)] = r
     return nbr
 
 
