@@ -25,6 +25,7 @@ from birdflow.bench.reference import (
     reference_costs,
 )
 from birdflow.bench.report import table
+from birdflow.bench.variants import VARIANTS
 from birdflow.bench.w2checks import grad_vs_danskin, grad_vs_tight, tight_w2, w2_term_memory
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.weeks import week_dates
@@ -34,29 +35,6 @@ from birdflow.training.loop import make_optimizer, make_update
 from birdflow.training.settings import OptimSettings
 
 GRAD_MODES = ("implicit", "danskin", "unroll")
-# W2 speed settings switched off one at a time ("plain" = all off, the solver before issue 5).
-VARIANTS = {
-    "plain": {"cache_target_self": False, "symmetric": False, "shared_cost": False, "week_batch": 0,
-              "momentum": 1.0, "grid_kernel": False},
-    "no-cache": {"cache_target_self": False},
-    "no-symmetric": {"symmetric": False},
-    "gathered-cost": {"shared_cost": False, "grid_kernel": False},
-    "vmap-weeks": {"week_batch": 0},
-    "scan-weeks": {"week_batch": 1},
-    "cold": {"warm_start": False},
-    "inner-5": {"inner_iterations": 5},
-    "no-momentum": {"momentum": 1.0},
-    # amortised Sinkhorn: converged = a full solve to threshold every step
-    "converged": {"iterations_per_step": None},
-    "amortised-5": {"iterations_per_step": 5},
-    "amortised-10": {"iterations_per_step": 10},
-    "amortised-20": {"iterations_per_step": 20},
-    # the W2 ground cost from coordinates inside Sinkhorn vs the (n_cells, n_cells) matrix
-    "online": {"online_cost": True, "grid_kernel": False},
-    "matrix": {"online_cost": False, "grid_kernel": False},
-    # the kernel one grid axis at a time (on whenever it applies and costs less)
-    "grid": {"grid_kernel": True},
-}
 DEFAULT = "w2-default"  # W2Config() as shipped (conf/loss/w2.yaml)
 LIKE = "w2-danskin[reference-settings]"  # like-for-like with the reference
 BYTES_PER_PARAMETER_ACCESSES = 8  # read logits, m, v; write logits, m, v; write + read grads
