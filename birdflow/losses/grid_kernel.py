@@ -10,7 +10,7 @@ size n_max^2 is stored.
 Each marginal-week's slots are placed in a box of H x W grid cells whose top-left corner is
 that week's northernmost row and westernmost column (H, W: the largest extent over the weeks,
 so every week shares one shape). Box cells outside the week's support (ocean, cells without
-S&T mass that week, the box's margin) carry the floor mass ``location.MASS_FLOOR`` like the
+S&T mass that week, the box's margin) carry the floor mass ``ground_cost.MASS_FLOOR`` like the
 padding slots of the matrix cost, which keeps every potential finite; they change the W2 value
 by about ``MASS_FLOOR`` per box cell (``tests/test_grid_kernel.py`` measures it). Costs are in
 grid diameters as in :func:`birdflow.losses.ground_cost.cell_cost` (largest cost 1). Only the
@@ -25,12 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ott.geometry import grid
-from scipy.spatial import ConvexHull, QhullError
 
 from birdflow.errors import ConfigError, DataError
+from birdflow.losses.ground_cost import MASS_FLOOR, max_sq_distance_km2
 
-SETTINGS = ("auto", True, False)
-FLOOR = 1e-10  # = location.MASS_FLOOR (not imported: location imports this module)
 REGULAR_TOL = 1e-3  # cell centres must sit within this fraction of a cell of a regular lattice
 
 
@@ -80,7 +78,7 @@ class GridCost(NamedTuple):
     def to_box(self, p: jax.Array) -> jax.Array:
         """(W, n_max) slot distributions -> (W, H * W) box distributions, floored, summing to 1."""
         def one(p_w, box_w):
-            out = jnp.full((self.size + 1,), FLOOR, p_w.dtype).at[box_w].set(p_w + FLOOR)
+            out = jnp.full((self.size + 1,), MASS_FLOOR, p_w.dtype).at[box_w].set(p_w + MASS_FLOOR)
             out = out[:-1]
             return out / out.sum()
         return jax.vmap(one)(p, self.box)
@@ -96,13 +94,14 @@ def _spacing(coord: np.ndarray, index: np.ndarray) -> float | None:
     return float(abs(step)) if off.max() <= REGULAR_TOL * abs(step) else None
 
 
-def layout(cell_row, cell_col, x_m, y_m, slot_cell: np.ndarray, diameter_km: float):
+def layout(cell_row, cell_col, x_m, y_m, slot_cell: np.ndarray, diameter_km: float,
+           dtype=np.float64) -> GridCost | None:
     """Per-week boxes for the slot table ``slot_cell`` (W, n_max) (-1 = padding).
 
     Returns:
-        (box, rows, cols) numpy arrays as :class:`GridCost` holds them, or None when the cell
-        centres are not on a regular lattice of (row, column) (then the kernel does not
-        factorise).
+        The :class:`GridCost` as numpy arrays (box int32; coordinates in units of
+        ``diameter_km``, as ``dtype``), or None when the cell centres are not on a regular
+        lattice of (row, column) (then the kernel does not factorise).
     """
     cell_row, cell_col = np.asarray(cell_row, np.int64), np.asarray(cell_col, np.int64)
     dx = _spacing(np.asarray(x_m, float), cell_col)
@@ -117,21 +116,15 @@ def layout(cell_row, cell_col, x_m, y_m, slot_cell: np.ndarray, diameter_km: flo
     c0 = np.where(valid, c, big).min(axis=1, keepdims=True)
     h = int((np.where(valid, r - r0, 0)).max()) + 1
     w = int((np.where(valid, c - c0, 0)).max()) + 1
-    box = np.where(valid, (r - r0) * w + (c - c0), h * w).astype(np.int32)
+    box = np.where(valid, (r - r0) * w + (c - c0), h * w)
     d = max(float(diameter_km), 1e-12) * 1e3
-    return box, np.arange(h) * dy / d, np.arange(w) * dx / d
+    return GridCost(box.astype(np.int32), (np.arange(h) * dy / d).astype(dtype),
+                    (np.arange(w) * dx / d).astype(dtype))
 
 
 def diameter_km(x_m: np.ndarray, y_m: np.ndarray) -> float:
-    """Largest distance (km) between two cell centres, from their convex hull (no n^2 array)."""
-    xy = np.unique(np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3, axis=0)
-    if len(xy) > 3:
-        try:
-            xy = xy[ConvexHull(xy).vertices]
-        except QhullError:  # collinear centres: every point is kept
-            pass
-    return float(np.sqrt(max((((xy[i:i + 1024, None] - xy[None]) ** 2).sum(-1).max()
-                              for i in range(0, len(xy), 1024)), default=0.0)))
+    """Largest distance (km) between two cell centres (:func:`ground_cost.max_sq_distance_km2`)."""
+    return float(np.sqrt(max_sq_distance_km2(x_m, y_m)))
 
 
 def use_grid(setting, cost: str, grad_mode: str, n_max: int, shape: tuple[int, int] | None) -> bool:

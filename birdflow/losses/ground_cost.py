@@ -14,12 +14,30 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 from ott.geometry import geometry
+from scipy.spatial import ConvexHull, QhullError
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
 
 WeeklyCost = Float[Array, "week slot slot_to"]  # a ground cost per marginal-week
 PAD_COST = 100.0  # padding <-> real-cell cost; 100 x the largest real cost
+MASS_FLOOR = 1e-10  # added to every slot (or box cell) of both marginals before a solve
 COSTS = ("sqeuclidean", "dist_pow")
+
+
+def max_sq_distance_km2(x_m: np.ndarray, y_m: np.ndarray) -> float:
+    """Largest squared distance (km^2) between two projected cell centres: the squared diameter.
+
+    Taken over the convex hull's vertices (the farthest pair lies on the hull), so no
+    (n, n) array is formed; collinear centres fall back to all points, in row chunks.
+    """
+    xy = np.unique(np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3, axis=0)
+    if len(xy) > 3:
+        try:
+            xy = xy[ConvexHull(xy).vertices]
+        except QhullError:  # collinear centres: every point is kept
+            pass
+    return float(max((((xy[i:i + 1024, None] - xy[None]) ** 2).sum(-1).max()
+                      for i in range(0, len(xy), 1024)), default=0.0))
 
 
 def cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarray,
@@ -54,8 +72,7 @@ def one_cell_cost(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.nda
     by one cell costs 1 with the squared-Euclidean cost, whatever the grid's size or extent.
     """
     if cost == "sqeuclidean":
-        xy = np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3
-        top = float(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1).max())
+        top = max_sq_distance_km2(x_m, y_m)
         return float(res_km) ** 2 / top if top > 0 else 1.0
     d = great_circle_km(lon[:, None], lat[:, None], lon[None, :], lat[None, :])
     top = float((np.minimum(d, np.pi * EARTH_RADIUS_KM) / 100.0).max() ** float(cost_pow))

@@ -31,6 +31,7 @@ from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 from birdflow.losses import grid_kernel, online_cost, sinkhorn_implicit
 from birdflow.losses.ground_cost import (  # noqa: F401  (re-exported)
     COSTS,
+    MASS_FLOOR,
     PAD_COST,
     SlotCost,
     SlotGeometry,
@@ -43,7 +44,6 @@ from birdflow.types import WeeklyDistr
 
 PerWeek = Float[Array, "week"]  # one value per one-way marginal
 
-MASS_FLOOR = 1e-10  # added to every slot of both marginals before a solve
 GRAD_MODES = ("implicit", "danskin", "unroll")
 
 

@@ -88,16 +88,15 @@ def w2_cost_parts(ds: xr.Dataset, index: WeekIndex, c: W2Config, dtype=jnp.float
     w2_cost, unit, points, top, boxes = np.zeros((0, 0)), 1.0, None, 1.0, None
     coords = (ds["cell_x"].values, ds["cell_y"].values, ds["cell_lon"].values, ds["cell_lat"].values)
     res_km = float(ds.attrs.get("res_km", 100.0))
-    lay, diameter = None, 0.0
-    if c.grid_kernel is not False and c.cost == "sqeuclidean":
-        diameter = grid_kernel.diameter_km(coords[0], coords[1])
-        lay = grid_kernel.layout(ds["cell_row"].values, ds["cell_col"].values, coords[0],
-                                 coords[1], index.slot_cell[index.week_of_marginal()], diameter)
-    shape = None if lay is None else (len(lay[1]), len(lay[2]))
+    grid = None
+    if c.grid_kernel is not False and c.cost == "sqeuclidean" and c.grad_mode == "danskin":
+        grid = grid_kernel.layout(ds["cell_row"].values, ds["cell_col"].values, coords[0],
+                                  coords[1], index.slot_cell[index.week_of_marginal()],
+                                  grid_kernel.diameter_km(coords[0], coords[1]), np.dtype(dtype))
+    shape = None if grid is None else (grid.rows.shape[0], grid.cols.shape[0])
     if grid_kernel.use_grid(c.grid_kernel, c.cost, c.grad_mode, index.n_max, shape):
-        boxes = grid_kernel.GridCost(jnp.asarray(lay[0], jnp.int32), jnp.asarray(lay[1], dtype),
-                                     jnp.asarray(lay[2], dtype))
-        unit = res_km ** 2 / diameter ** 2 if diameter > 0 else 1.0
+        boxes = jax.tree.map(jnp.asarray, grid)
+        unit = location.one_cell_cost(*coords, res_km, c.cost, c.cost_pow)
     elif online_cost.use_online(c.online_cost, len(coords[0])) and c.grad_mode == "danskin":
         points, top, unit = online_cost.cell_points(*coords, c.cost, c.cost_pow, res_km)
         points = jnp.asarray(points, dtype)

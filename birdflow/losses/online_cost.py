@@ -25,7 +25,7 @@ import numpy as np
 from ott.geometry import geometry
 
 from birdflow.data.grid import EARTH_RADIUS_KM, great_circle_km
-from birdflow.losses.ground_cost import pad_slots
+from birdflow.losses.ground_cost import max_sq_distance_km2, pad_slots
 
 AUTO_CELLS = 3000  # online_cost: auto turns the online cost on above this many active cells
 BLOCK_ROWS = 256  # cost rows computed at once (memory O(BLOCK_ROWS * n_max) per week)
@@ -41,7 +41,9 @@ def cell_points(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarr
                 chunk: int = 2048) -> tuple[np.ndarray, float, float]:
     """Points and normaliser that make :func:`pair_cost` equal ``location.cell_cost``.
 
-    The maximum over all pairs is found in row chunks of ``chunk`` (O(chunk * n) memory).
+    The ``sqeuclidean`` diameter comes from the convex hull (:func:`ground_cost.max_sq_distance_km2`);
+    the ``dist_pow`` maximum over all pairs is found in row chunks of ``chunk`` (O(chunk * n)
+    memory).
 
     Returns:
         (points (n_cells, 2), top, unit): ``sqeuclidean``: projected km divided by the grid
@@ -51,8 +53,7 @@ def cell_points(x_m: np.ndarray, y_m: np.ndarray, lon: np.ndarray, lat: np.ndarr
     """
     if cost == "sqeuclidean":
         xy = np.stack([np.asarray(x_m, float), np.asarray(y_m, float)], axis=1) / 1e3
-        d2 = max((((xy[i:i + chunk, None] - xy[None]) ** 2).sum(-1).max()
-                  for i in range(0, len(xy), chunk)), default=0.0)
+        d2 = max_sq_distance_km2(x_m, y_m)
         if d2 <= 0:
             return xy, 1.0, 1.0
         return xy / np.sqrt(d2), 1.0, float(res_km) ** 2 / d2
