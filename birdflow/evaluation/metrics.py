@@ -133,6 +133,22 @@ def fit_metrics(model: BirdFlowModel, *, w2: bool = True, epsilon: float | None 
     return out
 
 
+def _week_supports(mu: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each week's cells with mass on either side, padded to one width.
+
+    Returns (cells (W, width) int64, -1 = padding; mu and s on those cells, 0 at padding).
+    """
+    mu, s = np.asarray(mu, np.float64), np.asarray(s, np.float64)
+    support = (mu > 0) | (s > 0)
+    cells = np.full((len(mu), max(int(support.sum(axis=1).max()), 1)), -1, np.int64)
+    for t, row in enumerate(support):
+        idx = np.flatnonzero(row)
+        cells[t, : idx.size] = idx
+    a, b = (np.where(cells >= 0, np.take_along_axis(p, np.maximum(cells, 0), axis=1), 0.0)
+            for p in (mu, s))
+    return cells, a, b
+
+
 def grid_w2_km(mu: np.ndarray, s: np.ndarray, cell_row, cell_col, x_m, y_m,
                epsilon: float) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`sinkhorn_w2_km` with the kernel applied one grid axis at a time.
@@ -147,20 +163,11 @@ def grid_w2_km(mu: np.ndarray, s: np.ndarray, cell_row, cell_col, x_m, y_m,
 
     from birdflow.losses import grid_kernel, location
 
-    mu, s = np.asarray(mu, np.float64), np.asarray(s, np.float64)
-    support = (mu > 0) | (s > 0)
-    width = max(int(support.sum(axis=1).max()), 1)
-    cells = np.full((len(mu), width), -1, np.int64)
-    for t, row in enumerate(support):
-        idx = np.flatnonzero(row)
-        cells[t, : idx.size] = idx
-    lay = grid_kernel.layout(cell_row, cell_col, x_m, y_m, cells, W2_UNIT_M / 1e3)
-    if lay is None:
+    cells, a, b = _week_supports(mu, s)
+    cost = grid_kernel.layout(cell_row, cell_col, x_m, y_m, cells, W2_UNIT_M / 1e3, np.float32)
+    if cost is None:
         return None
-    cost = grid_kernel.GridCost(*(jnp.asarray(v, jnp.float32 if i else jnp.int32)
-                                  for i, v in enumerate(lay)))
-    a, b = (jnp.asarray(np.where(cells >= 0, np.take_along_axis(p, np.maximum(cells, 0), 1), 0.0),
-                        jnp.float32) for p in (mu, s))
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     zeros = jnp.zeros((3 * len(mu), cost.size), jnp.float32)
     res = location.w2(a, b, cost, float(epsilon), (zeros, zeros), threshold=1e-3,
                       max_iterations=20000, grad_mode="danskin", debiased=True, symmetric=True)
@@ -187,17 +194,8 @@ def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
     from ott.geometry import pointcloud
     from ott.tools.sinkhorn_divergence import sinkhorn_divergence
 
-    mu, s = np.asarray(mu, np.float64), np.asarray(s, np.float64)
-    support = (mu > 0) | (s > 0)
-    width = max(int(support.sum(axis=1).max()), 1)
-    cells = np.zeros((len(mu), width), dtype=np.int64)
-    used = np.zeros((len(mu), width), dtype=bool)
-    for t, row in enumerate(support):
-        idx = np.flatnonzero(row)
-        cells[t, : idx.size], used[t, : idx.size] = idx, True
-    a = np.where(used, np.take_along_axis(mu, cells, axis=1), 0.0)
-    b = np.where(used, np.take_along_axis(s, cells, axis=1), 0.0)
-    xy = np.asarray(points, np.float64)[cells]
+    cells, a, b = _week_supports(mu, s)
+    xy = np.asarray(points, np.float64)[np.maximum(cells, 0)]  # padding: zero-weight copies
 
     def one(args):
         pts, wa, wb = args
