@@ -66,6 +66,11 @@ def km_of_chord(chord) -> np.ndarray:
     return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord, float) / 2.0, 0.0, 1.0))
 
 
+def _ball_chord(radius_km: float) -> float:
+    """The chord length a KD-tree ball query uses for ``radius_km`` (with the round-off slack)."""
+    return float(chord_of_km(radius_km)) * (1.0 + RADIUS_SLACK)
+
+
 def within_radius(src: np.ndarray, dst: np.ndarray, radius_km: float) -> list[np.ndarray]:
     """For each source point, the sorted indices of destination points within ``radius_km``.
 
@@ -78,7 +83,7 @@ def within_radius(src: np.ndarray, dst: np.ndarray, radius_km: float) -> list[np
     """
     if len(src) == 0 or len(dst) == 0:
         return [np.zeros(0, np.int64) for _ in range(len(src))]
-    r = float(chord_of_km(radius_km)) * (1.0 + RADIUS_SLACK)
+    r = _ball_chord(radius_km)
     hits = cKDTree(dst).query_ball_point(src, r, return_sorted=True)
     return [np.asarray(h, dtype=np.int64) for h in hits]
 
@@ -87,7 +92,7 @@ def longest_row(src: np.ndarray, dst: np.ndarray, radius_km: float) -> int:
     """The most destination points within ``radius_km`` of one source point (0 if none)."""
     if len(src) == 0 or len(dst) == 0:
         return 0
-    r = float(chord_of_km(radius_km)) * (1.0 + RADIUS_SLACK)
+    r = _ball_chord(radius_km)
     return int(np.max(cKDTree(dst).query_ball_point(src, r, return_length=True)))
 
 
@@ -116,7 +121,7 @@ def n_pairs_within(dynamic_mask: np.ndarray, lon, lat, radius_km: float,
     """
     dm = np.asarray(dynamic_mask, bool)
     xyz = unit_vectors(lon, lat)
-    r = float(chord_of_km(radius_km)) * (1.0 + RADIUS_SLACK)
+    r = _ball_chord(radius_km)
     n_tr = dm.shape[0] if cyclic else dm.shape[0] - 1
     total = 0
     for t in range(n_tr):

@@ -10,22 +10,18 @@ from birdflow.model.fitted import BirdFlowModel
 from birdflow.synthetic.flyway import N_WEEKS
 
 
-def _draw_sparse(model: BirdFlowModel, t: int, rows: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
-    """One next-week slot per entry of ``rows`` (week-t slots) from sparse transition t.
+def _draw_columns(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One column per row of ``weights`` (rows, K), drawn with probability proportional to it.
 
-    Works on the (len(rows), K) joints of those rows only: inverse-CDF sampling of each row's
-    stored entries (padding entries carry zero mass and are never drawn).
+    Inverse-CDF sampling of all rows at once; zero-weight entries are never drawn.
     """
-    nbr = model.index.nbr[t][rows]
-    cum = np.cumsum(np.where(nbr >= 0, model.marginals[t][rows], 0.0), axis=1)
+    cum = np.cumsum(weights, axis=1)
     cum = np.divide(cum, cum[:, -1:], out=np.ones_like(cum), where=cum[:, -1:] > 0)
     # searchsorted over all rows at once: row r occupies (r, r + 1] after adding r
-    offset = np.arange(len(rows))
+    offset = np.arange(len(weights))
     flat = (cum + offset[:, None]).ravel()
-    pick = np.searchsorted(flat, rng.random(len(rows)) + offset, side="right")
-    pick = np.clip(pick - offset * cum.shape[1], 0, cum.shape[1] - 1)
-    return nbr[offset, pick]
+    pick = np.searchsorted(flat, rng.random(len(weights)) + offset, side="right")
+    return np.clip(pick - offset * cum.shape[1], 0, cum.shape[1] - 1)
 
 
 def sample_tracks(model: BirdFlowModel, n_tracks: int, seed: int, *, max_gap_weeks: int = 3,
@@ -64,15 +60,11 @@ def sample_tracks(model: BirdFlowModel, n_tracks: int, seed: int, *, max_gap_wee
         dmi[src[src >= 0]] = np.arange(int((src >= 0).sum()))
         rows = dmi[cell[movers, k[movers]]]
         if idx.nbr is not None:  # sparse: only the movers' rows, never a dense week
-            cell[movers, k[movers] + 1] = dst[_draw_sparse(model, t, rows, rng)]
-            continue
-        cum = np.cumsum(model.marginal_at(t), axis=1)
-        cum = np.divide(cum, cum[:, -1:], out=np.ones_like(cum), where=cum[:, -1:] > 0)
-        # searchsorted over all rows at once: row r occupies (r, r + 1] after adding r
-        flat = (cum + np.arange(cum.shape[0])[:, None]).ravel()
-        pick = np.searchsorted(flat, rng.random(movers.size) + rows, side="right")
-        pick = np.clip(pick - rows * cum.shape[1], 0, cum.shape[1] - 1)
-        cell[movers, k[movers] + 1] = dst[pick]
+            nbr = idx.nbr[t][rows]
+            pick = _draw_columns(np.where(nbr >= 0, model.marginals[t][rows], 0.0), rng)
+            cell[movers, k[movers] + 1] = dst[nbr[np.arange(len(rows)), pick]]
+        else:
+            cell[movers, k[movers] + 1] = dst[_draw_columns(model.marginal_at(t)[rows], rng)]
     gaps = rng.integers(1, max_gap_weeks + 1, (n_tracks, N_WEEKS))
     steps = np.cumsum(np.column_stack([np.zeros(n_tracks, int), gaps[:, :-1]]), axis=1)
     bird, col = np.nonzero(steps < N_WEEKS)
