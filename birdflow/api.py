@@ -87,7 +87,8 @@ def preprocess(species: str = "synthetic", *, overrides: Sequence[str] = (),
     from birdflow.synthetic import load_or_preprocess
 
     cfg = config("preprocess", overrides, species=species, **values)
-    ds, _ = load_or_preprocess(cfg.species, cfg.data)
+    ds, _ = load_or_preprocess(cfg.species, cfg.data,
+                               (cfg.get("model") or {}).get("neighbourhood_km"))
     return ds
 
 

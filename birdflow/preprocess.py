@@ -14,7 +14,8 @@ from birdflow.synthetic import load_or_preprocess
 
 @command("preprocess", "birdflow preprocess")
 def main(cfg: DictConfig):
-    ds, path = load_or_preprocess(cfg.species, cfg.data)
+    ds, path = load_or_preprocess(cfg.species, cfg.data,
+                                  (cfg.get("model") or {}).get("neighbourhood_km"))
     print(summary(ds, path))
     return path
 

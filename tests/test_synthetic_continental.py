@@ -1,4 +1,4 @@
-"""The continental scene: a sparse true chain (exactly zero beyond reach_km) and its files.
+"""The continental and regional scenes: sparse true chains (exactly zero beyond reach_km), files.
 
 The default flyway scene must not change: its golden digests below were computed on main at
 commit 0e874b6 (before scenes existed) with :func:`digest` on the settings ``TINY_FLYWAY``
@@ -28,7 +28,7 @@ from birdflow.model.sparse import to_dense
 from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.continental import transition_matrices
 from birdflow.synthetic.flyway import _supports, build_flyway, scene_geometry
-from birdflow.synthetic.scene import CONTINENTAL, FLYWAY
+from birdflow.synthetic.scene import CONTINENTAL, FLYWAY, REGIONAL
 from birdflow.synthetic.species import (
     SyntheticSettings,
     ensure_synthetic,
@@ -176,11 +176,34 @@ def test_unknown_scene_is_a_config_error():
         SyntheticSettings.from_species_cfg(bad)
 
 
-def test_continental_yaml_reach_and_resolution_match_the_scene():
-    yaml = OmegaConf.load(ROOT / "conf/species/synthetic_continental.yaml")
+@pytest.mark.parametrize("scene", [CONTINENTAL, REGIONAL], ids=lambda s: s.name)
+def test_species_yaml_reach_and_resolution_match_the_scene(scene):
+    yaml = OmegaConf.load(ROOT / f"conf/species/synthetic_{scene.name}.yaml")
     s = SyntheticSettings.from_species_cfg(yaml)
-    assert s.scene == "continental" and yaml.res_km == s.native_res_km
-    assert resolve_radius_km("auto", yaml.res_km, OmegaConf.to_container(yaml)) == REACH
+    assert s.scene == scene.name and yaml.res_km == s.native_res_km
+    assert resolve_radius_km("auto", yaml.res_km, OmegaConf.to_container(yaml)) == scene.reach_km
+
+
+def test_regional_scene_is_slower_and_shorter_hopping_than_the_continental_one():
+    weekly = {}
+    for scene in (CONTINENTAL, REGIONAL):
+        centres = _supports(np.zeros(1), np.zeros(1), 1.0, scene)[1]
+        weekly[scene.name] = np.linalg.norm(np.diff(centres, axis=0), axis=1).max() / 1e3
+    assert 20 < weekly["regional"] <= 0.5 * weekly["continental"]
+    assert REGIONAL.reach_km < CONTINENTAL.reach_km and REGIONAL.sigma_km < CONTINENTAL.sigma_km
+    assert (REGIONAL.semi_along_km, REGIONAL.semi_across_km) == (
+        CONTINENTAL.semi_along_km, CONTINENTAL.semi_across_km)  # the same ranges
+
+
+def test_regional_truth_is_stochastic_and_exactly_zero_beyond_its_reach():
+    chain = build_flyway(0, 50, 0.5, REGIONAL)  # 50 km cells: 2 cells of reach
+    xyz_lens = [(Pt.sum(axis=1), Pt) for Pt in transition_matrices(
+        scene_geometry(0, 50, 0.5, REGIONAL), REGIONAL, 0.5)]
+    for t, (rows, Pt) in enumerate(xyz_lens):
+        np.testing.assert_allclose(rows, 1.0, rtol=0, atol=1e-13)
+        assert Pt.nnz == int((chain.nbr[t] >= 0).sum())
+    per_row = (chain.nbr >= 0).sum(axis=2)
+    assert 0 < per_row.max() <= np.pi * (REGIONAL.reach_km / 50 + 1) ** 2
 
 
 def test_cli_generates_the_continental_species_and_prints_its_sparse_truth(tmp_path, capsys):
@@ -203,3 +226,14 @@ def test_cpu_size_scene_needs_more_than_24_gb_dense_and_is_really_sparse():
     assert dense / 23_224_801 > 24  # BirdFlowR's parameters-per-GB rule
     per_row = (chain.nbr >= 0).sum(axis=2)
     assert per_row[per_row > 0].mean() <= 0.12 * n.max()
+
+
+@pytest.mark.slow
+def test_regional_yaml_size_has_more_than_16000_cells_per_week_and_fits_a_cpu():
+    """~15 s, 3 GB: conf/species/synthetic_regional.yaml's size (README "Continental ...")."""
+    chain = build_flyway(0, 20, 1.5, REGIONAL)
+    n = chain.dynamic_mask.sum(axis=1)
+    assert n.min() >= 16_000
+    params = int((chain.nbr >= 0).sum()) + int(n[0])
+    assert params < 80_000_000  # ~72 neighbours per row: the run fits in a 24 GB machine
+    assert (chain.nbr >= 0).sum(axis=2).max() <= np.pi * (REGIONAL.reach_km / 20 + 1) ** 2
