@@ -276,14 +276,6 @@ def test_both_radius_and_k_is_an_error(tmp_path):
         train(cfg, data="must not be touched")
 
 
-def test_tuning_refuses_sparse_models(tmp_path):
-    from birdflow.tuning.outer import tune
-
-    cfg = _train_cfg(tmp_path / "run", "model.neighbourhood_km=300")
-    with pytest.raises(ConfigError, match="tuning supports dense transitions only"):
-        tune(cfg, data="must not be touched")
-
-
 @pytest.mark.parametrize("override", ["model.neighbourhood_km=150", "model.neighbours_k=6"])
 def test_training_a_sparse_model_reduces_the_loss(tmp_path, override):
     from birdflow.training.loop import train

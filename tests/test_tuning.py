@@ -49,14 +49,31 @@ def test_split_with_too_few_intervals_gives_the_counts():
         split_birds(iv, seed=0, min_intervals=20, source="t.csv")
 
 
+def jax_and_numpy_ll(ds, index, params, iv):
+    """Interval log-likelihoods of ``iv`` under ``params``: the JAX ones of the real intervals
+    (in make_batch's order) and evaluation's numpy ``score_intervals`` in the same order."""
+    from birdflow.evaluation.intervals import score_intervals
+    from birdflow.model import markov
+    from birdflow.model.fitted import BirdFlowModel
+    from birdflow.tuning import likelihood
+
+    batch = likelihood.make_batch(iv, index)
+    ll = likelihood.interval_log_likelihoods(params, index, batch, batch.max_lag)
+    _, M = markov.marginals(params, index)
+    model = BirdFlowModel(data=ds, index=index, marginals=np.asarray(M), hyperparameters={},
+                          loss_history={})
+    ref = score_intervals(model, iv, win_prob=False)["ll"].to_numpy()
+    # make_batch packs by start week in input order: rebuild that order
+    order = np.concatenate([np.flatnonzero(iv["t1"].to_numpy() == t) for t in range(index.n_weeks)])
+    return np.asarray(ll)[np.asarray(batch.weight) > 0], ref[order]
+
+
 def test_log_likelihood_matches_the_numpy_metric():
     """Same intervals, same chain: JAX ll == intervals.score_intervals' ll (float64)."""
     import jax
     import jax.numpy as jnp
 
-    from birdflow.evaluation.intervals import score_intervals
     from birdflow.model import markov
-    from birdflow.model.fitted import BirdFlowModel
     from birdflow.tuning import likelihood
 
     with jax.enable_x64(True):
@@ -65,16 +82,9 @@ def test_log_likelihood_matches_the_numpy_metric():
         index = markov.WeekIndex.from_bfdata(ds)
         params = markov.init_params(jax.random.PRNGKey(1), index, jnp.float64)
         iv = _intervals(ds, n=80, seed=1, max_lag=5)
+        got, ref = jax_and_numpy_ll(ds, index, params, iv)
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
         batch = likelihood.make_batch(iv, index)
-        ll = likelihood.interval_log_likelihoods(params, index, batch, batch.max_lag)
-        _, M = markov.marginals(params, index)
-        model = BirdFlowModel(data=ds, index=index, marginals=np.asarray(M), hyperparameters={},
-                              loss_history={})
-        ref = score_intervals(model, iv, win_prob=False)["ll"].to_numpy()
-        # make_batch packs by start week in input order: rebuild that order
-        order = np.concatenate([np.flatnonzero(iv["t1"].to_numpy() == t) for t in range(8)])
-        got = np.asarray(ll)[np.asarray(batch.weight) > 0]
-        np.testing.assert_allclose(got, ref[order], rtol=1e-10)
         mean = likelihood.mean_log_likelihood(params, index, batch, batch.max_lag)
         np.testing.assert_allclose(float(mean), ref.mean(), rtol=1e-10)
 

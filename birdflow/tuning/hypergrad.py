@@ -36,10 +36,16 @@ from birdflow.tuning.inner import Inner
 
 
 def gauge_mask(index: markov.WeekIndex) -> dict:
-    """{"z0": (n_max,), "Z": (T, n_max, n_max)} 1 where a logit is real, 0 in padding."""
+    """{"z0": (n_max,), "Z": like the logits} 1 where a logit is real, 0 in padding.
+
+    ``Z`` is (T, n_max, n_max), or (T, n_max, K) on the sparse layout (real: ``nbr >= 0``).
+    """
     valid = np.asarray(index.valid, float)
     t = np.arange(index.n_transitions)
-    Z = valid[t][:, :, None] * valid[(t + 1) % index.n_weeks][:, None, :]
+    if index.nbr is not None:
+        Z = valid[t][:, :, None] * (index.nbr >= 0)
+    else:
+        Z = valid[t][:, :, None] * valid[(t + 1) % index.n_weeks][:, None, :]
     return {"z0": jnp.asarray(valid[0]), "Z": jnp.asarray(Z)}
 
 
@@ -50,7 +56,7 @@ def mass_diagonal(params: dict, index: markov.WeekIndex) -> dict:
     times the softmax curvature ``diag(p) − pp^T``; rows with little mass make the Hessian
     badly conditioned (measured on a 6-week, 11-cell grid, ent_weight 0.1: condition number
     9.7e4 on the gauge subspace, 206 after scaling by this diagonal; the exact Jacobi
-    diagonal gave 118).
+    diagonal gave 118). Dense or sparse layout alike (``M`` has the logits' shape).
     """
     mu, M = markov.marginals(params, index)
     P = M / jnp.maximum(M.sum(-1, keepdims=True), jnp.finfo(M.dtype).tiny)

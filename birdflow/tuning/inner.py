@@ -56,8 +56,10 @@ class Inner:
     problem: Any
 
     @classmethod
-    def build(cls, ds: xr.Dataset, cfg: LossConfig, dtype=jnp.float32) -> Inner:
-        index = markov.WeekIndex.from_bfdata(ds)
+    def build(cls, ds: xr.Dataset, cfg: LossConfig, dtype=jnp.float32,
+              index: markov.WeekIndex | None = None) -> Inner:
+        """``index``: the slot layout (dense or sparse); None = dense from ``ds``."""
+        index = markov.WeekIndex.from_bfdata(ds) if index is None else index
         base = replace(cfg, dist_pow=1.0)
         problem = make_problem(ds, index, base)
         problem = jax.tree_util.tree_map(  # floats to dtype; integer tables (boxes) stay
@@ -82,12 +84,20 @@ def st_init(ds: xr.Dataset, index: markov.WeekIndex, dtype=jnp.float32) -> dict:
 
     Every row of transition t is the next week's S&T distribution, so the marginals equal the
     S&T maps exactly (L2 = 0) and the first step starts from the null model the evaluation
-    compares against, instead of i.i.d. N(0, 1) logits.
+    compares against, instead of i.i.d. N(0, 1) logits. On the sparse layout row i is
+    ``s_{t+1}`` restricted to slot i's neighbours and renormalised (the softmax does that), so
+    the marginals are close to, not equal to, the S&T maps.
     """
     s = index.slot_values(ds["distr"].values)
     log_s = np.log(np.where(s > 0, s, 1.0)) + np.where(s > 0, 0.0, markov.MASKED_LOGIT)
     t = np.arange(index.n_transitions)
-    Z = np.broadcast_to(log_s[t + 1][:, None, :], (index.n_transitions, index.n_max, index.n_max))
+    if index.nbr is not None:
+        nbr = index.nbr
+        Z = np.where(nbr >= 0, log_s[t + 1][t[:, None, None], np.maximum(nbr, 0)],
+                     markov.MASKED_LOGIT)
+    else:
+        Z = np.broadcast_to(log_s[t + 1][:, None, :],
+                            (index.n_transitions, index.n_max, index.n_max))
     return {"z0": jnp.asarray(log_s[0], dtype), "Z": jnp.asarray(Z, dtype)}
 
 

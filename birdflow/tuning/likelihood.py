@@ -4,7 +4,8 @@ An interval of a bird observed in cell ``c1`` at model week ``t1`` and in ``c2``
 ``lag`` transitions later, scores ``log((e_{c1} P_{t1} ... P_{t1+lag-1})[c2] + 1e-8)`` — the
 same number as :func:`birdflow.evaluation.intervals.score_intervals`' ``ll``, computed from the
 logits so that it can be differentiated. All intervals that start in the same week are pushed
-forward together: one ``(week, interval, slot) x (week, slot, slot)`` product per step.
+forward together: one ``(week, interval, slot) x (week, slot, slot)`` product per step (on the
+sparse layout, a scatter-add of the kept pairs).
 """
 
 from __future__ import annotations
@@ -82,13 +83,41 @@ def make_batch(intervals: pd.DataFrame, index: markov.WeekIndex) -> IntervalBatc
                          jnp.asarray(weight, dtype=jnp.result_type(float)))
 
 
+CHUNK_ELEMENTS = 2**25  # sparse push: at most this many (interval, slot, neighbour) products at once
+
+
+def _push(d: jax.Array, P: jax.Array, t: jax.Array, nbr) -> jax.Array:
+    """(W, B, n_max) distributions one transition forward, start week w by transition ``t[w]``.
+
+    Dense: one batched matrix product. Sparse (``nbr`` (T, n_max, K)): per start week, the
+    products ``d[b, i] P[i, k]`` scattered onto the next week's slots ``nbr[i, k]`` (as
+    :func:`birdflow.model.sparse.push`, for B distributions at once), a few weeks at a time so
+    that at most :data:`CHUNK_ELEMENTS` products exist together.
+    """
+    if nbr is None:
+        return jnp.einsum("wbi,wij->wbj", d, P[t])
+    n_weeks, b, n_max = d.shape
+
+    def one(args):
+        d_w, P_w, nbr_w = args  # (B, n_max), (n_max, K), (n_max, K)
+        contrib = (d_w[:, :, None] * P_w[None]).reshape(b, -1).T  # (n_max K, B)
+        return jax.ops.segment_sum(contrib, jnp.maximum(nbr_w, 0).ravel(), num_segments=n_max).T
+
+    per_week = max(b * P.shape[1] * P.shape[2], 1)
+    return jax.lax.map(one, (d, P[t], nbr[t]),
+                       batch_size=int(min(n_weeks, max(1, CHUNK_ELEMENTS // per_week))))
+
+
 def interval_log_likelihoods(params: dict, index: markov.WeekIndex, batch: IntervalBatch,
                              max_lag: int) -> jax.Array:
     """(n_weeks, B) log-probability of each interval's end cell (0 in padding), nats.
 
-    ``max_lag`` (static) is ``batch.max_lag``: the number of forward steps.
+    ``max_lag`` (static) is ``batch.max_lag``: the number of forward steps. Dense or sparse
+    transitions (``index.nbr``); an end cell the sparse chain cannot reach in ``lag`` steps
+    scores ``log(1e-8)``, as in evaluation.
     """
     P = markov.transitions(params, index)
+    nbr = None if index.nbr is None else jnp.asarray(index.nbr, jnp.int32)
     n_weeks, n_max = index.n_weeks, index.n_max
     d = jax.nn.one_hot(batch.start_slot, n_max, dtype=P.dtype) * batch.weight[..., None]
     weeks = jnp.arange(n_weeks)
@@ -96,7 +125,7 @@ def interval_log_likelihoods(params: dict, index: markov.WeekIndex, batch: Inter
     for k in range(max_lag):  # unrolled: max_lag is small (weeks between observations)
         t = (weeks + k) % index.n_transitions if index.cyclic else jnp.minimum(
             weeks + k, index.n_transitions - 1)
-        d = jnp.einsum("wbi,wij->wbj", d, P[t])
+        d = _push(d, P, t, nbr)
         p_end = jnp.take_along_axis(d, batch.end_slot[..., None], axis=-1)[..., 0]
         here = (batch.lag == k + 1) & (batch.weight > 0)
         ll = jnp.where(here, jnp.log(jnp.where(here, p_end, 1.0) + LL_FLOOR), ll)

@@ -26,12 +26,13 @@ from birdflow.data.tracks import load_tracks
 from birdflow.errors import BirdFlowError, ConfigError, DataError
 from birdflow.io import write_text_atomic
 from birdflow.model import markov
+from birdflow.model.neighbours import summary
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import (
     resume_from,
     save_checkpoint,
 )
-from birdflow.training.loop import AfterTraining
+from birdflow.training.loop import AfterTraining, build_index
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
 from birdflow.training.settings import ModelSettings, validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, penalty
@@ -106,10 +107,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     """
     cfg = _resumed(cfg)
     loss_cfg, opt = validate_train_config(cfg)
-    if ModelSettings.from_mapping(cfg.get("model")).sparse:
-        raise ConfigError("model.neighbourhood_km / model.neighbours_k: tuning supports dense "
-                          "transitions only for now; set both to null (tune dense, then train "
-                          "the sparse model with the tuned weights)")
+    ModelSettings.from_mapping(cfg.get("model"))  # a bad model.* fails before any data work
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
     if loss_cfg.location == "w2":  # FD HVPs need accurate W2 gradients: full solves
         loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, iterations_per_step=None))
@@ -141,8 +139,10 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
                    n_validation_birds=len(split.validation_birds),
                    n_tuning_intervals=len(split.tuning), n_validation_intervals=len(split.validation))
 
-    prob = inner.Inner.build(ds, loss_cfg, dtype)
-    index = prob.index
+    index = build_index(cfg, ds)  # dense, or sparse as model.neighbourhood_km / neighbours_k ask
+    if index.sparse:
+        log.info(summary(index))
+    prob = inner.Inner.build(ds, loss_cfg, dtype, index)
     batch = likelihood.make_batch(split.tuning, index)
     val_batch = likelihood.make_batch(split.validation, index)
     k_lag, k_val = batch.max_lag, val_batch.max_lag
