@@ -42,8 +42,8 @@ def gauge_mask(index: markov.WeekIndex) -> dict:
     """
     valid = np.asarray(index.valid, float)
     t = np.arange(index.n_transitions)
-    if index.nbr is not None:
-        Z = valid[t][:, :, None] * (index.nbr >= 0)
+    if index.nbr is not None:  # padding rows of nbr are all -1
+        Z = (index.nbr >= 0).astype(float)
     else:
         Z = valid[t][:, :, None] * valid[(t + 1) % index.n_weeks][:, None, :]
     return {"z0": jnp.asarray(valid[0]), "Z": jnp.asarray(Z)}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from birdflow.errors import DataError
-from birdflow.model import markov
+from birdflow.model import markov, sparse
 
 LL_FLOOR = 1e-8  # BirdFlowR calc_interval_metrics scores log(p + 1e-8), as evaluation does
 
@@ -89,23 +89,16 @@ CHUNK_ELEMENTS = 2**25  # sparse push: at most this many (interval, slot, neighb
 def _push(d: jax.Array, P: jax.Array, t: jax.Array, nbr) -> jax.Array:
     """(W, B, n_max) distributions one transition forward, start week w by transition ``t[w]``.
 
-    Dense: one batched matrix product. Sparse (``nbr`` (T, n_max, K)): per start week, the
-    products ``d[b, i] P[i, k]`` scattered onto the next week's slots ``nbr[i, k]`` (as
-    :func:`birdflow.model.sparse.push`, for B distributions at once), a few weeks at a time so
-    that at most :data:`CHUNK_ELEMENTS` products exist together.
+    Dense: one batched matrix product. Sparse (``nbr`` (T, n_max, K)): per start week,
+    :func:`birdflow.model.sparse.push` of each of the B distributions, a few weeks at a time so
+    that at most :data:`CHUNK_ELEMENTS` (interval, slot, neighbour) products exist together.
     """
     if nbr is None:
         return jnp.einsum("wbi,wij->wbj", d, P[t])
-    n_weeks, b, n_max = d.shape
-
-    def one(args):
-        d_w, P_w, nbr_w = args  # (B, n_max), (n_max, K), (n_max, K)
-        contrib = (d_w[:, :, None] * P_w[None]).reshape(b, -1).T  # (n_max K, B)
-        return jax.ops.segment_sum(contrib, jnp.maximum(nbr_w, 0).ravel(), num_segments=n_max).T
-
-    per_week = max(b * P.shape[1] * P.shape[2], 1)
-    return jax.lax.map(one, (d, P[t], nbr[t]),
-                       batch_size=int(min(n_weeks, max(1, CHUNK_ELEMENTS // per_week))))
+    push_all = jax.vmap(lambda d_b, P_w, nbr_w: sparse.push(d_b, P_w, nbr_w)[1], (0, None, None))
+    per_week = max(d.shape[1] * P.shape[1] * P.shape[2], 1)
+    return jax.lax.map(lambda args: push_all(*args), (d, P[t], nbr[t]),
+                       batch_size=int(min(d.shape[0], max(1, CHUNK_ELEMENTS // per_week))))
 
 
 def interval_log_likelihoods(params: dict, index: markov.WeekIndex, batch: IntervalBatch,

@@ -34,7 +34,7 @@ from birdflow.training.checkpoint import (
 )
 from birdflow.training.loop import AfterTraining, build_index
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
-from birdflow.training.settings import ModelSettings, validate_train_config
+from birdflow.training.settings import validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, penalty
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
@@ -107,7 +107,6 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     """
     cfg = _resumed(cfg)
     loss_cfg, opt = validate_train_config(cfg)
-    ModelSettings.from_mapping(cfg.get("model"))  # a bad model.* fails before any data work
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
     if loss_cfg.location == "w2":  # FD HVPs need accurate W2 gradients: full solves
         loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, iterations_per_step=None))
