@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from birdflow.data.bfdata import load_bfdata
 from birdflow.data.tracks import load_tracks
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import DATA_FILE
+from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.banding import (
     BandingSettings,
     occupancy_tv,
@@ -20,7 +24,7 @@ from birdflow.synthetic.banding import (
 )
 from birdflow.synthetic.flyway import N_WEEKS
 from birdflow.synthetic.recoveries import banding_fixes, simulate_tracks
-from birdflow.synthetic.species import describe, ensure_synthetic, synthetic_truth
+from birdflow.synthetic.species import SyntheticSettings, ensure_synthetic, synthetic_truth
 
 SCENE = {"code": "synthetic", "version_year": 2022,
          "synthetic": {"seed": 0, "native_res_km": 100, "size": 1.0, "n_tracks": 200}}
@@ -116,24 +120,30 @@ def test_same_seed_same_tracks_new_seed_different(truth):
 
 
 def test_files_share_the_scene_and_load_tracks_reads_the_intervals(tmp_path, capsys):
-    small_scene = {**SCENE, "synthetic": {**SCENE["synthetic"], "size": 0.6, "n_tracks": 5}}
+    small = ["species.synthetic.size=0.6", "species.synthetic.n_tracks=5", f"data.root={tmp_path}"]
     node = {"n_birds": 60, "population": 600, "band_years": 1, "max_years": 2, "gps_share": 0.05}
-    cfg = {**small_scene, "synthetic": {**small_scene["synthetic"], "banding": node}}
-    files = ensure_synthetic(cfg, tmp_path)
-    plain = ensure_synthetic(small_scene, tmp_path)
+    files = main(["species=synthetic_banding", *small,
+                  *(f"species.synthetic.banding.{k}={v}" for k, v in node.items())])
+    out = capsys.readouterr().out
+    assert "57 banded (2 fixes each), 3 GPS-like" in out and "marginal check" in out
+    plain = main(small)
     assert files.raster == plain.raster and files.truth == plain.truth
     assert files.tracks != plain.tracks and files.tracks.parent.parent.name == "banding"
     assert files.tracks.read_text().splitlines()[0] == "bird_id,date,lat,lon"
-    ds = load_bfdata(files.truth / DATA_FILE)
-    iv = load_tracks(files.tracks, ds).intervals
+    iv = load_tracks(files.tracks, load_bfdata(files.truth / DATA_FILE)).intervals
     assert (iv["exclude"] == "").all()
     per_bird = iv.groupby("bird_id").size()
     assert (per_bird[per_bird.index.str.startswith("band")] == 1).sum() == 57
     assert (per_bird[per_bird.index.str.startswith("gps")] == N_WEEKS - 1).sum() == 3
     assert (iv["wrapped_years"] > 0).any() and iv["lag"].between(1, N_WEEKS).all()
-    describe(cfg, {"root": str(tmp_path)})
-    out = capsys.readouterr().out
-    assert "57 banded (2 fixes each), 3 GPS-like" in out and "marginal check" in out
+
+
+def test_species_yaml_is_the_synthetic_scene_with_the_default_birds():
+    conf = Path(__file__).resolve().parents[1] / "conf/species"
+    banding, plain = (OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"))
+                      for name in ("synthetic_banding", "synthetic"))
+    assert BandingSettings.from_node(banding["synthetic"].pop("banding")) == BandingSettings()
+    assert SyntheticSettings.from_species_cfg(banding) == SyntheticSettings.from_species_cfg(plain)
 
 
 @pytest.mark.parametrize("node, key", [({"n_birds": 1}, "n_birds"),

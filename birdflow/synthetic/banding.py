@@ -132,7 +132,7 @@ class Population:
     on_wintering: np.ndarray
 
 
-def _matched_rows(kernel: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+def _column_scaling(kernel: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   iters: int = 2000, tol: float = 1e-9) -> np.ndarray:
     """Column scaling v of ``kernel`` (Sinkhorn) so diag(u) K diag(v) has these row/col sums."""
     u, v = np.ones(len(rows)), np.ones(len(cols))
@@ -183,7 +183,7 @@ def simulate(truth: BirdFlowModel, s: BandingSettings, n_birds: int, n_years: in
         kernel = P[t][np.ix_(rows, cols)] * (rows[:, None] != cols[None, :])  # movers leave
         src = np.bincount(here[movers], minlength=n)[rows].astype(float)
         residual = np.clip(target - np.bincount(here[staying], minlength=n), 0.0, None)[cols]
-        v = _matched_rows(kernel, src, residual * src.sum() / residual.sum())
+        v = _column_scaling(kernel, src, residual * src.sum() / residual.sum())
         slot = np.full(n, -1)
         slot[rows] = np.arange(rows.size)
         dest = cols[_draw_columns(kernel[slot[here[movers]]] * v[None, :], rng)]
