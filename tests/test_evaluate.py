@@ -130,7 +130,7 @@ def test_w2_metric_one_cell_shift_of_part_of_a_blob_against_the_exact_lp(res_km)
 def test_grid_w2_metric_equals_the_point_cloud_one():
     """fit_metrics' W2 on a regular grid (kernel one axis at a time) = the O(n^2) point cloud."""
     from birdflow.bench.core import synthetic_bfdata
-    from birdflow.evaluation.metrics import W2_UNIT_M, grid_w2_km, w2_epsilon
+    from birdflow.evaluation.metrics import W2_THRESHOLD, W2_UNIT_M, grid_w2_km, w2_epsilon
 
     ds = synthetic_bfdata(60)
     s = ds["distr"].values[:4]
@@ -140,7 +140,8 @@ def test_grid_w2_metric_equals_the_point_cloud_one():
     eps = w2_epsilon(float(ds.attrs["res_km"]))
     xy = np.stack(args[2:], axis=1) / W2_UNIT_M
     want, *_ = sinkhorn_w2_km(mu, s, xy, eps)
-    got, *_ = grid_w2_km(mu, s, *args, eps)
+    got, conv, err = grid_w2_km(mu, s, *args, eps)
+    assert conv.all() and (err <= W2_THRESHOLD).all()  # every week exact, its error reported
     np.testing.assert_allclose(got, want, rtol=1e-4)  # measured 2e-5 at 300 cells (floor mass)
     x_off = args[2].copy()
     x_off[0] += 1234.0  # a cell off the lattice: no grid, fit_metrics falls back

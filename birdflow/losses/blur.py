@@ -12,7 +12,8 @@ A cold Sinkhorn solve at a small epsilon needs O(largest cost / epsilon) iterati
 O(range in cells ^ 2 / epsilon_cells): hundreds of thousands on a continental range.
 :class:`AnnealedEpsilon` starts such a solve at the largest cost and divides epsilon by
 ``1 / ANNEAL_DECAY`` every iteration down to the target (epsilon scaling), which converges in a
-few hundred iterations at any range; warm-started solves keep the target from the start.
+few hundred iterations at any range; warm-started solves, and targets above 1 % of the largest
+cost (which converge cold in about a hundred iterations), keep the target from the start.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ott.geometry import epsilon_scheduler
 
 ANNEAL_DECAY = 0.9  # epsilon multiplied by this every iteration of a cold solve
 ANNEAL_START = 1.0  # a cold solve starts at the largest normalised cost
+ANNEAL_BELOW = 1e-2  # ... when its target is below this: above, it converges in ~100 iterations
 MIXING_CELLS = 0.3  # below this many one-cell costs neighbouring cells hardly mix (exp(-3.3))
 
 
@@ -58,15 +60,11 @@ class AnnealedEpsilon(epsilon_scheduler.Epsilon):
 
 def cold_schedule(epsilon, f0: jax.Array, g0: jax.Array) -> AnnealedEpsilon:
     """Epsilon for one week's solve: annealed from :data:`ANNEAL_START` when the warm start
-    (``f0``, ``g0``) is all zeros (a cold solve), the target from the first iteration otherwise."""
-    cold = jnp.all(f0 == 0) & jnp.all(g0 == 0)
+    (``f0``, ``g0``) is all zeros (a cold solve) and the target is below :data:`ANNEAL_BELOW`;
+    the target from the first iteration otherwise."""
     epsilon = jnp.asarray(epsilon, f0.dtype)
-    return AnnealedEpsilon(epsilon, jnp.where(cold, jnp.maximum(ANNEAL_START, epsilon), epsilon))
-
-
-def anneal_iterations(epsilon: float) -> int:
-    """Iterations a cold solve spends above the target ``epsilon`` (normalised cost units)."""
-    return max(0, math.ceil(math.log(ANNEAL_START / epsilon) / math.log(1.0 / ANNEAL_DECAY)))
+    cold = jnp.all(f0 == 0) & jnp.all(g0 == 0) & (epsilon < ANNEAL_BELOW)
+    return AnnealedEpsilon(epsilon, jnp.where(cold, ANNEAL_START, epsilon))
 
 
 def epsilon_at(cfg, unit, step) -> jax.Array:

@@ -221,7 +221,7 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
         if c.full_solve_every > 0:
             full = full | (step % c.full_solve_every == 0)
         res = jax.lax.cond(full, lambda: solve(None), lambda: solve(c.iterations_per_step))
-        extended = jnp.sum(res.iterations[:n_mu] > c.iterations_per_step) * ~full
+        extended = jnp.where(full, 0, jnp.sum(res.iterations[:n_mu] > c.iterations_per_step))
     f, g = res.potentials
     new_state = {"f": f, "g": g}
     if ref_val is not None:
