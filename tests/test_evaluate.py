@@ -142,7 +142,9 @@ def test_grid_w2_metric_equals_the_point_cloud_one():
     want, *_ = sinkhorn_w2_km(mu, s, xy, eps)
     got, conv, err = grid_w2_km(mu, s, *args, eps)
     assert conv.all() and (err <= W2_THRESHOLD).all()  # every week exact, its error reported
-    np.testing.assert_allclose(got, want, rtol=1e-4)  # measured 2e-5 at 300 cells (floor mass)
+    # both converged to the 1e-3 threshold, the grid's cold solves by epsilon scaling (the point
+    # cloud's not), so they stop at different points within it: 5e-4 measured (2e-5 before)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
     x_off = args[2].copy()
     x_off[0] += 1234.0  # a cell off the lattice: no grid, fit_metrics falls back
     assert grid_w2_km(mu, s, args[0], args[1], x_off, args[3], eps) is None

@@ -40,8 +40,8 @@ def test_bad_config_fails_before_any_work(tmp_path, override, key):
 
 
 def test_bad_epsilon_names_key(tmp_path):
-    cfg = make_cfg(tmp_path / "run", "loss=w2", "loss.w2.epsilon=0")
-    with pytest.raises(ConfigError, match=r"loss\.w2\.epsilon"):
+    cfg = make_cfg(tmp_path / "run", "loss=w2", "loss.w2.epsilon_cells=0")
+    with pytest.raises(ConfigError, match=r"loss\.w2\.epsilon_cells"):
         train(cfg, data=None)
 
 

@@ -36,9 +36,9 @@ class AnnealedEpsilon(epsilon_scheduler.Epsilon):
     """Epsilon ``max(start * decay^it, target)`` at Sinkhorn iteration ``it``.
 
     ``start`` is a traced value, so one compiled solve anneals the weeks that start cold
-    (``start`` > ``target``) and keeps the target for warm-started ones (``start`` = ``target``).
-    The marginal error is always measured with the target's kernel, so a solve never stops at
-    an intermediate epsilon unless its potentials already fit the target's marginals.
+    (``start`` > ``target``) and keeps the target for warm-started ones (``start`` = ``target``). The marginal error is always measured with the target's kernel, so a solve
+    never stops at an intermediate epsilon unless its potentials already fit the target's
+    marginals.
     """
 
     def __init__(self, target, start, decay: float = ANNEAL_DECAY):
@@ -58,13 +58,22 @@ class AnnealedEpsilon(epsilon_scheduler.Epsilon):
         return cls(*children, **aux_data)
 
 
-def cold_schedule(epsilon, f0: jax.Array, g0: jax.Array) -> AnnealedEpsilon:
-    """Epsilon for one week's solve: annealed from :data:`ANNEAL_START` when the warm start
-    (``f0``, ``g0``) is all zeros (a cold solve) and the target is below :data:`ANNEAL_BELOW`;
-    the target from the first iteration otherwise."""
-    epsilon = jnp.asarray(epsilon, f0.dtype)
-    cold = jnp.all(f0 == 0) & jnp.all(g0 == 0) & (epsilon < ANNEAL_BELOW)
+def annealed(epsilon, max_iterations: int, cold=True) -> AnnealedEpsilon:
+    """Epsilon for a solve of at most ``max_iterations``: when ``cold`` (traced bool), the
+    target is below :data:`ANNEAL_BELOW` and the anneal fits in half of ``max_iterations``,
+    from :data:`ANNEAL_START` down by :data:`ANNEAL_DECAY` per iteration; else the target
+    (a solve cut short mid-anneal would leave potentials of a much larger blur)."""
+    epsilon = jnp.asarray(epsilon)
+    steps = jnp.log(ANNEAL_START / epsilon) / math.log(1.0 / ANNEAL_DECAY)
+    cold = cold & (epsilon < ANNEAL_BELOW) & (steps <= 0.5 * max_iterations)
     return AnnealedEpsilon(epsilon, jnp.where(cold, ANNEAL_START, epsilon))
+
+
+def cold_schedule(epsilon, f0: jax.Array, g0: jax.Array, max_iterations: int) -> AnnealedEpsilon:
+    """:func:`annealed` for one week's solve: cold when the warm start (``f0``, ``g0``) is all
+    zeros."""
+    return annealed(jnp.asarray(epsilon, f0.dtype), max_iterations,
+                    jnp.all(f0 == 0) & jnp.all(g0 == 0))
 
 
 def epsilon_at(cfg, unit, step) -> jax.Array:

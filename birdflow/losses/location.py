@@ -160,7 +160,7 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
                     f, g, jax.lax.stop_gradient(it).astype(jnp.int32),
                     jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5,
                     jax.lax.stop_gradient(err))
-        eps = blur.cold_schedule(epsilon, f_w, g_w)  # cold solves anneal from a large blur
+        eps = blur.cold_schedule(epsilon, f_w, g_w, solver.max_iterations)  # cold: anneal
         if boxes:
             geom = cost.geometry(eps)
         elif online:

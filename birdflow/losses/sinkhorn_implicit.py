@@ -144,7 +144,7 @@ def potentials(settings: SolveSettings, make_geom, a, b, cost_args, valid, eps, 
     """
     from ott.problems.linear import linear_problem
 
-    geom = make_geom(*cost_args, epsilon=cold_schedule(eps, f0, g0))  # cold: epsilon scaling
+    geom = make_geom(*cost_args, epsilon=cold_schedule(eps, f0, g0, settings.solver.max_iterations))
     out = settings.solver(linear_problem.LinearProblem(geom, a, b), init=(f0, g0))
     # iterations and the converged flag as floats: integer outputs of a custom_jvp need
     # float0 tangents, which broke linearising it under jit + vmap
