@@ -202,6 +202,10 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
                  ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps,
                  run_dir)
         _log_sizes(index, params, dtype)
+        if loss_cfg.location == "l2" and loss_cfg.l2_norm == "cells":
+            log.info("L2 term x %.4g, the effective cells per week (loss.l2_norm=cells): obs_weight "
+                     "%g is BirdFlowR's %.4g", float(problem.l2_scale), loss_cfg.obs_weight,
+                     loss_cfg.obs_weight * float(problem.l2_scale))
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
                                 run_dir, loss_cfg)
