@@ -47,7 +47,7 @@ def test_bad_epsilon_names_key(tmp_path):
 
 @pytest.mark.parametrize("loss", ["l2", "w2"])
 def test_train_writes_run_dir_and_consistent_marginals(tmp_path, data, loss):
-    cfg = make_cfg(tmp_path, f"loss={loss}", "model.init=random")  # a start the loss falls from
+    cfg = make_cfg(tmp_path, f"loss={loss}")
     res = train(cfg, data=data)
     for name in ("config.yaml", "run.json", "model.nc", "data.nc", "loss_history.csv"):
         assert (tmp_path / name).exists(), name
@@ -92,8 +92,7 @@ def test_w2_implicit_mode_trains_like_danskin_when_sinkhorn_converges(tmp_path, 
     follow the same path; no implicit solve fell back and no solve stopped unconverged."""
     runs = {mode: train(make_cfg(tmp_path / mode, "loss=w2", f"loss.w2.grad_mode={mode}",
                                  "loss.w2.epsilon=0.05", "loss.w2.threshold=1e-6",
-                                 "loss.w2.iterations_per_step=null", "optim.steps=10",
-                                 "model.init=random"), data=data)
+                                 "loss.w2.iterations_per_step=null", "optim.steps=10"), data=data)
             for mode in ("implicit", "danskin")}
     imp, dan = runs["implicit"].history, runs["danskin"].history
     assert imp["total"][-1] < imp["total"][0]
@@ -108,8 +107,7 @@ def test_unconverged_sinkhorn_is_counted_warned_or_stops(tmp_path, data, caplog)
     from birdflow.training.loop import SinkhornNotConverged
 
     few = ("loss=w2", "loss.w2.epsilon=1e-4", "loss.w2.max_iterations=10", "optim.steps=3",
-           "loss.w2.iterations_per_step=null",  # every step a convergence-checked solve
-           "model.init=random")  # from the S&T start, mu = s: step 0 would converge at once
+           "loss.w2.iterations_per_step=null")  # every step a convergence-checked solve
     with caplog.at_level("WARNING", logger="birdflow.training.loop"):
         res = train(make_cfg(tmp_path / "warn", *few), data=data)
     n = res.history["n_unconverged"]

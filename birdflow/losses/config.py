@@ -105,12 +105,15 @@ class W2Config:
 class LossConfig:
     """Objective weights and the location loss.
 
-    ``l2_norm`` says what ``obs_weight`` multiplies when the location loss is L2: ``cells``
-    (the default) the L2 term times the species' effective number of cells per week
+    The dataclass defaults are BirdFlowPy's objective (``update_hdf.py``); the packaged
+    ``conf/loss/l2.yaml`` holds birdflow's defaults (README "Loss weights").
+    ``l2_norm`` says what ``obs_weight`` multiplies when the location loss is L2: ``cells`` the
+    L2 term times the species' effective number of cells per week
     (:func:`birdflow.losses.objective.effective_cells`), so the same weights mean the same at
-    every resolution; ``plain`` BirdFlowPy's sum of squared errors (its objective exactly).
-    The objective with ``cells`` is BirdFlowPy's with ``obs_weight`` times that number, which
-    is the ``obs_weight`` a run records and exports (BirdFlowR's convention).
+    every resolution; ``plain`` BirdFlowPy's sum of squared errors (a config without the key,
+    e.g. a run saved before it existed, means ``plain``). The objective with ``cells`` is
+    BirdFlowPy's with ``obs_weight`` times that number, which is the ``obs_weight`` a run
+    records and exports (BirdFlowR's convention).
     """
 
     location: str = "l2"
@@ -118,7 +121,7 @@ class LossConfig:
     dist_weight: float = 1e-2
     ent_weight: float = 1e-4
     dist_pow: float = 0.4
-    l2_norm: str = "cells"
+    l2_norm: str = "plain"
     w2: W2Config = field(default_factory=W2Config)
 
     @classmethod

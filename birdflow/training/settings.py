@@ -16,7 +16,7 @@ from birdflow.errors import ConfigError
 from birdflow.losses.objective import LossConfig
 
 SCHEDULES = ("constant", "cosine", "exponential")
-INITS = ("st", "random")
+INITS = ("random", "st")
 PRECISIONS = ("float32", "float64")
 
 
@@ -58,13 +58,13 @@ class ModelSettings:
 
     ``neighbourhood_km``: None (dense), ``"auto"`` or a radius in km; ``neighbours_k``: None
     or the k-nearest variant. At most one is set (see :mod:`birdflow.model.neighbours`).
-    ``init``: ``st`` (the S&T null chain, :func:`birdflow.model.markov.st_init`) or ``random``
-    (i.i.d. N(0, 1), BirdFlowPy's).
+    ``init``: ``random`` (i.i.d. N(0, 1), BirdFlowPy's) or ``st`` (the S&T null chain,
+    :func:`birdflow.model.markov.st_init`).
     """
 
     neighbourhood_km: float | str | None = None
     neighbours_k: int | None = None
-    init: str = "st"
+    init: str = "random"
 
     @classmethod
     def from_mapping(cls, m: Mapping | None) -> ModelSettings:
@@ -83,10 +83,10 @@ class ModelSettings:
         if r is not None and k is not None:
             raise ConfigError(f"model.neighbourhood_km={r} and model.neighbours_k={k}: set one of "
                               "them (the other null)")
-        init = m.get("init", "st")
+        init = m.get("init", "random")
         if init not in INITS:
-            raise ConfigError(f"model.init={init!r}: unknown; choose one of {list(INITS)} (st: start "
-                              "from the S&T null chain, random: i.i.d. N(0, 1) logits)")
+            raise ConfigError(f"model.init={init!r}: unknown; choose one of {list(INITS)} (random: "
+                              "i.i.d. N(0, 1) logits, st: start from the S&T null chain)")
         return cls(neighbourhood_km=float(r) if isinstance(r, int | float) else r, neighbours_k=k,
                    init=init)
 
