@@ -115,8 +115,8 @@ def apply_weights(cfg: DictConfig) -> DictConfig:
     """With ``weights=<tune dir>``, write the tune's weights into ``cfg.loss`` (in place).
 
     Sets loss.obs_weight, dist_weight, ent_weight, dist_pow, l2_norm (and w2.scale for W2)
-    from :func:`birdflow.tuning.tunedir.read_weights`, so the saved config.yaml shows the
-    weights used. A resumed run keeps its own saved config; ``weights`` does nothing there.
+    from :func:`birdflow.tuning.tunedir.read_weights` and prints them, so the saved config.yaml
+    shows the weights used. A resumed run keeps its own saved config; ``weights`` does nothing there.
 
     Raises:
         ConfigError: the directory is not a tune dir, is a tune of another loss, or ``hyper.*``
@@ -136,13 +136,10 @@ def apply_weights(cfg: DictConfig) -> DictConfig:
             cfg.loss[key] = w[key]
         if "w2_scale" in w:
             cfg.loss.w2.scale = w["w2_scale"]
-    import logging
-
-    logging.getLogger("birdflow.api").info(
-        "weights from %s (tuned on species %s): obs_weight %g, dist_weight %.4g, ent_weight %.4g, "
-        "dist_pow %.3g, l2_norm %s%s", w["tune_dir"], w["species"], w["obs_weight"],
-        w["dist_weight"], w["ent_weight"], w["dist_pow"], w["l2_norm"],
-        f", w2.scale {w['w2_scale']:.4g}" if "w2_scale" in w else "")
+    print(f"weights from {w['tune_dir']} (tuned on species {w['species']}): obs_weight "
+          f"{w['obs_weight']:g}, dist_weight {w['dist_weight']:.4g}, ent_weight "
+          f"{w['ent_weight']:.4g}, dist_pow {w['dist_pow']:.3g}, l2_norm {w['l2_norm']}"
+          + (f", w2.scale {w['w2_scale']:.4g}" if "w2_scale" in w else ""))
     return cfg
 
 

@@ -69,8 +69,8 @@ def test_scaled_l2_is_the_same_at_every_resolution():
         s, mu = blob(res, 0.0), blob(res, 60.0)
         plain.append(np.sum((mu - s) ** 2))
         scaled.append(plain[-1] * effective_cells(s[None]))
-    assert plain[0] / plain[2] > 20  # (100 / 20)^2 = 25 in the limit
-    np.testing.assert_allclose(scaled, scaled[0], rtol=0.02)
+    assert plain[0] / plain[2] == pytest.approx((100 / 20) ** 2, rel=1e-3)  # falls as 1/n
+    np.testing.assert_allclose(scaled, scaled[0], rtol=1e-5)
 
 
 def test_recorded_weights_are_birdflowr_weights(tiny, tmp_path):
