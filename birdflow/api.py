@@ -73,6 +73,7 @@ def fit(species: str = "synthetic", loss: str = "l2", *, data: xr.Dataset | None
             run_dir = _fresh(hydra_dir)
         if run_dir is not None:
             cfg.run_dir = str(run_dir)
+    apply_weights(cfg)
     return train(cfg, data=data, after=after_training).model
 
 
@@ -110,16 +111,56 @@ def evaluate(model: BirdFlowModel | str | os.PathLike, tracks: str | os.PathLike
     return evaluate_model(model, tracks, truth, **opts)
 
 
+def apply_weights(cfg: DictConfig) -> DictConfig:
+    """With ``weights=<tune dir>``, write the tune's weights into ``cfg.loss`` (in place).
+
+    Sets loss.obs_weight, dist_weight, ent_weight, dist_pow, l2_norm (and w2.scale for W2)
+    from :func:`birdflow.tuning.tunedir.read_weights` and prints them, so the saved config.yaml
+    shows the weights used. A resumed run keeps its own saved config; ``weights`` does nothing there.
+
+    Raises:
+        ConfigError: the directory is not a tune dir, is a tune of another loss, or ``hyper.*``
+            is also set.
+    """
+    if not cfg.get("weights") or cfg.get("resume"):
+        return cfg
+    from birdflow.tuning.tunedir import read_weights
+
+    hyper = cfg.get("hyper") or {}
+    if hyper.get("de_ratio") is not None or hyper.get("obs_prop") is not None:
+        raise ConfigError(f"weights={cfg.weights} and hyper.de_ratio/obs_prop both set the loss "
+                          "weights; keep one of them")
+    w = read_weights(cfg.weights, str(cfg.loss.location))
+    with open_dict(cfg):
+        for key in ("obs_weight", "dist_weight", "ent_weight", "dist_pow", "l2_norm"):
+            cfg.loss[key] = w[key]
+        if "w2_scale" in w:
+            cfg.loss.w2.scale = w["w2_scale"]
+    print(f"weights from {w['tune_dir']} (tuned on species {w['species']}): obs_weight "
+          f"{w['obs_weight']:g}, dist_weight {w['dist_weight']:.4g}, ent_weight "
+          f"{w['ent_weight']:.4g}, dist_pow {w['dist_pow']:.3g}, l2_norm {w['l2_norm']}"
+          + (f", w2.scale {w['w2_scale']:.4g}" if "w2_scale" in w else ""))
+    return cfg
+
+
 def after_training(cfg: DictConfig, run_dir: Path, model: BirdFlowModel, history: dict) -> None:
-    """What a finished run also writes into its directory: loss curve, metrics, BirdFlowR export."""
+    """What a finished run also writes into its directory: loss curve, metrics, BirdFlowR export.
+
+    When the run has tracks, its gain over the S&T-only null is printed and stored in
+    ``run.json`` (``gain_over_null``), evaluated or not; a negative gain is a one-line warning.
+    """
     if cfg.get("maps", True):
         from birdflow.evaluation.maps import plot_loss
 
         plot_loss(history, run_dir / "loss_curve.png")
+    from birdflow.evaluation.gain import gain_over_null, report_gain
+
+    summary = None
     if cfg.get("evaluate", True):
         from birdflow.evaluation.evaluate import evaluate_run
 
-        evaluate_run(run_dir, model=model)
+        summary = evaluate_run(run_dir, model=model)["summary"]
+    report_gain(run_dir, gain_over_null(run_dir, model, summary))  # printed, in run.json
     if cfg.get("export", {}).get("hdf5", False):
         from birdflow.export import export_birdflowr
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from birdflow.api import after_training
+from birdflow.api import after_training, apply_weights
 from birdflow.app import command
 from birdflow.sweeps.sweep import check_fresh_run_dir, job_failure
 from birdflow.training.loop import RunResult, train
@@ -19,7 +19,7 @@ from birdflow.training.loop import RunResult, train
 def main(cfg: DictConfig) -> RunResult:
     try:
         check_fresh_run_dir(cfg)  # a sweep never overwrites another's run dirs
-        return train(cfg, after=after_training)
+        return train(apply_weights(cfg), after=after_training)
     except BaseException as e:  # recorded as status=failed in run.json, then re-raised
         replacement = job_failure(cfg, e)
         if replacement is e:

@@ -203,19 +203,21 @@ plt.show()
 #
 # The weights are `loss.obs_weight`, `loss.dist_weight` and `loss.ent_weight`. We fit three models:
 #
-# * **L2**: BirdFlowPy's defaults (`loss=l2`);
+# * **L2**: the defaults (`loss=l2`). The L2 term is multiplied by κ, the species' effective number of
+#   cells per week, so the weights mean the same at every resolution (README "Loss weights");
+#   `loss.l2_norm=plain` gives BirdFlowPy's objective;
 # * **W2**: `loss=w2` with its defaults. It uses the Sinkhorn *divergence* (`loss.w2.debiased=true`), which
 #   is zero when the two distributions are equal (the plain entropic cost is smallest for a distribution more
 #   concentrated than the target, so it would pull the fit towards shrunken ranges), and measures W2 in
 #   one-cell moves: moving all of a week's birds by one cell costs 1, so the term is not swamped by the
 #   distance term whatever the grid (section 5 prints the size of each weighted term);
-# * **L2, ent_weight=0.01**: L2 again with a 100 times larger entropy weight, to see what that weight does.
+# * **L2, ent_weight=0.3**: L2 again with a 10 times larger entropy weight, to see what that weight does.
 
 # %%
 MODELS = {
     "L2": ("l2", ["loss=l2"]),
     "W2": ("w2", ["loss=w2"]),
-    "L2, ent_weight=0.01": ("l2_ent", ["loss=l2", "loss.ent_weight=0.01"]),
+    "L2, ent_weight=0.3": ("l2_ent", ["loss=l2", "loss.ent_weight=0.3"]),
 }
 configs = {name: compose_train_cfg(folder, *overrides) for name, (folder, overrides) in MODELS.items()}
 for name, c in configs.items():
@@ -242,9 +244,10 @@ print("files in the W2 run folder:", sorted(p.name for p in results["W2"].run_di
 rows = {}
 for name, res in results.items():
     h, w = res.history, configs[name].loss
+    kappa = res.model.hyperparameters.get("l2_scale", 1.0)  # L2: effective cells per week; W2: 1
     for step in (0, -1):
         rows[(name, "first" if step == 0 else "last")] = {
-            "obs_weight * location": w.obs_weight * h["obs"][step],
+            "obs_weight * location": w.obs_weight * kappa * h["obs"][step],
             "dist_weight * distance": w.dist_weight * h["dist"][step],
             "-ent_weight * entropy": -w.ent_weight * h["ent"][step],
             "total": h["total"][step]}
@@ -254,7 +257,8 @@ print(f"\nW2 at the first step, in one-cell moves summed over weeks: {results['W
       f"(x loss.w2.scale = {configs['W2'].loss.w2.scale} = the location term)")
 
 # %% [markdown]
-# The table splits the loss into its weighted terms at the first and the last step; they add up to the total.
+# The table splits the loss into its weighted terms at the first and the last step; they add up to the total
+# (for L2 the location term is `obs_weight · κ · L2`).
 # It shows how strongly each term pulls; `loss.w2.scale` (default 1) strengthens or weakens the W2 term.
 #
 # The loss curves (`plot_loss`, also `loss_curve.png` in a run folder) show each term on a log scale;

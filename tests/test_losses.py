@@ -132,7 +132,11 @@ def test_problem_targets_are_slot_layout_distributions(tiny):
 def test_yaml_files_build_configs(name):
     cfg = LossConfig.from_mapping(OmegaConf.load(CONF / f"{name}.yaml"))
     assert cfg.location == name
-    assert (cfg.obs_weight, cfg.dist_weight, cfg.ent_weight, cfg.dist_pow) == (1.0, 0.01, 1e-4, 0.4)
+    weights = (cfg.obs_weight, cfg.dist_weight, cfg.ent_weight, cfg.dist_pow)
+    if name == "l2":  # birdflow's defaults: L2 per effective cell (README "Loss weights")
+        assert weights == (1.0, 0.03, 0.03, 1.0) and cfg.l2_norm == "cells"
+    else:  # W2 keeps BirdFlowPy's weights
+        assert weights == (1.0, 0.01, 1e-4, 0.4)
     assert cfg.w2 == LossConfig().w2  # the YAML spells out the dataclass defaults
     hash(cfg)  # static argument for jit
 

@@ -32,7 +32,7 @@ def _problem(location: str, weights: str):
     dw, ew, dp = WEIGHTS[weights]
     ts = tune_settings({}, location)
     cfg = LossConfig(location=location, dist_weight=dw, ent_weight=ew, dist_pow=dp,
-                     w2=W2Config(epsilon=0.05))  # ε about one cell's cost on this 3 x 4 grid
+                     w2=W2Config())  # the default blur (2 one-cell costs)
     if location == "w2":
         cfg = _w2_for_tuning(cfg, ts)
     prob = inner.Inner.build(ds, cfg, jnp.float64)

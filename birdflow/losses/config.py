@@ -15,6 +15,7 @@ from birdflow.errors import ConfigError
 from birdflow.losses import grid_kernel, location
 
 LOCATIONS = ("l2", "w2")
+L2_NORMS = ("cells", "plain")
 ON_UNCONVERGED = ("warn", "stop")
 ONLINE_COST = ("auto", True, False)
 GRID_KERNEL = ("auto", True, False)
@@ -118,13 +119,25 @@ class W2Config:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Objective weights (BirdFlowPy ``update_hdf.py`` defaults) and the location loss."""
+    """Objective weights and the location loss.
+
+    The dataclass defaults are BirdFlowPy's objective (``update_hdf.py``); the packaged
+    ``conf/loss/l2.yaml`` holds birdflow's defaults (README "Loss weights").
+    ``l2_norm`` says what ``obs_weight`` multiplies when the location loss is L2: ``cells`` the
+    L2 term times the species' effective number of cells per week
+    (:func:`birdflow.losses.objective.effective_cells`), so the same weights mean the same at
+    every resolution; ``plain`` BirdFlowPy's sum of squared errors (a config without the key,
+    e.g. a run saved before it existed, means ``plain``). The objective with ``cells`` is
+    BirdFlowPy's with ``obs_weight`` times that number, which is the ``obs_weight`` a run
+    records and exports (BirdFlowR's convention).
+    """
 
     location: str = "l2"
     obs_weight: float = 1.0
     dist_weight: float = 1e-2
     ent_weight: float = 1e-4
     dist_pow: float = 0.4
+    l2_norm: str = "plain"
     w2: W2Config = field(default_factory=W2Config)
 
     @classmethod
@@ -134,6 +147,7 @@ class LossConfig:
         w2 = _build(W2Config, dict(m.pop("w2", None) or {}), "loss.w2")
         cfg = _build(cls, m, "loss", w2=w2)
         _check_choice("loss.location", cfg.location, LOCATIONS)
+        _check_choice("loss.l2_norm", cfg.l2_norm, L2_NORMS)
         for key in ("obs_weight", "dist_weight", "ent_weight", "dist_pow"):
             _check(f"loss.{key}", getattr(cfg, key), lambda v: v >= 0, ">= 0")
         c = cfg.w2

@@ -122,6 +122,27 @@ def init_params(key: jax.Array, index: WeekIndex, dtype=jnp.float32) -> dict:
     }
 
 
+def st_init(ds: xr.Dataset, index: WeekIndex, dtype=jnp.float32) -> dict:
+    """Logits of the S&T null chain: ``z0 = log s_1``, ``Z[t, i, :] = log s_{t+1}``.
+
+    Every row of transition t is the next week's S&T distribution, so the marginals equal the
+    S&T maps exactly (L2 = 0) and the first step starts from the null model the evaluation
+    compares against, instead of i.i.d. N(0, 1) logits. On the sparse layout row i is
+    ``s_{t+1}`` restricted to slot i's neighbours and renormalised (the softmax does that), so
+    the marginals are close to, not equal to, the S&T maps.
+    """
+    s = index.slot_values(ds["distr"].values)
+    log_s = np.log(np.where(s > 0, s, 1.0)) + np.where(s > 0, 0.0, MASKED_LOGIT)
+    t = np.arange(index.n_transitions)
+    if index.nbr is not None:
+        nbr = index.nbr
+        Z = np.where(nbr >= 0, log_s[t + 1][t[:, None, None], np.maximum(nbr, 0)], MASKED_LOGIT)
+    else:
+        Z = np.broadcast_to(log_s[t + 1][:, None, :],
+                            (index.n_transitions, index.n_max, index.n_max))
+    return {"z0": jnp.asarray(log_s[0], dtype), "Z": jnp.asarray(Z, dtype)}
+
+
 def _masks(index: WeekIndex) -> tuple[jax.Array, jax.Array, jax.Array]:
     valid = jnp.asarray(index.valid)
     t = np.arange(index.n_transitions)

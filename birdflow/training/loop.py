@@ -25,7 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.io import write_text_atomic
 from birdflow.losses import blur
-from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
+from birdflow.losses.objective import (
+    LossConfig,
+    init_loss_state,
+    l2_scale,
+    make_problem,
+    objective,
+)
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.model.neighbours import sparse_index, summary
@@ -177,7 +183,7 @@ def _resumed_config(cfg: DictConfig) -> DictConfig:
 
 def _species_refs(cfg: DictConfig) -> dict:
     """Tracks and ground-truth references recorded in run.json for evaluation."""
-    refs = {"tracks": cfg.species.get("tracks"), "truth": None}
+    refs = {"tracks": cfg.get("tracks") or cfg.species.get("tracks"), "truth": None}
     if cfg.species.code == "synthetic":
         files = ensure_synthetic(cfg.species, Path(cfg.data.root) / "synthetic")
         refs = {"tracks": refs["tracks"] or str(files.tracks), "truth": str(files.truth)}
@@ -220,7 +226,7 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
         problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
             jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))
         optimizer, schedule = make_optimizer(opt)
-        params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
+        params = init_params(cfg, ds, index, dtype)
         state = {"params": params, "opt_state": optimizer.init(params),
                  "loss_state": init_loss_state(problem, index, loss_cfg),
                  "step": jnp.asarray(0, jnp.int32)}
@@ -232,6 +238,10 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
                  ds.sizes["cell"], index.n_weeks, index.n_parameters(), loss_cfg.location, opt.steps,
                  run_dir)
         _log_sizes(index, params, dtype)
+        if loss_cfg.location == "l2" and loss_cfg.l2_norm == "cells":
+            log.info("L2 term x %.4g, the effective cells per week (loss.l2_norm=cells): obs_weight "
+                     "%g is BirdFlowR's %.4g", float(problem.l2_scale), loss_cfg.obs_weight,
+                     loss_cfg.obs_weight * float(problem.l2_scale))
         update = make_update(index, loss_cfg, optimizer)
         params, history = _loop(cfg, update, state, problem, schedule, history, start, opt.steps,
                                 run_dir, loss_cfg)
@@ -247,6 +257,13 @@ def _log_sizes(index: markov.WeekIndex, params: dict, dtype) -> None:
              "the joints M are as large again each); dense logits would be %.1f MB",
              "sparse" if index.sparse else "dense", tuple(params["Z"].shape), mb,
              jnp.dtype(dtype).name, dense_mb)
+
+
+def init_params(cfg: DictConfig, ds, index: markov.WeekIndex, dtype) -> dict:
+    """The logits training starts from: ``model.init`` st (the S&T null chain) or random."""
+    if ModelSettings.from_mapping(cfg.get("model")).init == "st":
+        return markov.st_init(ds, index, dtype)
+    return markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
 
 
 def build_index(cfg: DictConfig, ds) -> markov.WeekIndex:
@@ -315,14 +332,30 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir,
     return state["params"], history
 
 
+def recorded_weights(ds, loss_cfg: LossConfig) -> dict:
+    """The weights a run records (model.nc, BirdFlowR export) in BirdFlowR's convention.
+
+    BirdFlowR's ``obs_weight`` multiplies the plain L2 sum; with ``loss.l2_norm: cells`` ours
+    multiplies it times the effective cells per week, so the recorded ``obs_weight`` is
+    ``loss.obs_weight * l2_scale`` (the same objective), and ``l2_norm`` / ``l2_scale`` say how
+    to get the config's weight back. dist/ent weights and dist_pow mean the same in both.
+    """
+    hyper = {"obs_weight": loss_cfg.obs_weight, "ent_weight": loss_cfg.ent_weight,
+             "dist_weight": loss_cfg.dist_weight, "dist_pow": loss_cfg.dist_pow}
+    if loss_cfg.location == "l2":
+        scale = l2_scale(ds, loss_cfg)
+        hyper.update(obs_weight=loss_cfg.obs_weight * scale, l2_norm=loss_cfg.l2_norm,
+                     l2_scale=scale)
+    return hyper
+
+
 def finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after) -> RunResult:
     """Save fitted ``params`` as an ordinary run dir (model, history, ``after``, run.json).
 
     The training loop ends here, and so does tuning for its final model (:mod:`birdflow.tuning`).
     """
     _, M = markov.marginals(params, index)
-    hyper = {"obs_weight": loss_cfg.obs_weight, "ent_weight": loss_cfg.ent_weight,
-             "dist_weight": loss_cfg.dist_weight, "dist_pow": loss_cfg.dist_pow,
+    hyper = {**recorded_weights(ds, loss_cfg),
              "learning_rate": opt.learning_rate, "training_steps": opt.steps, "rng_seed": int(cfg.seed),
              "location_loss": loss_cfg.location, "normalized": True}
     model = BirdFlowModel(data=ds, index=index, marginals=np.asarray(M, dtype=np.float64),

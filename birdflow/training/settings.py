@@ -16,6 +16,7 @@ from birdflow.errors import ConfigError
 from birdflow.losses.objective import LossConfig
 
 SCHEDULES = ("constant", "cosine", "exponential")
+INITS = ("random", "st")
 PRECISIONS = ("float32", "float64")
 
 
@@ -53,14 +54,17 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Transition layout (``model:`` in conf/train.yaml): dense, or neighbourhood-sparse.
+    """Transition layout (``model:`` in conf/train.yaml) and the logits training starts from.
 
     ``neighbourhood_km``: None (dense), ``"auto"`` or a radius in km; ``neighbours_k``: None
     or the k-nearest variant. At most one is set (see :mod:`birdflow.model.neighbours`).
+    ``init``: ``random`` (i.i.d. N(0, 1), BirdFlowPy's) or ``st`` (the S&T null chain,
+    :func:`birdflow.model.markov.st_init`).
     """
 
     neighbourhood_km: float | str | None = None
     neighbours_k: int | None = None
+    init: str = "random"
 
     @classmethod
     def from_mapping(cls, m: Mapping | None) -> ModelSettings:
@@ -79,7 +83,12 @@ class ModelSettings:
         if r is not None and k is not None:
             raise ConfigError(f"model.neighbourhood_km={r} and model.neighbours_k={k}: set one of "
                               "them (the other null)")
-        return cls(neighbourhood_km=float(r) if isinstance(r, int | float) else r, neighbours_k=k)
+        init = m.get("init", "random")
+        if init not in INITS:
+            raise ConfigError(f"model.init={init!r}: unknown; choose one of {list(INITS)} (random: "
+                              "i.i.d. N(0, 1) logits, st: start from the S&T null chain)")
+        return cls(neighbourhood_km=float(r) if isinstance(r, int | float) else r, neighbours_k=k,
+                   init=init)
 
     @property
     def sparse(self) -> bool:

@@ -18,6 +18,7 @@ import xarray as xr
 
 from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
 from birdflow.model import markov
+from birdflow.model.markov import st_init  # noqa: F401  (re-exported: tuning starts from it)
 
 THETA_NAMES = ("log_dist_weight", "log_ent_weight", "dist_pow", "log_w2_scale")
 FINAL_STEP = 2**30  # the objective's step argument: any epsilon schedule has ended
@@ -75,25 +76,3 @@ class Inner:
 
     def loss(self, params: dict, theta: jax.Array, state: Any) -> jax.Array:
         return self.value(params, theta, state)[0]
-
-
-def st_init(ds: xr.Dataset, index: markov.WeekIndex, dtype=jnp.float32) -> dict:
-    """Logits of the S&T null chain: ``z0 = log s_1``, ``Z[t, i, :] = log s_{t+1}``.
-
-    Every row of transition t is the next week's S&T distribution, so the marginals equal the
-    S&T maps exactly (L2 = 0) and the first step starts from the null model the evaluation
-    compares against, instead of i.i.d. N(0, 1) logits. On the sparse layout row i is
-    ``s_{t+1}`` restricted to slot i's neighbours and renormalised (the softmax does that), so
-    the marginals are close to, not equal to, the S&T maps.
-    """
-    s = index.slot_values(ds["distr"].values)
-    log_s = np.log(np.where(s > 0, s, 1.0)) + np.where(s > 0, 0.0, markov.MASKED_LOGIT)
-    t = np.arange(index.n_transitions)
-    if index.nbr is not None:
-        nbr = index.nbr
-        Z = np.where(nbr >= 0, log_s[t + 1][t[:, None, None], np.maximum(nbr, 0)],
-                     markov.MASKED_LOGIT)
-    else:
-        Z = np.broadcast_to(log_s[t + 1][:, None, :],
-                            (index.n_transitions, index.n_max, index.n_max))
-    return {"z0": jnp.asarray(log_s[0], dtype), "Z": jnp.asarray(Z, dtype)}

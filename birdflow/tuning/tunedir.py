@@ -2,7 +2,9 @@
 
 ``<tune dir>/trajectory.csv`` (θ, losses, hypergradient, solve statistics per outer step),
 ``tuning.png`` and ``model/``: the lowest-tuning-loss θ's inner solution as an ordinary run dir
-that evaluate, routes, maps and export read unchanged.
+that evaluate, routes, maps and export read unchanged. ``run.json`` has ``kind: tune``, the
+``loss`` and, once a θ was evaluated, ``theta`` (the best one; :data:`inner.THETA_NAMES`);
+:func:`read_weights` turns that into ``loss.*`` values (``birdflow train weights=<tune dir>``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
+from birdflow.errors import ConfigError
 from birdflow.io import write_text_atomic
+from birdflow.losses.objective import LossConfig
 from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint
 from birdflow.training.loop import finish_run
 from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_run_info
@@ -88,3 +92,55 @@ def plot(traj: dict, path: Path) -> None:
         b.legend()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+
+
+def read_weights(path: str | Path, location: str | None = None) -> dict:
+    """The loss weights a tune found, as ``loss.*`` config values.
+
+    Args:
+        path: a tune dir, or its ``model/`` run dir.
+        location: the location loss of the run that will use them (``l2``/``w2``); None
+            accepts the tune's.
+
+    Returns:
+        {"location", "obs_weight", "dist_weight", "ent_weight", "dist_pow", "l2_norm"} and, for
+        W2, "w2_scale"; also "tune_dir" and "species" (the tune's species code). dist/ent
+        weights, dist_pow and the W2 scale come from the best θ in ``run.json``; obs_weight and
+        l2_norm (what obs_weight multiplies) from ``model/config.yaml``: a tune that predates
+        ``loss.l2_norm`` fitted BirdFlowPy's plain L2, so its weights come back with ``plain``.
+
+    Raises:
+        ConfigError: not a tune dir, a tune with no θ yet, or a tune of another location loss.
+    """
+    given = Path(path)
+    tune_dir = given
+    if not given.is_dir():
+        raise ConfigError(f"weights={given}: no such directory; pass a tune dir "
+                          "(outputs/<species>/tune_<loss>/<timestamp>, printed by birdflow tune)")
+    info = read_run_info(given)
+    if info.get("kind") != "tune" and info.get("tuned_by"):  # <tune dir>/model
+        tune_dir = Path(info["tuned_by"])
+        if not tune_dir.is_absolute() and not tune_dir.exists():
+            tune_dir = given.parent
+        info = read_run_info(tune_dir)
+    if info.get("kind") != "tune":
+        raise ConfigError(f"weights={given}: not a tune dir (its run.json has no kind: tune); pass "
+                          "the directory birdflow tune wrote, or its model/")
+    if info.get("theta") is None:
+        raise ConfigError(f"weights={given}: the tune has no θ yet (status {info.get('status')!r}); "
+                          f"let it finish or continue it with birdflow tune resume={tune_dir}")
+    if location is not None and info.get("loss") != location:
+        raise ConfigError(f"weights={given}: a tune of loss={info.get('loss')}, but this run has "
+                          f"loss={location}; add loss={info.get('loss')} or pass a tune of "
+                          f"loss={location}")
+    saved = tune_dir / MODEL_DIR / CONFIG_YAML
+    loss = OmegaConf.to_container(OmegaConf.load(saved).loss) if saved.exists() else {}
+    base = LossConfig(location=str(info["loss"]), obs_weight=float(loss.get("obs_weight", 1.0)))
+    tuned = inner.config_from_theta(base, np.asarray(info["theta"], dtype=float))
+    out = {"location": tuned.location, "obs_weight": tuned.obs_weight,
+           "dist_weight": tuned.dist_weight, "ent_weight": tuned.ent_weight,
+           "dist_pow": tuned.dist_pow, "l2_norm": str(loss.get("l2_norm", "plain")),
+           "tune_dir": str(tune_dir), "species": info.get("species")}
+    if tuned.location == "w2":
+        out["w2_scale"] = tuned.w2.scale
+    return out
