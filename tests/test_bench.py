@@ -29,8 +29,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def test_bench_runs_tiny_and_prints_json_lines(capsys):
-    # 100 cells: at fewer, epsilon 1e-3 is below one cell spacing and the implicit system
-    # degenerates (the kernel hardly mixes; those weeks fall back, counted)
+    # 100 cells (the default blur, 2 one-cell costs; the implicit system is well posed)
     rows = bench.main(["--cells", "100", "--cases", "l2,danskin,implicit,like", "--repeats", "2",
                        "--warmup", "1"])
     out = capsys.readouterr().out
@@ -57,8 +56,8 @@ def test_bench_runs_tiny_and_prints_json_lines(capsys):
     assert 0 < imp["grad_rel_diff_vs_danskin"] < 0.3
     assert "grad_rel_diff_vs_danskin" not in w
     # the default (amortised) danskin row: its gradient against a tight solve's, W2 memory
-    assert W2Config().iterations_per_step is not None and w["sinkhorn_iterations"] == \
-        W2Config().iterations_per_step
+    k = W2Config().iterations_per_step  # k iterations, k more at a time while above tolerance
+    assert k is not None and w["sinkhorn_iterations"] >= k and w["sinkhorn_iterations"] % k == 0
     assert 0 < w["grad_bias_vs_tight"] < 0.2 and 0.98 < w["grad_cos_vs_tight"] <= 1.0 + 1e-6
     assert w["w2_term_memory_bytes"] > 0 and w["w2_cost"] == "grid"  # the default: sqeuclidean, danskin, a raster grid
     like = by_case[bench.LIKE]
