@@ -159,3 +159,15 @@ def test_window_filters(tmp_path):
     assert make_intervals(snapped, ds, min_days=8)["exclude"].tolist() == ["filtered"] * 2
     assert make_intervals(snapped, ds, max_km=50)["exclude"].tolist() == ["filtered"] * 2
     assert make_intervals(snapped, ds, min_km=50, max_days=7)["exclude"].tolist() == ["", ""]
+
+
+def test_multi_year_intervals_are_scored_on_the_cyclic_year(tmp_path):
+    full = hand_bfdata(weeks=range(1, 53), distr=np.tile(HAND_DISTR[0], (52, 1)))
+    rows = [("R", "2022-06-18", 0), ("R", "2025-07-23", 1),   # week 25 -> week 30, 3 years on
+            ("S", "2022-06-18", 0), ("S", "2024-06-18", 0),   # same week 2 years on: one cycle
+            ("T", "2022-12-28", 1), ("T", "2023-01-04", 2),   # across new year, 7 days
+            ("U", "2022-12-28", 1), ("U", "2027-01-04", 2)]   # the same weeks, 4 years later
+    iv = load_tracks(write_csv(tmp_path / "m.csv", full, rows), full).intervals.set_index("bird_id")
+    assert iv["lag"].to_dict() == {"R": 5, "S": 52, "T": 1, "U": 1}
+    assert iv["wrapped_years"].to_dict() == {"R": 3, "S": 1, "T": 0, "U": 4}
+    assert (iv["exclude"] == "").all() and iv.loc["R", "elapsed_days"] == 1131

@@ -25,6 +25,14 @@ The lag (transitions to project) is the S&T week difference, across new year in 
 models; two observations in the same S&T week but 7 or more days apart (a year later) are a
 full cycle, lag = 52, not ``same_week``. Intervals the model gives exactly zero probability
 are scored, not excluded (BirdFlowR's 1e-8 floor, birdflow_reference.md section 3.4).
+
+Intervals longer than a year (banding recoveries, multi-year tracks) are scored on the
+chain's cyclic year: the lag is the number of transitions from t1 forward to t2's week, 1..52
+in a cyclic model, and the whole years in between are not projected (BirdFlowR's
+``interval_log_likelihood`` convention: "multi-year pairs by their timestep difference,
+cyclically"). A recovery 3 years and 5 weeks after banding is scored as a 5-week interval; its
+``wrapped_years`` is 3. Evaluation and tuning both score ``lag``, so they agree; filter on
+``wrapped_years`` (or pass ``max_days``) to leave such intervals out.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from birdflow.data.grid import from_lonlat, great_circle_km, snap_to_cells
-from birdflow.data.weeks import date_to_week
+from birdflow.data.weeks import N_WEEKS, date_to_week
 from birdflow.errors import DataError
 
 TRACK_COLUMNS = ("bird_id", "date", "lat", "lon")
@@ -177,8 +185,9 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
 
     Returns:
         DataFrame with bird_id, line1, line2, date1, date2, week1, week2 (S&T weeks), t1, t2
-        (model week indices), lag (transitions, -1 if undefined), cell1, cell2, lon1, lat1,
-        lon2, lat2, elapsed_days, elapsed_km and exclude.
+        (model week indices), lag (transitions, -1 if undefined), wrapped_years (whole years
+        between the observations that the lag leaves out, see the module doc), cell1, cell2,
+        lon1, lat1, lon2, lat2, elapsed_days, elapsed_km and exclude.
     """
     cyclic = bool(ds.attrs.get("cyclic", 1)) if cyclic is None else bool(cyclic)
     n_weeks = ds.sizes["week"]
@@ -194,6 +203,9 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
     if cyclic:  # same week a year (or more) later: one full cycle
         lag = np.where((lag == 0) & ~same_week, n_weeks, lag)
     lag = np.where((t1 < 0) | (t2 < 0) | (lag <= 0), -1, lag)
+    # S&T weeks counted from a fixed origin: whatever they add beyond the lag is whole years
+    span = ((b["date"].dt.year - a["date"].dt.year) * N_WEEKS + b["week"] - a["week"]).to_numpy()
+    wrapped = np.where(lag > 0, (span - lag) // N_WEEKS, 0)
     km = great_circle_km(a["lon"], a["lat"], b["lon"], b["lat"])
     dyn = ds["dynamic_mask"].values.astype(bool)
     c1, c2 = a["cell"].to_numpy(), b["cell"].to_numpy()
@@ -226,7 +238,7 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
     return pd.DataFrame({
         "bird_id": a["bird_id"], "line1": a["line"], "line2": b["line"],
         "date1": a["date"], "date2": b["date"], "week1": a["week"], "week2": b["week"],
-        "t1": t1, "t2": t2, "lag": lag, "cell1": c1, "cell2": c2,
+        "t1": t1, "t2": t2, "lag": lag, "wrapped_years": wrapped, "cell1": c1, "cell2": c2,
         "lon1": a["lon"], "lat1": a["lat"], "lon2": b["lon"], "lat2": b["lat"],
         "elapsed_days": days, "elapsed_km": km, "exclude": exclude.astype(str),
     })

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from birdflow.types import Marginals, WeeklyDistr
@@ -25,9 +26,12 @@ def entropy(p: jax.Array, axes: tuple[int, ...] = (-1,)) -> jax.Array:
     """Shannon entropy ``-sum p log p`` (nats) over ``axes``; zero entries contribute 0.
 
     The double ``where`` keeps the gradient finite where ``p == 0`` (the untaken branch sees
-    ``log 1``), so padding never produces NaN.
+    ``log 1``), so padding never produces NaN. Entries below the square root of the smallest
+    normal float (1.5e-154 in float64, 1.1e-19 in float32) count as zero too (their
+    ``p log p`` is below 1e-150, resp. 5e-18): a second derivative (a Hessian-vector product)
+    divides by ``p²``, which underflows there and would give ``0 · inf`` = NaN.
     """
-    positive = p > 0
+    positive = p > np.sqrt(jnp.finfo(p.dtype).tiny)
     safe = jnp.where(positive, p, 1.0)
     return -jnp.sum(jnp.where(positive, p * jnp.log(safe), 0.0), axis=axes)
 

@@ -1,7 +1,8 @@
 """``python -m birdflow.synthetic [species.synthetic.size=2] [data.root=data]``.
 
 Generates (or finds) the synthetic species' files under ``<data.root>/synthetic/<hash>/`` and
-prints their paths and sizes (options: ``synthetic:`` in ``conf/species/synthetic.yaml``).
+prints their paths and sizes (options: ``synthetic:`` in ``conf/species/synthetic.yaml``);
+``species=synthetic_banding`` also simulates its banding birds and prints their summary.
 """
 
 from omegaconf import DictConfig

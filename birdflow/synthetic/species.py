@@ -6,6 +6,11 @@
   LAEA CRS, abundance = mu_t x a weekly population scale, nodata -3.4e38 on ocean cells,
   band descriptions = the S&T week dates;
 * ``tracks.csv`` (``bird_id,date,lat,lon``): birds sampled from the true chain for one year;
+* ``banding/<hash>/tracks.csv``: with ``species.synthetic.banding`` set (``species=synthetic_banding``),
+  individual birds that are *not* draws from the chain (:mod:`birdflow.synthetic.banding`); they
+  replace the chain's tracks as :attr:`SyntheticFiles.tracks`, while the raster, the truth and
+  so the preprocessed BirdFlowData stay those of the scene (the banding node is not hashed
+  into the folder's name);
 * ``truth/``: the true chain as a run dir (``birdflow.model.fitted.save_model``);
 * ``settings.json``: written last; a folder without it is regenerated, never reused.
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +36,14 @@ import xarray as xr
 from rasterio.crs import CRS as RioCRS
 from rasterio.transform import Affine
 
+from birdflow.data import preprocess as _data
 from birdflow.data.bfdata import load_bfdata, make_bfdata, n_parameters
 from birdflow.data.weeks import week_dates
 from birdflow.errors import ConfigError
 from birdflow.io import atomic_path, write_text_atomic
 from birdflow.model.fitted import DATA_FILE, MODEL_FILE, BirdFlowModel, load_model, save_model
 from birdflow.model.markov import WeekIndex
+from birdflow.synthetic.banding import BandingSettings
 from birdflow.synthetic.flyway import (
     EDGE_M,
     LAEA_AMERICAS,
@@ -44,6 +51,7 @@ from birdflow.synthetic.flyway import (
     build_flyway,
     true_season_weeks,
 )
+from birdflow.synthetic.recoveries import describe_banding, ensure_banding
 from birdflow.synthetic.scene import DEFAULT_SCENE, get_scene
 from birdflow.synthetic.tracks import sample_tracks
 
@@ -71,9 +79,11 @@ class SyntheticSettings:
     def from_species_cfg(cls, species_cfg: Mapping) -> SyntheticSettings:
         """Read and check the settings; ConfigError names the bad key."""
         node = {**DEFAULTS, **dict(species_cfg.get("synthetic") or {})}
+        node.pop("banding", None)  # the tracks' simulator: not part of the scene
         unknown = sorted(set(node) - set(DEFAULTS))
         if unknown:
-            raise ConfigError(f"species.synthetic: unknown key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+            raise ConfigError(f"species.synthetic: unknown key(s) {unknown}; allowed: "
+                              f"{sorted(DEFAULTS)} and banding")
         try:
             s = cls(seed=int(node["seed"]), native_res_km=float(node["native_res_km"]),
                     size=float(node["size"]), n_tracks=int(node["n_tracks"]),
@@ -172,9 +182,36 @@ def _write_tif(full: tuple, ds: xr.Dataset, path: Path) -> None:
                         **season_tags(int(ds.attrs["version_year"])))
 
 
+def banding_settings(species_cfg: Mapping) -> BandingSettings | None:
+    """The ``species.synthetic.banding`` node read and checked, or None when it is absent."""
+    node = (species_cfg.get("synthetic") or {}).get("banding")
+    if node is None:
+        return None
+    b = BandingSettings.from_node(_data.plain_mapping(node))
+    scene = get_scene(SyntheticSettings.from_species_cfg(species_cfg).scene)
+    if scene.reach_km is not None:
+        raise ConfigError(f"species.synthetic.banding: the {scene.name} scene has a sparse truth; "
+                          "banding birds are simulated on the flyway scene (species.synthetic.scene=flyway)")
+    return b
+
+
 def ensure_synthetic(species_cfg: Mapping, out_dir: str | Path) -> SyntheticFiles:
-    """Generate the synthetic species' files under ``out_dir/<key>/``, or reuse complete ones."""
+    """Generate the synthetic species' files under ``out_dir/<key>/``, or reuse complete ones.
+
+    With ``species.synthetic.banding`` the returned ``tracks`` are the banding birds'
+    (:func:`birdflow.synthetic.recoveries.ensure_banding`), generated on first use.
+    """
     s = SyntheticSettings.from_species_cfg(species_cfg)
+    banding = banding_settings(species_cfg)
+    files = _ensure_scene(s, Path(out_dir))
+    if banding is None:
+        return files
+    tracks = ensure_banding(files.raster.parent, banding, lambda: load_model(files.truth),
+                            s.version_year)
+    return replace(files, tracks=tracks)
+
+
+def _ensure_scene(s: SyntheticSettings, out_dir: Path) -> SyntheticFiles:
     folder = Path(out_dir) / s.key()
     files = SyntheticFiles(
         raster=folder / f"synthetic_abundance_median_{s.native_res_km:g}km_{s.version_year}.tif",
@@ -218,4 +255,6 @@ def describe(species_cfg: Mapping, data_cfg: Mapping | None = None) -> Synthetic
         print(f"truth: sparse within {scene.reach_km:g} km, neighbours per row mean "
               f"{per_row.mean():.1f} max {per_row.max()}, parameters "
               f"{int(per_week[0]) + int(per_row.sum()):,}")
+    if banding_settings(species_cfg) is not None:
+        describe_banding(files.tracks, ds)
     return files

@@ -2,9 +2,8 @@
 
 ``θ = (log dist_weight, log ent_weight, dist_pow, log w2_scale)`` (obs_weight stays as
 configured); :func:`weights` turns it into the traced weights
-:func:`birdflow.losses.objective.objective` accepts. :func:`fit` minimises over the logits
-until a stationarity criterion holds (not a fixed step count): the implicit function theorem
-behind the hypergradient holds only at a stationary point, so the fit reports how close it got.
+:func:`birdflow.losses.objective.objective` accepts. The fit to a stationary point is
+:mod:`birdflow.tuning.newton`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import xarray as xr
 
 from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
@@ -78,86 +76,3 @@ class Inner:
 
     def loss(self, params: dict, theta: jax.Array, state: Any) -> jax.Array:
         return self.value(params, theta, state)[0]
-
-
-def tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree)))
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """Inner-fit settings (``tune.inner`` in the config).
-
-    Attributes:
-        solver: "lbfgs" (optax L-BFGS with zoom line search; stateless losses, i.e. L2) or
-            "adam" (the training update; needed for W2, whose loss carries warm-start state).
-        gtol: stop when the logit gradient's 2-norm is at most this.
-        rtol: also stop when the loss changed by less than ``rtol`` (relative) over a check.
-        max_steps: at most this many inner steps per fit.
-        check_every: steps run in one jitted chunk between convergence checks.
-        learning_rate: Adam's step size.
-    """
-
-    solver: str = "lbfgs"
-    gtol: float = 1e-4
-    rtol: float = 0.0
-    max_steps: int = 2000
-    check_every: int = 25
-    learning_rate: float = 0.05
-
-
-@dataclass
-class FitResult:
-    params: dict
-    state: Any
-    steps: int
-    grad_norm: float
-    loss: float
-    converged: bool
-
-
-def make_fitter(inner: Inner, settings: FitSettings):
-    """A function ``(params, theta, state) -> FitResult`` running the configured solver."""
-    if settings.solver == "lbfgs":
-        opt = optax.lbfgs()
-    else:
-        opt = optax.adam(settings.learning_rate)
-
-    def chunk(carry, theta):
-        def body(c, _):
-            params, opt_state, state = c
-            if settings.solver == "lbfgs":
-                fn = lambda p: inner.loss(p, theta, state)  # noqa: E731
-                value, grad = optax.value_and_grad_from_state(fn)(params, state=opt_state)
-                updates, opt_state = opt.update(grad, opt_state, params, value=value, grad=grad,
-                                                value_fn=fn)
-                new_state = state
-            else:
-                (value, (_, new_state)), grad = jax.value_and_grad(inner.value, has_aux=True)(
-                    params, theta, state)
-                updates, opt_state = opt.update(grad, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, new_state), value
-
-        carry, values = jax.lax.scan(body, carry, None, length=settings.check_every)
-        params, _, state = carry
-        (value, _), grad = jax.value_and_grad(inner.value, has_aux=True)(params, theta, state)
-        return carry, value, tree_norm(grad), values[0]
-
-    chunk = jax.jit(chunk)
-
-    def fit(params, theta, state, max_steps: int | None = None) -> FitResult:
-        max_steps = settings.max_steps if max_steps is None else max_steps
-        carry = (params, opt.init(params), state)
-        steps, gnorm, value, rel = 0, float("inf"), float("nan"), float("inf")
-        while steps < max_steps:
-            carry, value, gnorm, first = jax.device_get(chunk(carry, theta))
-            steps += settings.check_every
-            if not np.isfinite(value) or not np.isfinite(gnorm):
-                break
-            rel = abs(first - value) / max(abs(value), 1e-30)
-            if gnorm <= settings.gtol or (settings.rtol > 0 and rel <= settings.rtol):
-                break
-        ok = bool(np.isfinite(value) and (gnorm <= settings.gtol or rel <= settings.rtol))
-        return FitResult(carry[0], carry[2], steps, float(gnorm), float(value), ok)
-
-    return fit

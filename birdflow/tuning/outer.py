@@ -1,25 +1,21 @@
-"""The outer loop of ``birdflow tune``: Adam on θ with bounds, a resumable tune run dir.
+"""``birdflow tune``: set up the bilevel problem, run the outer loop, save the tuned model.
 
-Each outer step refits the inner problem from the previous solution until it is stationary,
-computes the hypergradient (implicit by default) and takes one Adam step on the free
-components of θ, projected onto their bounds. The tune run dir holds ``config.yaml``,
-``run.json``, ``tuning_tracks.csv`` / ``validation_tracks.csv`` (the bird split),
-``trajectory.csv`` (θ, outer loss, hypergradient and costs per outer step), ``tuning.png``
-and ``model/``: the model at the θ with the lowest *tuning* loss, saved as an ordinary run dir
-(whose run.json points evaluation at the validation birds).
+The tune run dir holds ``config.yaml``, ``run.json`` (status, why the loop ended, θ),
+``tuning_tracks.csv`` / ``validation_tracks.csv`` (the bird split), ``trajectory.csv`` (every
+evaluated θ: :mod:`birdflow.tuning.search`), ``tuning.png`` and ``model/``: the model at the
+θ with the lowest *tuning* loss, saved as an ordinary run dir (whose run.json points
+evaluation at the validation birds).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from omegaconf import DictConfig, OmegaConf
 
 from birdflow.data.tracks import load_tracks
@@ -28,14 +24,11 @@ from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.model.neighbours import summary
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
-from birdflow.training.checkpoint import (
-    resume_from,
-    save_checkpoint,
-)
+from birdflow.training.checkpoint import resume_from
 from birdflow.training.loop import AfterTraining, build_index
-from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_history_csv, write_run_info
+from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_run_info
 from birdflow.training.settings import validate_train_config
-from birdflow.tuning import hypergrad, inner, likelihood, penalty
+from birdflow.tuning import hypergrad, inner, likelihood, newton, penalty, search
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
 from birdflow.tuning.tunedir import (  # noqa: F401  (MODEL_DIR, TRAJECTORY_CSV re-exported)
@@ -108,11 +101,8 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     cfg = _resumed(cfg)
     loss_cfg, opt = validate_train_config(cfg)
     ts = tune_settings(cfg.get("tune"), loss_cfg.location)
-    if loss_cfg.location == "w2":  # FD HVPs need accurate W2 gradients: full solves
-        loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, iterations_per_step=None))
-    if loss_cfg.location == "w2" and ts.w2_threshold:
-        loss_cfg = replace(loss_cfg, w2=replace(loss_cfg.w2, threshold=min(
-            loss_cfg.w2.threshold, ts.w2_threshold)))
+    if loss_cfg.location == "w2":
+        loss_cfg = _w2_for_tuning(loss_cfg, ts)
     tracks_csv, truth = _tracks_path(cfg)
     if cfg.precision == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -141,6 +131,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     index = build_index(cfg, ds)  # dense, or sparse as model.neighbourhood_km / neighbours_k ask
     if index.sparse:
         log.info(summary(index))
+    write_run_info(tune_dir, n_max=int(index.n_max), parameters=int(index.n_parameters()))
     prob = inner.Inner.build(ds, loss_cfg, dtype, index)
     batch = likelihood.make_batch(split.tuning, index)
     val_batch = likelihood.make_batch(split.validation, index)
@@ -156,30 +147,31 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     lo = np.array([ts.bounds[n][0] for n in inner.THETA_NAMES])
     hi = np.array([ts.bounds[n][1] for n in inner.THETA_NAMES])
     theta0 = np.clip(_start_theta(loss_cfg, ts.start), lo, hi)
-    optimizer = optax.adam(ts.learning_rate, b1=ts.b1, b2=ts.b2)
     if ts.init == "st":
         params = inner.st_init(ds, index, dtype)
     else:
         params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
-    state = {"theta": jnp.asarray(theta0, dtype), "opt_state": optimizer.init(jnp.asarray(theta0, dtype)),
-             "params": params, "loss_state": prob.init_state(),
+    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    state = {"theta": f(theta0), "params": params, "loss_state": prob.init_state(),
              "v": jax.tree_util.tree_map(jnp.zeros_like, params),
-             "best": {"theta": jnp.asarray(theta0, dtype), "params": params,
-                      "loss": jnp.asarray(np.inf, dtype)}}
+             "B": f(np.eye(len(theta0))), "radius": f(ts.descent.radius), "loss": f(np.inf),
+             "grad": f(np.zeros(len(theta0))), "damping": f(ts.solve.damping),
+             "best": {"theta": f(theta0), "params": params, "loss": f(np.inf)}}
     state = jax.tree_util.tree_map(jnp.asarray, state)
     start, state, traj = resume_from(tune_dir, state, cfg.get("resume"))
     if start:
         log.info("resuming %s from outer step %d", tune_dir, start)
     min_cor = jax.jit(lambda p: jnp.min(fit_penalty(p)[1]))
-    fit = inner.make_fitter(prob, ts.inner)
-    implicit = hypergrad.make_implicit(prob, outer_loss, ts.solve)
-    unrolled = (hypergrad.make_unrolled(prob, outer_loss, ts.unroll_steps, ts.unroll_lr)
-                if ts.hypergradient == "unrolled" else None)
+    parts = search.Parts(
+        fit=newton.make_newton(prob, ts.inner, ts.solve.hvp, ts.solve.fd_step),
+        implicit=hypergrad.make_implicit(prob, outer_loss, ts.solve), outer=jax.jit(outer_loss),
+        monitors=(val_ll, min_cor),
+        unrolled=(hypergrad.make_unrolled(prob, outer_loss, ts.unroll_steps, ts.unroll_lr)
+                  if ts.hypergradient == "unrolled" else None))
     log.info("tune %s/%s: %d tuning birds (%d intervals), %d validation birds (%d) -> %s",
              cfg.species.code, loss_cfg.location, len(split.tuning_birds), len(split.tuning),
              len(split.validation_birds), len(split.validation), tune_dir)
-    stopped = _outer(cfg, ts, state, traj, start, fit, implicit, unrolled, outer_loss,
-                     (val_ll, min_cor), optimizer, free, lo, hi, tune_dir)
+    stopped, ended = _run(cfg, ts, parts, state, traj, start, free, lo, hi, tune_dir)
     best = state_best = load_best(tune_dir, state)
     if not np.isfinite(float(best["loss"])):
         write_run_info(tune_dir, status="failed", message=stopped)
@@ -188,11 +180,11 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     model_dir = save_model(cfg, tune_dir, ds, index, loss_cfg, opt, state_best, traj, truth,
                             after)
     write_run_info(tune_dir, status="stopped" if stopped else "finished", message=stopped,
-                   model=str(model_dir), theta=np.asarray(best["theta"]).tolist())
+                   ended=ended, model=str(model_dir), theta=np.asarray(best["theta"]).tolist())
     plot(traj, tune_dir / "tuning.png")
     if stopped:
         raise TuningStopped(f"{stopped}; the last good θ and its model are kept in {model_dir}")
-    print(f"tune dir: {tune_dir}\nmodel run dir: {model_dir}")
+    print(f"{ended}\ntune dir: {tune_dir}\nmodel run dir: {model_dir}")
     return TuneResult(tune_dir, model_dir, np.asarray(best["theta"]), traj, stopped)
 
 
@@ -205,90 +197,37 @@ def _start_theta(loss_cfg, start: dict) -> np.ndarray:
     return theta
 
 
-def _outer(cfg, ts: TuneSettings, state, traj, start, fit, implicit, unrolled, outer_loss, monitors,
-           optimizer, free, lo, hi, tune_dir) -> str:
-    """Run outer steps ``start..ts.steps``; returns '' or the reason it stopped early.
+def _w2_for_tuning(loss_cfg, ts: TuneSettings):
+    """W2 as tuning needs it: full Sinkhorn solves to ``tune.w2_threshold`` every evaluation,
+    differentiated implicitly through the optimality conditions with all weeks in one vmap —
+    the mode whose forward-over-reverse Hessian-vector products are exact."""
+    w2 = replace(loss_cfg.w2, iterations_per_step=None, grad_mode="implicit", week_batch=0)
+    if ts.w2_threshold:
+        w2 = replace(w2, threshold=min(w2.threshold, ts.w2_threshold))
+    return replace(loss_cfg, w2=w2)
 
-    ``monitors`` = (validation mean ll, weakest weekly S&T correlation), functions of the logits.
-    """
-    val_ll, min_cor = monitors
+
+def _run(cfg, ts, parts, state, traj, start, free, lo, hi, tune_dir) -> tuple[str, str]:
+    """The outer loop with a progress bar; returns (failure message or '', why it ended)."""
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter() - (traj["time_s"][-1] if traj.get("time_s") else 0.0)
-    bar = tqdm(range(start, ts.steps + 1), initial=start, total=ts.steps + 1,
-               disable=not cfg.progress, desc=f"tune {cfg.species.code}/{cfg.loss.location}",
-               unit="outer", dynamic_ncols=True)
-    message = ""
-    damping = traj["damping"][-1] if traj.get("damping") else ts.solve.damping
+    bar = tqdm(total=ts.steps, initial=max(start - 1, 0), disable=not cfg.progress,
+               desc=f"tune {cfg.species.code}/{cfg.loss.location}", unit="outer",
+               dynamic_ncols=True)
+
+    def progress(step, trial, loss, theta, accepted):
+        bar.set_postfix({"L_out": f"{loss:.4f}", "trial": trial,
+                         "θ": np.asarray(theta).round(2).tolist()})
+        if accepted:
+            bar.update(1)
+
     try:
-        for step in bar:
-            theta = state["theta"]
-            max_steps = ts.first_max_steps if step == 0 else ts.inner.max_steps
-            res = fit(state["params"], theta, state["loss_state"], max_steps)
-            state["params"], state["loss_state"] = res.params, res.state
-            log.info("outer step %d: inner fit %d steps, |grad| %.3g, L_in %.6g", step, res.steps,
-                     res.grad_norm, res.loss)
-            h = _solve(implicit, res, theta, state, damping, ts.solve.max_damping, step)
-            if h.ok and h.damping != damping:  # the hypergradient's scale goes with 1/λ: restart
-                state["opt_state"] = optimizer.init(theta)  # Adam's moments at the new scale
-                log.info("outer step %d: Adam's moments restarted for damping %.0e", step, h.damping)
-            damping = h.damping
-            log.info("outer step %d: L_out %.5f, CG %d steps, residual %.2g, hypergradient %s",
-                     step, h.outer_loss, h.cg_steps, h.residual, np.round(h.grad, 5).tolist())
-            grad = h.grad
-            if unrolled is not None and h.ok:
-                grad = np.asarray(unrolled(res.params, theta, res.state), float)
-            grad = np.where(free, grad, 0.0)
-            ok = h.ok and np.all(np.isfinite(grad)) and np.isfinite(h.outer_loss)
-            if not ok:
-                message = (f"outer step {step}: " + (h.message or f"non-finite hypergradient "
-                           f"{grad.tolist()}") + f" at θ = {np.asarray(theta).round(4).tolist()}")
-                break
-            if not res.converged:
-                log.warning("outer step %d: inner fit stopped at gradient norm %.3g > gtol %.3g "
-                            "after %d steps; the hypergradient assumes stationarity",
-                            step, res.grad_norm, ts.inner.gtol, res.steps)
-            state["v"] = h.v
-            if h.outer_loss < float(state["best"]["loss"]):
-                state["best"] = {"theta": theta, "params": res.params,
-                                 "loss": jnp.asarray(h.outer_loss, theta.dtype)}
-            row = {"step": step, **{n: float(x) for n, x in zip(inner.THETA_NAMES, np.asarray(theta),
-                                                                  strict=True)},
-                   "outer_loss": h.outer_loss, "validation_ll": float(val_ll(res.params)),
-                   "min_distr_cor": float(min_cor(res.params)),
-                   "hypergrad_norm": float(np.linalg.norm(grad)),
-                   **{f"grad_{n}": float(g) for n, g in zip(inner.THETA_NAMES, grad, strict=True)},
-                   "inner_steps": res.steps, "inner_grad_norm": res.grad_norm,
-                   "inner_loss": res.loss, "cg_steps": h.cg_steps, "cg_residual": h.residual,
-                   "damping": h.damping,
-                   "best_outer_loss": float(state["best"]["loss"]),
-                   "time_s": time.perf_counter() - t0}
-            for k, v in row.items():
-                traj.setdefault(k, []).append(v)
-            bar.set_postfix({"L_out": f"{h.outer_loss:.4f}", "|g|": f"{row['hypergrad_norm']:.3g}",
-                             "θ": np.asarray(theta).round(2).tolist()})
-            if step < ts.steps:  # the last row only evaluates the final θ
-                updates, state["opt_state"] = optimizer.update(jnp.asarray(grad, theta.dtype),
-                                                               state["opt_state"])
-                state["theta"] = jnp.clip(optax.apply_updates(theta, updates), lo, hi)
-            save_checkpoint(tune_dir, step + 1, state, traj)
-            write_history_csv(tune_dir, traj)
-            (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
+        stopped, ended = search.run(ts, parts, state, traj, start, free, lo, hi, tune_dir,
+                                    progress)
     finally:
         bar.close()
-    if message:
-        log.error(message)
-    return message
-
-
-def _solve(implicit, res, theta, state, damping: float, max_damping: float, step: int):
-    """The hypergradient at the inner solution; a failed (finite) CG solve is retried from zero
-    with 10x the damping while that stays <= ``max_damping``; the raised damping is kept for the
-    following outer steps (it is recorded in the trajectory and survives a resume)."""
-    h = implicit(res.params, theta, res.state, state["v"], damping)
-    while not h.ok and np.all(np.isfinite(h.grad)) and damping * 10 <= max_damping * (1 + 1e-9):
-        log.warning("outer step %d: %s; retrying with tune.solve.damping %.0e -> %.0e",
-                    step, h.message, damping, damping * 10)
-        damping *= 10
-        h = implicit(res.params, theta, res.state, None, damping)
-    return h
+    if stopped:
+        log.error(stopped)
+    else:
+        log.info(ended)
+    return stopped, ended

@@ -6,22 +6,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from birdflow.errors import ConfigError
+from birdflow.tuning.descent import DescentSettings
 from birdflow.tuning.hypergrad import SolveSettings
-from birdflow.tuning.inner import THETA_NAMES, FitSettings
+from birdflow.tuning.inner import THETA_NAMES
+from birdflow.tuning.newton import NewtonSettings
 from birdflow.tuning.penalty import FitPenalty
 
 HYPERGRADIENTS = ("implicit", "unrolled")
 INITS = ("st", "random")
+DESCENT_KEYS = tuple(f.name for f in fields(DescentSettings))
 
 
 @dataclass(frozen=True)
 class TuneSettings:
     """Outer-loop settings (``tune`` in ``conf/tune.yaml``; see the comments there)."""
 
-    steps: int = 60
-    learning_rate: float = 0.3
-    b1: float = 0.5
-    b2: float = 0.9
     hypergradient: str = "implicit"
     unroll_steps: int = 200
     unroll_lr: float = 1.0
@@ -32,12 +31,17 @@ class TuneSettings:
     tuning_fraction: float = 0.5
     min_intervals: int = 20
     init: str = "st"
-    first_max_steps: int = 3000
+    first_max_steps: int = 200
     start: dict = field(default_factory=dict)
-    w2_threshold: float | None = 1e-4
-    inner: FitSettings = field(default_factory=FitSettings)
+    w2_threshold: float | None = 1e-6
+    descent: DescentSettings = field(default_factory=DescentSettings)
+    inner: NewtonSettings = field(default_factory=NewtonSettings)
     solve: SolveSettings = field(default_factory=SolveSettings)
     fit_penalty: FitPenalty = field(default_factory=FitPenalty)
+
+    @property
+    def steps(self) -> int:
+        return self.descent.steps
 
 
 def _sub(cls, m: Mapping | None, prefix: str):
@@ -50,36 +54,21 @@ def _sub(cls, m: Mapping | None, prefix: str):
 
 
 def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
-    """Build and check :class:`TuneSettings`; ``auto`` choices depend on the location loss."""
+    """Build and check :class:`TuneSettings` (``location``: the loss, l2 or w2)."""
     m = {k: v for k, v in dict(m or {}).items()}
     inner = dict(m.pop("inner", None) or {})
     solve = dict(m.pop("solve", None) or {})
-    if inner.get("solver", "auto") == "auto":
-        inner["solver"] = "lbfgs" if location == "l2" else "adam"
-    if solve.get("damping", "auto") == "auto":  # measured on the synthetic species (README)
-        solve["damping"] = 1e-4 if location == "l2" else 1e-3
-    # W2 inner fits are Adam steps through Sinkhorn solves (each ~10x an L2 step) that do not reach
-    # gtol; these budgets reproduce the README's W2 run from one command
-    for where, d, key in (("tune", m, "first_max_steps"), ("tune.inner", inner, "max_steps"),
-                          ("tune.solve", solve, "max_steps"), ("tune.solve", solve, "max_damping"),
-                          ("tune.solve", solve, "damping"), ("tune.solve", solve, "accept_residual")):
-        v = d.get(key, "auto")
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise ConfigError(f"{where}.{key}={v!r}: must be a number or auto")
-    if m.get("first_max_steps", "auto") == "auto":
-        m["first_max_steps"] = 2000 if location == "l2" else 600
-    if inner.get("max_steps", "auto") == "auto":
-        inner["max_steps"] = 400 if location == "l2" else 100
-    if solve.get("max_steps", "auto") == "auto":
-        solve["max_steps"] = 500 if location == "l2" else 150
-    if solve.get("accept_residual", "auto") == "auto":
-        # W2's FD Hessian-vector products of a not-quite-stationary fit: CG often stalls near a
-        # relative residual of 1e-3 (synthetic species), which is accurate enough for an Adam step
-        solve["accept_residual"] = 1e-4 if location == "l2" else 1e-2
-    if solve.get("max_damping", "auto") == "auto":
-        solve["max_damping"] = 100 * float(solve["damping"])
+    desc = {k: m.pop(k) for k in DESCENT_KEYS if k in m}
+    for key in ("learning_rate", "b1", "b2"):
+        if key in m:
+            raise ConfigError(f"tune.{key}: the outer loop no longer takes Adam steps; it takes "
+                              "downhill quasi-Newton steps in a trust radius (tune.radius)")
+    if "solver" in inner:
+        raise ConfigError("tune.inner.solver: inner fits are Newton-CG now; remove the key")
+    for key in ("atol",):
+        solve.pop(key, None)  # older configs: CG tolerances are relative (tune.solve.rtol)
     if solve.get("hvp", "auto") == "auto":
-        solve["hvp"] = "jvp" if location == "l2" else "fd"
+        solve["hvp"] = "jvp"  # exact for L2; W2 is differentiated implicitly (outer.tune)
     if m.get("free") is None:
         m["free"] = TuneSettings.free + (("log_w2_scale",) if location == "w2" else ())
     m["free"] = tuple(m["free"])
@@ -103,7 +92,8 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
                           f"min_cor={penalty.min_cor!r}, weight={penalty.weight!r}")
     s = _sub(TuneSettings, m, "tune")
     s = TuneSettings(**{**{f.name: getattr(s, f.name) for f in fields(s)},
-                        "inner": _sub(FitSettings, inner, "tune.inner"),
+                        "descent": _sub(DescentSettings, desc, "tune"),
+                        "inner": _sub(NewtonSettings, inner, "tune.inner"),
                         "solve": _sub(SolveSettings, solve, "tune.solve"),
                         "fit_penalty": penalty})
     bad = [n for n in s.free if n not in THETA_NAMES]
@@ -116,23 +106,26 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
                           f"{list(HYPERGRADIENTS)}")
     if s.init not in INITS:
         raise ConfigError(f"tune.init: unknown value {s.init!r}; choose one of {list(INITS)}")
-    if s.inner.solver not in ("lbfgs", "adam"):
-        raise ConfigError(f"tune.inner.solver: {s.inner.solver!r}; choose auto, lbfgs or adam")
-    if location == "w2" and s.inner.solver == "lbfgs":
-        raise ConfigError("tune.inner.solver=lbfgs: the W2 loss carries warm-start state that "
-                          "a line search cannot; use tune.inner.solver=adam (or auto)")
-    for key in ("steps", "unroll_steps", "first_max_steps"):
-        if int(getattr(s, key)) < 1:
-            raise ConfigError(f"tune.{key}: must be a positive integer, got {getattr(s, key)!r}")
-    for key, v in (("learning_rate", s.learning_rate), ("inner.gtol", s.inner.gtol),
-                   ("solve.rtol", s.solve.rtol)):
-        if not v > 0:
-            raise ConfigError(f"tune.{key}: must be > 0, got {v!r}")
-    if s.solve.damping < 0:
-        raise ConfigError(f"tune.solve.damping: must be >= 0, got {s.solve.damping!r}")
-    if s.solve.max_damping < 0:
-        raise ConfigError(f"tune.solve.max_damping: must be >= 0, got {s.solve.max_damping!r}")
-    for key, v in (("inner.max_steps", s.inner.max_steps), ("solve.max_steps", s.solve.max_steps)):
-        if int(v) < 1:
+    ints = (("steps", s.descent.steps), ("max_trials", s.descent.max_trials),
+            ("unroll_steps", s.unroll_steps), ("first_max_steps", s.first_max_steps),
+            ("inner.max_steps", s.inner.max_steps), ("inner.cg_max_steps", s.inner.cg_max_steps),
+            ("solve.max_steps", s.solve.max_steps))
+    for key, v in ints:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"tune.{key}: must be a positive integer, got {v!r}")
+    positive = (("radius", s.descent.radius), ("min_radius", s.descent.min_radius),
+                ("max_radius", s.descent.max_radius), ("inner.gtol", s.inner.gtol),
+                ("solve.rtol", s.solve.rtol), ("inner.damping", s.inner.damping))
+    for key, v in positive:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise ConfigError(f"tune.{key}: must be a number > 0, got {v!r}")
+    for key, v in (("solve.damping", s.solve.damping), ("solve.max_damping", s.solve.max_damping),
+                   ("ftol", s.descent.ftol), ("xtol", s.descent.xtol), ("gtol", s.descent.gtol)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise ConfigError(f"tune.{key}: must be a number >= 0, got {v!r}")
+    if s.solve.hvp not in ("jvp", "fd"):
+        raise ConfigError(f"tune.solve.hvp: {s.solve.hvp!r}; choose auto, jvp or fd")
+    if not s.descent.min_radius < s.descent.radius <= s.descent.max_radius:
+        raise ConfigError("tune.radius: need min_radius < radius <= max_radius, got "
+                          f"{s.descent.min_radius}, {s.descent.radius}, {s.descent.max_radius}")
     return s

@@ -67,20 +67,26 @@ def save_model(cfg, tune_dir, ds, index, loss_cfg, opt, best, traj, truth, after
 
 
 def plot(traj: dict, path: Path) -> None:
-    """Outer loss (tuning and validation) and θ against the outer step."""
+    """Outer loss (tuning and validation) and θ against the outer step; rejected trials as x."""
     from matplotlib.figure import Figure
 
     from birdflow.io import atomic_path
 
+    step = np.asarray(traj["step"])
+    acc = np.asarray(traj.get("accepted", np.ones(len(step))), bool)
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     a, b = fig.subplots(1, 2)
-    a.plot(traj["step"], traj["outer_loss"], "o-", label="tuning birds: −mean ll")
-    a.plot(traj["step"], [-x for x in traj["validation_ll"]], "s--", label="validation birds: −mean ll")
+    loss = np.asarray(traj["outer_loss"])
+    a.plot(step[acc], loss[acc], "o-", label="tuning birds: −mean ll")
+    a.plot(step[acc], -np.asarray(traj["validation_ll"])[acc], "s--",
+           label="validation birds: −mean ll")
+    if (~acc).any():
+        a.plot(step[~acc], loss[~acc], "x", c="C3", label="rejected trial (tuning)")
     a.set(xlabel="outer step", ylabel="negative mean interval log-likelihood")
     a.legend()
     for n in inner.THETA_NAMES:
-        if n in traj and np.ptp(traj[n]) > 0:
-            b.plot(traj["step"], traj[n], "o-", label=n)
+        if n in traj and np.ptp(np.asarray(traj[n])[acc]) > 0:
+            b.plot(step[acc], np.asarray(traj[n])[acc], "o-", label=n)
     b.set(xlabel="outer step", ylabel="θ")
     if b.get_lines():
         b.legend()

@@ -1,0 +1,146 @@
+"""Stationary inner fits: truncated Newton (Newton-CG) on the logits.
+
+Each iteration solves ``(H + λD) p = −∇L_in`` by preconditioned CG (:mod:`curvature`: the
+same Hessian-vector products, gauge and mass-diagonal scale as the hypergradient) to a relative
+residual ``min(0.5, sqrt(|∇L_in|))`` (superlinear convergence near the minimum), stops CG at a
+direction of negative curvature and adds that direction, pointing downhill (so a saddle is
+left, not converged to), and backtracks along ``p`` until the Armijo condition holds.
+The relative damping λ (Levenberg–Marquardt style) shrinks after a full step and grows after a
+shortened one. The fit ends when the mass-scaled gradient norm ``||D^-½ ∇L_in||₂ <= gtol``
+(:func:`curvature.scaled_norm`) — where the implicit function theorem behind the hypergradient
+holds — or after ``max_steps`` Newton iterations (not converged). The scaled norm, not the
+plain one, because a row's gradient carries its mass: a row with little mass can sit far from
+its optimum at a plain gradient far below any tolerance, and its Hessian is then indefinite.
+
+On the synthetic species L-BFGS needed 400–2,000 steps and often stopped short of gtol 1e-4;
+Newton reaches 1e-8 in tens of iterations (``python -m birdflow.bench.tuning``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from birdflow.tuning import curvature
+
+log = logging.getLogger("birdflow.tuning.newton")
+
+
+@dataclass(frozen=True)
+class NewtonSettings:
+    """``tune.inner``: a fit is stationary at ``||D^-½ ∇_w L_in||₂ <= gtol``.
+
+    Attributes:
+        gtol: the stationarity tolerance (mass-scaled 2-norm of the logit gradient).
+        max_steps: Newton iterations per fit (a refit from the previous θ needs a few).
+        cg_max_steps: CG steps per Newton direction.
+        damping: the first relative damping λ (of ``λD``); adapted per iteration.
+        min_damping: λ never goes below this.
+        armijo: sufficient decrease ``L(w + tp) <= L(w) + armijo t ∇Lᵀp``.
+        max_backtracks: step halvings before the iteration gives up.
+    """
+
+    gtol: float = 1e-6
+    max_steps: int = 100
+    cg_max_steps: int = 200
+    damping: float = 1e-3
+    min_damping: float = 1e-10
+    armijo: float = 1e-4
+    max_backtracks: int = 40
+
+
+@dataclass
+class FitResult:
+    params: dict
+    state: Any
+    steps: int  # Newton iterations
+    grad_norm: float
+    loss: float
+    converged: bool
+    hvps: int = 0  # Hessian-vector products (CG steps) spent
+
+
+def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step: float = 1e-4):
+    """``fit(params, theta, state, max_steps=None) -> FitResult`` by truncated Newton.
+
+    ``inner`` is a :class:`birdflow.tuning.inner.Inner` (``value``, ``loss``, ``index``).
+    """
+    mask = curvature.gauge_mask(inner.index)
+    hvp = curvature.make_hvp(inner.loss, hvp_mode, fd_step)
+
+    @jax.jit
+    def value_grad(params, theta, state):
+        (value, (_, new_state)), g = jax.value_and_grad(inner.value, has_aux=True)(
+            params, theta, state)
+        g = curvature.project_gauge(g, mask)
+        return value, g, curvature.scaled_norm(g, params, inner.index), new_state
+
+    @jax.jit
+    def direction(params, theta, state, g, damping, rtol):
+        op = curvature.operator(hvp, params, theta, state, inner.index, mask, damping)
+        b = -op.ravel(g)
+        res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps)
+        # a direction of negative curvature p: add it, pointing downhill and as long (in the
+        # mass-scaled metric) as the Newton part (or as the preconditioned gradient when CG
+        # stopped at once), so that a saddle is left instead of converged to
+        gf = op.ravel(g)
+        x = jnp.where(jnp.all(jnp.isfinite(res.x)), res.x, 0.0)
+        p = res.direction
+        sign = jnp.where(jnp.vdot(gf, p) > 0, -1.0, 1.0)
+        size = lambda v: jnp.sqrt(jnp.vdot(v, op.scale * v))  # noqa: E731
+        base = jnp.where(size(x) > 0, size(x), size(op.precond(b)))
+        escape = sign * p * base / jnp.maximum(size(p), jnp.finfo(b.dtype).tiny)
+        x = jnp.where(res.negative & jnp.all(jnp.isfinite(p)), x + escape, x)
+        x = jnp.where(jnp.vdot(gf, x) < 0, x, op.precond(b))  # never uphill: steepest descent
+        return op.unravel(x), res.steps, jnp.vdot(gf, x)
+
+    loss = jax.jit(inner.loss)
+    step_to = jax.jit(lambda p, d, t: jax.tree_util.tree_map(lambda a, b: a + t * b, p, d))
+
+    def fit(params, theta, state, max_steps: int | None = None) -> FitResult:
+        max_steps = settings.max_steps if max_steps is None else int(max_steps)
+        theta = jnp.asarray(theta)
+        value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
+        damping, steps, hvps = settings.damping, 0, 0
+        while gnorm > settings.gtol and steps < max_steps and np.isfinite(value):
+            rtol = min(0.5, float(np.sqrt(gnorm)))
+            p, k, slope = direction(params, theta, state, g, damping, rtol)
+            hvps += int(k) + 1
+            slope = float(slope)
+            log.debug("newton %d: L %.10g |g|_D %.3g, CG %d, slope %.3g, damping %.1e",
+                      steps, value, gnorm, int(k), slope, damping)
+            if not slope < 0:  # not a descent direction (round-off at the floor): stop
+                break
+            t, accepted = 1.0, None
+            for _ in range(settings.max_backtracks):
+                trial = step_to(params, p, t)
+                v = float(loss(trial, theta, state))
+                if np.isfinite(v) and v <= value + settings.armijo * t * slope:
+                    accepted = trial
+                    break
+                t *= 0.5
+            steps += 1
+            if accepted is None and -slope < 1e-12 * max(abs(value), 1e-30):
+                # the decrease is below L_in's round-off: judge the full step by the gradient
+                trial = step_to(params, p, 1.0)
+                out = jax.device_get(value_grad(trial, theta, state))
+                if np.isfinite(out[2]) and out[2] < gnorm:
+                    params, (value, g, gnorm, state) = trial, out
+                    continue
+            if accepted is None:
+                damping = min(damping * 100, 1e6)
+                log.debug("newton: no decrease along p; damping -> %.1e", damping)
+                continue
+            damping = max(damping / 4, settings.min_damping) if t == 1.0 else damping * 4
+            params = accepted
+            value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
+        value, gnorm = float(value), float(gnorm)
+        ok = bool(np.isfinite(value) and gnorm <= settings.gtol)
+        return FitResult(params, state, steps, gnorm, value, ok, hvps)
+
+    return fit

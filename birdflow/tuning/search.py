@@ -1,0 +1,165 @@
+"""The outer loop of ``birdflow tune``: downhill steps on θ from stationary inner fits.
+
+Every evaluated θ is one row of ``trajectory.csv``: accepted steps (``accepted`` 1) and the
+trials the step rule (:mod:`descent`) rejected, with the inner fit's stationarity, the linear
+solve's accuracy signals (CG residual, the hypergradient's change over the last CG steps,
+``damping_share``) and the time. An outer step is never taken from a fit that is not
+stationary: the fit is retried with 3x the Newton iterations, and a trial whose fit still
+stops short counts as rejected. A checkpoint after every accepted step makes a killed tune
+resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from birdflow.training.checkpoint import save_checkpoint
+from birdflow.training.rundir import write_history_csv
+from birdflow.tuning import descent
+from birdflow.tuning.inner import THETA_NAMES
+from birdflow.tuning.tunedir import TRAJECTORY_CSV
+
+log = logging.getLogger("birdflow.tuning.search")
+
+
+@dataclass
+class Parts:
+    """What the loop calls: ``fit``, ``implicit``, ``outer`` (jitted L_out of the logits),
+    ``monitors`` (validation mean ll, weakest weekly correlation) and ``unrolled`` (or None)."""
+
+    fit: object
+    implicit: object
+    outer: object
+    monitors: tuple
+    unrolled: object = None
+
+
+def _stationary_fit(parts: Parts, params, theta, state, max_steps: int):
+    res = parts.fit(params, theta, state, max_steps)
+    if not res.converged and np.isfinite(res.loss):
+        log.info("inner fit at |grad| %.2g after %d Newton steps; retrying with %d more",
+                 res.grad_norm, res.steps, 3 * max_steps)
+        more = parts.fit(res.params, theta, res.state, 3 * max_steps)
+        more.steps += res.steps
+        more.hvps += res.hvps
+        res = more
+    return res
+
+
+def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: float):
+    """The hypergradient; a failed (finite) solve is retried with 10x the damping up to the cap."""
+    h = parts.implicit(res.params, theta, res.state, v, damping)
+    while not h.ok and np.all(np.isfinite(h.grad)) and damping * 10 <= max_damping * (1 + 1e-9):
+        log.warning("%s; retrying with tune.solve.damping %.0e", h.message, damping * 10)
+        damping *= 10
+        h = parts.implicit(res.params, theta, res.state, None, damping)
+    if h.ok and parts.unrolled is not None:
+        h.grad = np.asarray(parts.unrolled(res.params, theta, res.state), float)
+    return h
+
+
+def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) -> dict:
+    val_ll, min_cor = parts.monitors
+    g = h.grad if h is not None else np.full(len(THETA_NAMES), np.nan)
+    return {"step": step, "trial": trial, "accepted": int(accepted),
+            **{n: float(x) for n, x in zip(THETA_NAMES, np.asarray(theta), strict=True)},
+            "outer_loss": loss, "validation_ll": float(val_ll(res.params)),
+            "min_distr_cor": float(min_cor(res.params)),
+            "hypergrad_norm": float(np.linalg.norm(g)),
+            **{f"grad_{n}": float(x) for n, x in zip(THETA_NAMES, g, strict=True)},
+            "inner_steps": res.steps, "inner_hvps": res.hvps, "inner_grad_norm": res.grad_norm,
+            "inner_converged": int(res.converged), "inner_loss": res.loss,
+            "cg_steps": h.cg_steps if h else 0, "cg_residual": h.residual if h else np.nan,
+            "cg_change": h.change if h else np.nan, "damping": h.damping if h else np.nan,
+            "damping_share": h.damping_share if h else np.nan, "radius": radius}
+
+
+def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tune_dir,
+        progress) -> tuple[str, str]:
+    """Outer steps from ``start``; returns (failure message or '', why it ended)."""
+    t0 = time.perf_counter() - (traj["time_s"][-1] if traj.get("time_s") else 0.0)
+    d_set = ts.descent
+
+    def log_row(row):
+        row["best_outer_loss"] = float(state["best"]["loss"])
+        row["time_s"] = time.perf_counter() - t0
+        for k, v in row.items():
+            traj.setdefault(k, []).append(v)
+        write_history_csv(tune_dir, traj)
+        (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
+
+    def keep(step, theta, res, h):
+        state.update(theta=jnp.asarray(theta), params=res.params, loss_state=res.state, v=h.v,
+                     loss=jnp.asarray(h.outer_loss), grad=jnp.asarray(h.grad),
+                     damping=jnp.asarray(h.damping))
+        if h.outer_loss < float(state["best"]["loss"]):
+            state["best"] = {"theta": jnp.asarray(theta), "params": res.params,
+                             "loss": jnp.asarray(h.outer_loss)}
+
+    def fail(step, what, theta):
+        return (f"outer step {step}: {what} at θ = {np.asarray(theta).round(4).tolist()}", "")
+
+    if start == 0:
+        theta = np.asarray(state["theta"])
+        res = _stationary_fit(parts, state["params"], theta, state["loss_state"],
+                              ts.first_max_steps)
+        if not res.converged:
+            return fail(0, f"the first inner fit stopped at |grad| {res.grad_norm:.2g} > "
+                        f"tune.inner.gtol {ts.inner.gtol:g} after {res.steps} Newton steps; "
+                        "raise tune.first_max_steps or tune.inner.gtol", theta)
+        h = _hypergradient(parts, res, theta, None, ts.solve.damping, ts.solve.max_damping)
+        if not h.ok:
+            return fail(0, h.message, theta)
+        keep(0, theta, res, h)
+        log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
+        save_checkpoint(tune_dir, 1, state, traj)
+        start = 1
+    for step in range(start, ts.steps + 1):
+        theta, loss = np.asarray(state["theta"], float), float(state["loss"])
+        g = np.where(free, np.asarray(state["grad"], float), 0.0)
+        if np.linalg.norm(descent.projected(g, theta, free, lo, hi)) <= d_set.gtol:
+            return "", f"converged: projected hypergradient below {d_set.gtol:g}"
+        radius, B = float(state["radius"]), np.asarray(state["B"], float)
+        for trial in range(d_set.max_trials):
+            d = descent.direction(B, g, theta, free, lo, hi, radius)
+            new = np.clip(theta + d, lo, hi)
+            s = new - theta
+            res = _stationary_fit(parts, state["params"], new, state["loss_state"],
+                                  ts.inner.max_steps)
+            new_loss = float(parts.outer(res.params)) if res.converged else np.nan
+            ok = res.converged and descent.accept(new_loss, loss, g, s, d_set.armijo)
+            progress(step, trial, new_loss, new, ok)
+            if ok:
+                break
+            log.info("outer step %d trial %d rejected: L_out %.6g vs %.6g (inner %s); radius "
+                     "%.3g -> %.3g", step, trial, new_loss, loss,
+                     "stationary" if res.converged else f"|grad| {res.grad_norm:.2g}", radius,
+                     np.max(np.abs(s)) / 4)
+            log_row(_row(step, trial, new, res, new_loss, parts, False, radius=radius))
+            radius = float(np.max(np.abs(s))) / 4
+            if radius < d_set.min_radius:
+                state["radius"] = jnp.asarray(radius)
+                return "", (f"converged: no downhill step longer than tune.min_radius "
+                            f"{d_set.min_radius:g} from θ = {theta.round(4).tolist()}")
+        else:
+            return "", f"stopped: {d_set.max_trials} rejected trials in outer step {step}"
+        h = _hypergradient(parts, res, new, state["v"], float(state["damping"]),
+                           ts.solve.max_damping)
+        if not h.ok:
+            return fail(step, h.message, new)
+        g_new = np.where(free, h.grad, 0.0)
+        state["B"] = jnp.asarray(descent.bfgs_update(B, s, g_new - g))
+        full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
+        state["radius"] = jnp.asarray(min(2 * radius, d_set.max_radius) if full else radius)
+        keep(step, new, res, h)
+        log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
+        save_checkpoint(tune_dir, step + 1, state, traj)
+        if descent.converged(h.outer_loss, loss, s, d_set):
+            return "", (f"converged: tuning loss changed by {abs(loss - h.outer_loss):.2g} and θ "
+                        f"by {np.max(np.abs(s)):.2g} in outer step {step}")
+    return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"

@@ -1,0 +1,108 @@
+"""Hypergradients with the *default* ``birdflow tune`` settings against finite differences.
+
+The reference is centred finite differences of θ ↦ L_out(w*(θ)), every point refitted tightly
+(Newton-CG to a mass-scaled |∇| of 1e-8) from the same start; the hypergradient under test
+uses what ``tune_settings({}, loss)`` gives (inner gtol, relative damping 1e-8, CG stopped when
+the hypergradient settles). Float64, a 3 × 4 grid over 6 weeks (11 cells), L2 and W2, at
+BirdFlowPy's default weights and at the tune's starting point. Measured (this file, CPU):
+see the README's "Exact hypergradients" table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_tiny_bfdata
+from test_tuning import _intervals
+
+WEIGHTS = {"birdflowpy": (0.01, 1e-4, 0.4), "tune_start": (0.01, 3e-3, 0.4)}
+FD_STEP = {"birdflowpy": 1e-2, "tune_start": 1e-3}  # the near-deterministic fit is flat: larger h
+
+
+def _problem(location: str, weights: str):
+    import jax.numpy as jnp
+
+    from birdflow.losses.config import LossConfig, W2Config
+    from birdflow.tuning import inner, likelihood
+    from birdflow.tuning.outer import _w2_for_tuning
+    from birdflow.tuning.settings import tune_settings
+
+    ds = make_tiny_bfdata(3, 4, n_weeks=6, seed=1)
+    dw, ew, dp = WEIGHTS[weights]
+    ts = tune_settings({}, location)
+    cfg = LossConfig(location=location, dist_weight=dw, ent_weight=ew, dist_pow=dp,
+                     w2=W2Config(epsilon=0.05))  # ε about one cell's cost on this 3 x 4 grid
+    if location == "w2":
+        cfg = _w2_for_tuning(cfg, ts)
+    prob = inner.Inner.build(ds, cfg, jnp.float64)
+    batch = likelihood.make_batch(_intervals(ds, n=60, seed=0), prob.index)
+
+    def outer(p):
+        return -likelihood.mean_log_likelihood(p, prob.index, batch, batch.max_lag)
+
+    theta = jnp.asarray(inner.theta_from_config(cfg))
+    return prob, outer, theta, inner.st_init(ds, prob.index, jnp.float64), ts
+
+
+def _finite_differences(fit, outer, sol, theta, step: float, n: int) -> np.ndarray:
+    fd = []
+    for i in range(n):
+        e = np.zeros(4)
+        e[i] = step
+        plus, minus = (fit(sol.params, theta + s * e, sol.state) for s in (1, -1))
+        assert plus.converged and minus.converged
+        fd.append((float(outer(plus.params)) - float(outer(minus.params))) / (2 * step))
+    return np.array(fd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("location", ["l2", "w2"])
+@pytest.mark.parametrize("weights", ["birdflowpy", "tune_start"])
+def test_default_hypergradient_agrees_with_finite_differences(location, weights):
+    """Sign of every component and relative error <= 5e-2 at the default settings."""
+    import jax
+
+    from birdflow.tuning import hypergrad, newton
+
+    with jax.enable_x64(True):
+        prob, outer, theta, p0, ts = _problem(location, weights)
+        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=1e-8, max_steps=400),
+                                   ts.solve.hvp)
+        ref = tight(p0, theta, prob.init_state())
+        assert ref.converged, ref.grad_norm
+        n = 4 if location == "w2" else 3  # W2 also tunes log w2_scale
+        fd = _finite_differences(tight, outer, ref, theta, FD_STEP[weights], n)
+        fit = newton.make_newton(prob, ts.inner, ts.solve.hvp, ts.solve.fd_step)
+        sol = fit(p0, theta, prob.init_state(), ts.first_max_steps)
+        assert sol.converged, sol.grad_norm
+        h = hypergrad.make_implicit(prob, outer, ts.solve)(sol.params, theta, sol.state)
+        assert h.ok, h.message
+        rel = np.abs(h.grad[:n] - fd) / np.abs(fd)
+        print(f"{location} {weights}: implicit {h.grad[:n]}, fd {fd}, rel {rel}, "
+              f"CG {h.cg_steps}, damping share {h.damping_share:.1e}")
+        assert np.all(np.sign(h.grad[:n]) == np.sign(fd)), (h.grad, fd)
+        assert np.all(rel <= 5e-2), rel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("location", ["l2", "w2"])
+def test_tight_hypergradient_agrees_with_finite_differences_to_1e3(location):
+    """With a tight inner fit and linear solve: relative error <= 1e-3 per component."""
+    import jax
+
+    from birdflow.tuning import hypergrad, newton
+
+    with jax.enable_x64(True):
+        prob, outer, theta, p0, ts = _problem(location, "tune_start")
+        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=1e-8, max_steps=400),
+                                   ts.solve.hvp)
+        sol = tight(p0, theta, prob.init_state())
+        assert sol.converged, sol.grad_norm
+        n = 4 if location == "w2" else 3
+        fd = _finite_differences(tight, outer, sol, theta, 1e-3, n)
+        h = hypergrad.make_implicit(prob, outer, hypergrad.SolveSettings(
+            damping=0.0, rtol=1e-11, wtol=0.0, max_steps=3000))(sol.params, theta, sol.state)
+        assert h.ok, h.message
+        rel = np.abs(h.grad[:n] - fd) / np.abs(fd)
+        print(f"{location} tight: implicit {h.grad[:n]}, fd {fd}, rel {rel}")
+        assert np.all(rel <= 1e-3), rel
