@@ -17,9 +17,9 @@ from birdflow.losses import LossConfig, W2Config, init_loss_state, make_problem,
 from birdflow.losses.location import SlotGeometry, slot_cost
 from birdflow.model.markov import WeekIndex, init_params
 
-# Tiny grid: epsilon large enough (relative to the largest cost) and threshold tight enough
+# Tiny grid: epsilon large enough (0.65 one-cell costs) and threshold tight enough
 # that every Sinkhorn solve converges, so fast and plain paths must agree to solver accuracy.
-TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000, iterations_per_step=None)
+TIGHT = W2Config(epsilon_cells=0.65, threshold=1e-9, max_iterations=5000, iterations_per_step=None)
 PLAIN = dataclasses.replace(TIGHT, cache_target_self=False, symmetric=False, shared_cost=False,
                             week_batch=0)
 
@@ -62,9 +62,12 @@ def test_bench_runs_tiny_and_prints_json_lines(capsys):
     assert 0 < w["grad_bias_vs_tight"] < 0.2 and 0.98 < w["grad_cos_vs_tight"] <= 1.0 + 1e-6
     assert w["w2_term_memory_bytes"] > 0 and w["w2_cost"] == "grid"  # the default: sqeuclidean, danskin, a raster grid
     like = by_case[bench.LIKE]
-    assert like["terms"]["epsilon"] == pytest.approx(
-        bench.like_for_like_config(bench.synthetic_bfdata(100)["distance_km"].values,
-                                   WeekIndex.from_bfdata(bench.synthetic_bfdata(100))).epsilon)
+    ds100 = bench.synthetic_bfdata(100)
+    like_cfg = bench.like_for_like_config(ds100["distance_km"].values, WeekIndex.from_bfdata(ds100),
+                                          float(ds100.attrs["res_km"]))
+    unit = make_problem(ds100, WeekIndex.from_bfdata(ds100),
+                        LossConfig(location="w2", w2=like_cfg)).w2_unit
+    assert like["terms"]["epsilon"] == pytest.approx(like_cfg.epsilon_cells * float(unit), rel=1e-5)
     assert f"{imp['grad_rel_diff_vs_danskin']:.1e}" in out  # the table shows the difference
 
 
@@ -100,7 +103,7 @@ def test_like_for_like_row_solves_the_reference_problem():
     scale = np.concatenate(scales)
     np.testing.assert_allclose(scale, scale[0], rtol=1e-5)  # one factor for every week
     eps = np.asarray(eps_ref) / scale[0]
-    assert np.median(eps) == pytest.approx(cfg.epsilon, rel=1e-5)
+    assert np.median(eps) == pytest.approx(cfg.epsilon_cells * float(problem.w2_unit), rel=1e-5)
     assert eps.max() / eps.min() < 1.5  # per-week epsilons the median stands for
 
 
@@ -154,7 +157,8 @@ def test_cached_target_term_equals_recomputed_and_is_reused(tiny, plain):
     again = _value_grad(tiny, TIGHT, steps=(0, 0))  # second call reads W(s, s) from the state
     _assert_same(first, plain)
     _assert_same(again, plain)
-    assert float(again[2]["ref_eps"]) == pytest.approx(TIGHT.epsilon)
+    assert float(again[2]["ref_eps"]) == pytest.approx(again[0]["epsilon"])
+    assert again[0]["epsilon"] == pytest.approx(TIGHT.epsilon_cells / 13)  # one-cell cost 1/13
     w = again[2]["ref"].shape[0]
     assert again[0]["sinkhorn_iterations"] > 0 and first[2]["f"].shape[0] == 3 * w
 
@@ -174,7 +178,7 @@ def test_cached_target_term_keeps_its_convergence_flags(tiny):
 
 
 def test_cache_is_refreshed_when_epsilon_changes(tiny):
-    sched = dataclasses.replace(TIGHT, epsilon_start=0.2, epsilon_decay_steps=4)
+    sched = dataclasses.replace(TIGHT, epsilon_cells_start=2.6, epsilon_decay_steps=4)
     cached = _value_grad(tiny, sched, steps=(0, 1, 2))
     fresh = _value_grad(tiny, dataclasses.replace(sched, cache_target_self=False), steps=(0, 1, 2))
     _assert_same(cached, fresh)
@@ -188,7 +192,7 @@ def test_warm_start_at_the_default_threshold_with_moving_parameters(tiny, grad_m
     what threshold 1e-3 allows, on the value and the gradient; warm needs fewer iterations."""
     ds, index = tiny
     # default threshold 1e-3, solved to it every step (amortised steps: tests/test_w2_fast.py)
-    loose = W2Config(epsilon=0.05, grad_mode=grad_mode, iterations_per_step=None)
+    loose = W2Config(epsilon_cells=0.65, grad_mode=grad_mode, iterations_per_step=None)
     assert loose.threshold == W2Config().threshold == 1e-3
     tight = dataclasses.replace(loose, threshold=1e-9, max_iterations=20000)
     with jax.enable_x64(True):

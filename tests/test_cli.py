@@ -141,5 +141,5 @@ def test_null_typed_values_and_plus_keys_reach_the_config():
                                "week_range=[10,20]"])
     assert cfg.tracks is None and cfg.note == "hello" and cfg.min_days == 3
     assert isinstance(cfg.min_days, int) and list(cfg.week_range) == [10, 20]
-    cfg = compose("train", ["loss=w2", "optim.steps=50", "loss.w2.epsilon=0.002"])
+    cfg = compose("train", ["loss=w2", "optim.steps=50", "loss.w2.epsilon_cells=2.5"])
     assert cfg.loss.location == "w2" and cfg.optim.steps == 50 and "hydra" not in cfg

@@ -79,7 +79,7 @@ def test_sinkhorn_w2_hand_values():
     pts = np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [3.0, 3.0]])  # 1000 km units
     mu = np.array([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.3, 0.2, 0, 0.5]])
     s = np.array([[0, 1.0, 0, 0], [0, 0.5, 0.5, 0], [0.3, 0.2, 0, 0.5]])
-    w2, conv = sinkhorn_w2_km(mu, s, pts)  # default eps: these cases are exact at any blur
+    w2, conv, _ = sinkhorn_w2_km(mu, s, pts)  # default eps: these cases are exact at any blur
     # Diracs 100 km apart: 100 km; half the mass shifted by one 100-km step: sqrt(.01) = 100 km;
     # identical distributions: 0
     np.testing.assert_allclose(w2, [100.0, 100.0, 0.0], atol=0.5)
@@ -121,16 +121,16 @@ def test_w2_metric_one_cell_shift_of_part_of_a_blob_against_the_exact_lp(res_km)
     lp = linprog(C.ravel(), A_eq=eq, b_eq=np.r_[moved, blob], bounds=(0, None), method="highs")
     exact_km = 1000 * np.sqrt(lp.fun)
     assert exact_km == pytest.approx(np.sqrt(0.05) * res_km, rel=1e-6)
-    w2, conv = sinkhorn_w2_km(moved[None], blob[None], pts, w2_epsilon(res_km))
+    w2, conv, _ = sinkhorn_w2_km(moved[None], blob[None], pts, w2_epsilon(res_km))
     assert conv.all() and w2[0] == pytest.approx(exact_km, rel=0.05)
-    old, _ = sinkhorn_w2_km(moved[None], blob[None], pts, 0.01)  # the former default blur
+    old, *_ = sinkhorn_w2_km(moved[None], blob[None], pts, 0.01)  # the former default blur
     assert old[0] < 0.6 * exact_km
 
 
 def test_grid_w2_metric_equals_the_point_cloud_one():
     """fit_metrics' W2 on a regular grid (kernel one axis at a time) = the O(n^2) point cloud."""
     from birdflow.bench.core import synthetic_bfdata
-    from birdflow.evaluation.metrics import W2_UNIT_M, grid_w2_km, w2_epsilon
+    from birdflow.evaluation.metrics import W2_THRESHOLD, W2_UNIT_M, grid_w2_km, w2_epsilon
 
     ds = synthetic_bfdata(60)
     s = ds["distr"].values[:4]
@@ -139,9 +139,12 @@ def test_grid_w2_metric_equals_the_point_cloud_one():
     args = (ds["cell_row"].values, ds["cell_col"].values, ds["cell_x"].values, ds["cell_y"].values)
     eps = w2_epsilon(float(ds.attrs["res_km"]))
     xy = np.stack(args[2:], axis=1) / W2_UNIT_M
-    want, _ = sinkhorn_w2_km(mu, s, xy, eps)
-    got, _ = grid_w2_km(mu, s, *args, eps)
-    np.testing.assert_allclose(got, want, rtol=1e-4)  # measured 2e-5 at 300 cells (floor mass)
+    want, *_ = sinkhorn_w2_km(mu, s, xy, eps)
+    got, conv, err = grid_w2_km(mu, s, *args, eps)
+    assert conv.all() and (err <= W2_THRESHOLD).all()  # every week exact, its error reported
+    # both converged to the 1e-3 threshold, the grid's cold solves by epsilon scaling (the point
+    # cloud's not), so they stop at different points within it: 5e-4 measured (2e-5 before)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
     x_off = args[2].copy()
     x_off[0] += 1234.0  # a cell off the lattice: no grid, fit_metrics falls back
     assert grid_w2_km(mu, s, args[0], args[1], x_off, args[3], eps) is None

@@ -165,7 +165,7 @@ def _dense_params(index, seed=0):
 def test_full_radius_sparse_equals_dense(tiny_sparse, location):
     ds, dense, big = tiny_sparse
     cfg = LossConfig(location=location, dist_weight=0.05, ent_weight=0.02,
-                     w2=W2Config(epsilon=0.05, threshold=1e-10, max_iterations=5000))
+                     w2=W2Config(epsilon_cells=0.65, threshold=1e-10, max_iterations=5000))
     pd = _dense_params(dense)
     ps = {"z0": pd["z0"], "Z": jnp.asarray(sparse.from_dense(np.asarray(pd["Z"]), big.nbr))}
     out = {}

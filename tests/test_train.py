@@ -40,8 +40,8 @@ def test_bad_config_fails_before_any_work(tmp_path, override, key):
 
 
 def test_bad_epsilon_names_key(tmp_path):
-    cfg = make_cfg(tmp_path / "run", "loss=w2", "loss.w2.epsilon=0")
-    with pytest.raises(ConfigError, match=r"loss\.w2\.epsilon"):
+    cfg = make_cfg(tmp_path / "run", "loss=w2", "loss.w2.epsilon_cells=0")
+    with pytest.raises(ConfigError, match=r"loss\.w2\.epsilon_cells"):
         train(cfg, data=None)
 
 
@@ -91,7 +91,7 @@ def test_w2_implicit_mode_trains_like_danskin_when_sinkhorn_converges(tmp_path, 
     """Converged solves (threshold 1e-6): implicit and envelope gradients agree, so both runs
     follow the same path; no implicit solve fell back and no solve stopped unconverged."""
     runs = {mode: train(make_cfg(tmp_path / mode, "loss=w2", f"loss.w2.grad_mode={mode}",
-                                 "loss.w2.epsilon=0.05", "loss.w2.threshold=1e-6",
+                                 "loss.w2.epsilon_cells=0.65", "loss.w2.threshold=1e-6",
                                  "loss.w2.iterations_per_step=null", "optim.steps=10"), data=data)
             for mode in ("implicit", "danskin")}
     imp, dan = runs["implicit"].history, runs["danskin"].history
@@ -103,10 +103,11 @@ def test_w2_implicit_mode_trains_like_danskin_when_sinkhorn_converges(tmp_path, 
 
 
 def test_unconverged_sinkhorn_is_counted_warned_or_stops(tmp_path, data, caplog):
-    """Too few iterations for epsilon 1e-4: every step reports unconverged week-solves."""
+    """Too few iterations for epsilon 0.0013 one-cell costs: every step reports unconverged
+    week-solves."""
     from birdflow.training.loop import SinkhornNotConverged
 
-    few = ("loss=w2", "loss.w2.epsilon=1e-4", "loss.w2.max_iterations=10", "optim.steps=3",
+    few = ("loss=w2", "loss.w2.epsilon_cells=0.0013", "loss.w2.max_iterations=10", "optim.steps=3",
            "loss.w2.iterations_per_step=null")  # every step a convergence-checked solve
     with caplog.at_level("WARNING", logger="birdflow.training.loop"):
         res = train(make_cfg(tmp_path / "warn", *few), data=data)

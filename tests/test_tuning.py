@@ -214,7 +214,7 @@ def test_settings_reject_bad_values():
 
     with pytest.raises(ConfigError, match="tune.free: log_w2_scale only exists for loss=w2"):
         tune_settings({"free": ["log_w2_scale"]}, "l2")
-    with pytest.raises(ConfigError, match="tune.inner.solver=lbfgs"):
+    with pytest.raises(ConfigError, match="tune.inner.solver: inner fits are Newton-CG"):
         tune_settings({"inner": {"solver": "lbfgs"}}, "w2")
     with pytest.raises(ConfigError, match="tune.bounds.dist_pow"):
         tune_settings({"bounds": {"dist_pow": [2, 1]}}, "l2")

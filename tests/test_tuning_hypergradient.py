@@ -1,7 +1,7 @@
 """Hypergradients with the *default* ``birdflow tune`` settings against finite differences.
 
 The reference is centred finite differences of θ ↦ L_out(w*(θ)), every point refitted tightly
-(Newton-CG to a mass-scaled |∇| of 1e-8) from the same start; the hypergradient under test
+(Newton-CG to a mass-scaled |∇| of 1e-9; Richardson-extrapolated) from the same start; the hypergradient under test
 uses what ``tune_settings({}, loss)`` gives (inner gtol, relative damping 1e-8, CG stopped when
 the hypergradient settles). Float64, a 3 × 4 grid over 6 weeks (11 cells), L2 and W2, at
 BirdFlowPy's default weights and at the tune's starting point. Measured (this file, CPU):
@@ -16,7 +16,8 @@ from conftest import make_tiny_bfdata
 from test_tuning import _intervals
 
 WEIGHTS = {"birdflowpy": (0.01, 1e-4, 0.4), "tune_start": (0.01, 3e-3, 0.4)}
-FD_STEP = {"birdflowpy": 1e-2, "tune_start": 1e-3}  # the near-deterministic fit is flat: larger h
+FD_STEP = {"birdflowpy": 2e-2, "tune_start": 1e-2}  # the near-deterministic fit is flat: larger h
+TIGHT = 1e-9  # mass-scaled |∇L_in| of the reference refits (round-off floors it near 3e-10)
 
 
 def _problem(location: str, weights: str):
@@ -31,7 +32,7 @@ def _problem(location: str, weights: str):
     dw, ew, dp = WEIGHTS[weights]
     ts = tune_settings({}, location)
     cfg = LossConfig(location=location, dist_weight=dw, ent_weight=ew, dist_pow=dp,
-                     w2=W2Config(epsilon=0.05))  # ε about one cell's cost on this 3 x 4 grid
+                     w2=W2Config())  # the default blur (2 one-cell costs)
     if location == "w2":
         cfg = _w2_for_tuning(cfg, ts)
     prob = inner.Inner.build(ds, cfg, jnp.float64)
@@ -45,14 +46,26 @@ def _problem(location: str, weights: str):
 
 
 def _finite_differences(fit, outer, sol, theta, step: float, n: int) -> np.ndarray:
-    fd = []
-    for i in range(n):
+    """Richardson-extrapolated centred differences, ``(4 D(h/2) − D(h)) / 3`` (error O(h⁴))."""
+    def centred(i, h):
         e = np.zeros(4)
-        e[i] = step
+        e[i] = h
         plus, minus = (fit(sol.params, theta + s * e, sol.state) for s in (1, -1))
-        assert plus.converged and minus.converged
-        fd.append((float(outer(plus.params)) - float(outer(minus.params))) / (2 * step))
-    return np.array(fd)
+        assert plus.converged and minus.converged, (plus.grad_norm, minus.grad_norm)
+        return (float(outer(plus.params)) - float(outer(minus.params))) / (2 * h)
+
+    return np.array([(4 * centred(i, step / 2) - centred(i, step)) / 3 for i in range(n)])
+
+
+def _relative_errors(grad: np.ndarray, fd: np.ndarray) -> np.ndarray:
+    """|grad − fd| per component, relative to |fd|, or to 1 % of ||fd|| for smaller components
+    (W2's log w2_scale derivative is ~1e-3 of the others here: its sign is round-off)."""
+    return np.abs(grad - fd) / np.maximum(np.abs(fd), 1e-2 * np.linalg.norm(fd))
+
+
+def _signs_agree(grad: np.ndarray, fd: np.ndarray) -> bool:
+    big = np.abs(fd) >= 1e-2 * np.linalg.norm(fd)
+    return bool(np.all(np.sign(grad[big]) == np.sign(fd[big])))
 
 
 @pytest.mark.slow
@@ -66,7 +79,7 @@ def test_default_hypergradient_agrees_with_finite_differences(location, weights)
 
     with jax.enable_x64(True):
         prob, outer, theta, p0, ts = _problem(location, weights)
-        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=1e-8, max_steps=400),
+        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=TIGHT, max_steps=400),
                                    ts.solve.hvp)
         ref = tight(p0, theta, prob.init_state())
         assert ref.converged, ref.grad_norm
@@ -77,10 +90,10 @@ def test_default_hypergradient_agrees_with_finite_differences(location, weights)
         assert sol.converged, sol.grad_norm
         h = hypergrad.make_implicit(prob, outer, ts.solve)(sol.params, theta, sol.state)
         assert h.ok, h.message
-        rel = np.abs(h.grad[:n] - fd) / np.abs(fd)
+        rel = _relative_errors(h.grad[:n], fd)
         print(f"{location} {weights}: implicit {h.grad[:n]}, fd {fd}, rel {rel}, "
               f"CG {h.cg_steps}, damping share {h.damping_share:.1e}")
-        assert np.all(np.sign(h.grad[:n]) == np.sign(fd)), (h.grad, fd)
+        assert _signs_agree(h.grad[:n], fd), (h.grad, fd)
         assert np.all(rel <= 5e-2), rel
 
 
@@ -94,15 +107,15 @@ def test_tight_hypergradient_agrees_with_finite_differences_to_1e3(location):
 
     with jax.enable_x64(True):
         prob, outer, theta, p0, ts = _problem(location, "tune_start")
-        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=1e-8, max_steps=400),
+        tight = newton.make_newton(prob, newton.NewtonSettings(gtol=TIGHT, max_steps=400),
                                    ts.solve.hvp)
         sol = tight(p0, theta, prob.init_state())
         assert sol.converged, sol.grad_norm
         n = 4 if location == "w2" else 3
-        fd = _finite_differences(tight, outer, sol, theta, 1e-3, n)
+        fd = _finite_differences(tight, outer, sol, theta, FD_STEP["tune_start"], n)
         h = hypergrad.make_implicit(prob, outer, hypergrad.SolveSettings(
             damping=0.0, rtol=1e-11, wtol=0.0, max_steps=3000))(sol.params, theta, sol.state)
         assert h.ok, h.message
-        rel = np.abs(h.grad[:n] - fd) / np.abs(fd)
+        rel = _relative_errors(h.grad[:n], fd)
         print(f"{location} tight: implicit {h.grad[:n]}, fd {fd}, rel {rel}")
         assert np.all(rel <= 1e-3), rel

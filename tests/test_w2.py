@@ -187,7 +187,8 @@ def test_cell_cost_normalisation():
 def test_w2_objective_warm_start_and_schedule():
     ds = make_tiny_bfdata(n_rows=3, n_cols=4, n_weeks=6, seed=5)
     index = WeekIndex.from_bfdata(ds)
-    w2cfg = W2Config(debiased=False, epsilon=0.02, epsilon_start=0.2, epsilon_decay_steps=10, threshold=1e-6,
+    w2cfg = W2Config(debiased=False, epsilon_cells=0.26, epsilon_cells_start=2.6, epsilon_decay_steps=10,
+                     threshold=1e-6,
                      max_iterations=5000, iterations_per_step=None)
     cfg = LossConfig(location="w2", w2=w2cfg)
     problem = make_problem(ds, index, cfg)
@@ -202,7 +203,9 @@ def test_w2_objective_warm_start_and_schedule():
     assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves((g, g_warm)))
     assert set(cold) >= {"total", "obs", "dist", "ent", "l2", "w2", "sinkhorn_iterations"}
     np.testing.assert_allclose(cold["obs"], w2cfg.scale * cold["w2"], rtol=1e-12)
-    np.testing.assert_allclose(epsilon_at(w2cfg, 0), 0.2, rtol=1e-12)
-    np.testing.assert_allclose(epsilon_at(w2cfg, 5), np.sqrt(0.2 * 0.02), rtol=1e-12)
-    np.testing.assert_allclose(epsilon_at(w2cfg, 50), 0.02, rtol=1e-12)
+    unit = float(problem.w2_unit)  # one-cell cost: epsilon_cells 0.26 is 0.02 of the largest cost
+    np.testing.assert_allclose(unit, 1 / 13, rtol=1e-12)
+    np.testing.assert_allclose(epsilon_at(w2cfg, 0, unit), 0.2, rtol=1e-12)
+    np.testing.assert_allclose(epsilon_at(w2cfg, 5, unit), np.sqrt(0.2 * 0.02), rtol=1e-12)
+    np.testing.assert_allclose(epsilon_at(w2cfg, 50, unit), 0.02, rtol=1e-12)
     np.testing.assert_allclose(cold["epsilon"], 0.02, rtol=1e-12)

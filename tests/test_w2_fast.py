@@ -22,8 +22,8 @@ from birdflow.losses import (
 )
 from birdflow.model.markov import WeekIndex
 
-# every full solve converges on this grid (epsilon large for its cost, threshold tight)
-TIGHT = W2Config(epsilon=0.05, threshold=1e-9, max_iterations=5000, online_cost=False)
+# every full solve converges on this grid (epsilon 0.65 one-cell costs, threshold tight)
+TIGHT = W2Config(epsilon_cells=0.65, threshold=1e-9, max_iterations=5000, online_cost=False)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,9 @@ def test_amortised_step_zero_is_the_full_solve(tiny):
 def test_amortised_potentials_converge_to_the_full_solve(tiny):
     """From a cold start (all steps amortised: steps 1, 2, ...) at fixed parameters, k = 5
     iterations per call converge to the tight solve: value and gradient equal, and the
-    reported marginal error falls below the threshold; after one call they are not."""
-    cfg = dataclasses.replace(TIGHT, iterations_per_step=5)
+    reported marginal error falls below the threshold; after one call they are not (the
+    error_tolerance guard switched off: it would iterate the first call to below it)."""
+    cfg = dataclasses.replace(TIGHT, iterations_per_step=5, error_tolerance=10.0)
     full = _run(tiny, TIGHT, steps=(0,))
     one = _run(tiny, cfg, steps=(1,))
     many = _run(tiny, cfg, steps=range(1, 81))
@@ -74,10 +75,11 @@ def test_full_solve_every_runs_convergence_checked_solves(tiny):
     full_step = _run(tiny, cfg, steps=(0, 1, 2, 3))
     assert amort[0]["sinkhorn_iterations"] == 1
     assert full_step[0]["sinkhorn_iterations"] > 1 and full_step[0]["sinkhorn_error"] < 1e-9
-    # a full solve that stops at max_iterations is counted; an amortised step never is
+    # a full solve that stops at max_iterations is counted; an amortised step only when it ends
+    # above error_tolerance (10 here: never), W(s, s) always against the threshold
     capped = dataclasses.replace(cfg, max_iterations=10)
     assert _run(tiny, capped, steps=(0,))[0]["n_unconverged"] > 0
-    assert _run(tiny, dataclasses.replace(capped, cache_target_self=False),
+    assert _run(tiny, dataclasses.replace(capped, cache_target_self=False, error_tolerance=10.0),
                 steps=(1,))[0]["n_unconverged"] == _w_ss_unconverged(tiny, capped)
 
 
@@ -89,7 +91,8 @@ def _w_ss_unconverged(tiny, cfg) -> int:
         slots = jnp.asarray(index.slot_cell[index.week_of_marginal()])
         cost = location.SlotCost(jnp.asarray(problem.w2_cell_cost, jnp.float64), slots)
         z = jnp.zeros((slots.shape[0], index.n_max))
-        out = location.self_cost(jnp.asarray(problem.targets, jnp.float64), cost, cfg.epsilon,
+        out = location.self_cost(jnp.asarray(problem.targets, jnp.float64), cost,
+                                 cfg.epsilon_cells * float(problem.w2_unit),
                                  (z, z), threshold=cfg.threshold, max_iterations=cfg.max_iterations)
     return int((~out[4]).sum())
 

@@ -120,7 +120,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=600, help="training steps per budget")
     ap.add_argument("--every", type=int, default=50, help="steps between gradient checks")
     ap.add_argument("--override", nargs="*", default=[],
-                    help="train config overrides, e.g. species.synthetic.size=1.7 loss.w2.epsilon=1e-3")
+                    help="train config overrides, e.g. species.synthetic.size=1.7 loss.w2.epsilon_cells=2")
     a = ap.parse_args(argv)
     cfg = compose("train", ["loss=w2", *a.override])
     ds, _ = load_or_preprocess(cfg.species, cfg.data)

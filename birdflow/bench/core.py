@@ -248,7 +248,8 @@ def main(argv=None) -> list[dict]:
         for name, w2cfg in todo:
             ref = name == "reference"
             if name == LIKE:
-                w2cfg = like_for_like_config(ds["distance_km"].values, index)
+                w2cfg = like_for_like_config(ds["distance_km"].values, index,
+                                             float(ds.attrs["res_km"]))
             if a.memory_only:
                 if w2cfg is not None and not ref:
                     block.append({"case": name, "n_max": index.n_max,

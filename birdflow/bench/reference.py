@@ -38,13 +38,15 @@ def reference_costs(distance_km: np.ndarray, index: WeekIndex) -> list[np.ndarra
     return out
 
 
-def like_for_like_config(distance_km: np.ndarray, index: WeekIndex) -> W2Config:
+def like_for_like_config(distance_km: np.ndarray, index: WeekIndex,
+                         res_km: float = 100.0) -> W2Config:
     """Our W2 solver set to the reference's problem: the same cost, epsilon and threshold.
 
     The cost is the reference's ``(d_km / 100)^0.4`` (ours divides it by its largest value,
     so epsilon is divided by the same number: the solve is the same up to that scale);
     epsilon is the reference's 0.01 x OTT default, which OTT computes per week from that
-    week's cost, so the median over weeks (they differ by a few %) is used; threshold 5e-2,
+    week's cost, so the median over weeks (they differ by a few %) is used, expressed in
+    one-cell costs (``res_km``, as ``loss.w2.epsilon_cells`` takes it); threshold 5e-2,
     at most 5,000 iterations, the plain regularised cost (no debiasing). Everything else is
     ours (warm start, scan over weeks, momentum, envelope gradient).
     """
@@ -53,7 +55,8 @@ def like_for_like_config(distance_km: np.ndarray, index: WeekIndex) -> W2Config:
                      for c in costs])
     d = np.minimum(np.asarray(distance_km, float), np.pi * EARTH_RADIUS_KM)  # all active cells
     top = float((d / 100.0).max() ** REF_DIST_POW)  # what location.cell_cost divides by
-    return W2Config(cost="dist_pow", cost_pow=REF_DIST_POW, epsilon=float(eps) / top,
+    unit = (float(res_km) / 100.0) ** REF_DIST_POW / top  # ground_cost.one_cell_cost
+    return W2Config(cost="dist_pow", cost_pow=REF_DIST_POW, epsilon_cells=float(eps) / top / unit,
                     threshold=REF_THRESHOLD, max_iterations=REF_MAX_ITERATIONS, debiased=False)
 
 

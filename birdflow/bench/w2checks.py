@@ -19,6 +19,7 @@ from birdflow.losses.objective import (
     Problem,
     W2Config,
     _w2_term,
+    epsilon_at,
     init_loss_state,
     objective,
     w2_cost_parts,
@@ -75,7 +76,7 @@ def w2_term_memory(ds, index: WeekIndex, w2cfg: W2Config) -> dict:
     state = init_loss_state(problem, index, cfg)
 
     def term(mu, prob, st):
-        vals, _, _, new = _w2_term(mu, prob, index, w2cfg, st, jnp.asarray(w2cfg.epsilon),
+        vals, _, _, new = _w2_term(mu, prob, index, w2cfg, st, epsilon_at(w2cfg, 1, prob.w2_unit),
                                        jnp.asarray(1, jnp.int32))
         return vals.sum(), new
 

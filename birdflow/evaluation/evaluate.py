@@ -20,7 +20,13 @@ import xarray as xr
 
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
 from birdflow.evaluation.intervals import SCORE_COLUMNS, interval_summary, score_intervals
-from birdflow.evaluation.metrics import distribution_performance, fit_metrics
+from birdflow.evaluation.metrics import (
+    W2_SUMMARY,
+    W2_THRESHOLD,
+    distribution_performance,
+    fit_metrics,
+    w2_summary,
+)
 from birdflow.evaluation.seasons import migration_seasons, season_performance
 from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model
@@ -147,9 +153,7 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
     perf = distribution_performance(model)
     summary = {"n_weeks": model.index.n_weeks, "n_cells": model.n_cells,
                "mean_l2": float(fit["l2"].mean()), "mean_tv": float(fit["tv"].mean()),
-               "mean_w2": float(fit["w2"].mean()) if w2 else None,
-               "max_w2": float(fit["w2"].max()) if w2 else None,
-               "w2_epsilon": fit["w2_epsilon"] if w2 else None}
+               **(w2_summary(fit) if w2 else dict.fromkeys(W2_SUMMARY))}
     summary |= {k: v for k, v in perf.items() if np.isscalar(v)}
     seasons = migration_seasons(model.data) if seasons is None else seasons
     season_metrics, notes = season_performance(model, seasons)
@@ -160,10 +164,12 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
     per_week = {"week": model.data["week"].values, "l2": fit["l2"], "tv": fit["tv"],
                 "distr_cor": perf["distr_cor"], "single_step_cor": perf["single_step_cor"]}
     if w2:
-        per_week["w2"] = fit["w2"]
+        per_week |= {"w2": fit["w2"], "w2_converged": fit["w2_converged"], "w2_error": fit["w2_error"]}
         if not fit["w2_converged"].all():
-            notes.append(f"Sinkhorn did not converge for {int((~fit['w2_converged']).sum())} "
-                         "week(s); their W2 is approximate")
+            notes.append(f"Sinkhorn did not converge for {summary['n_w2_unconverged']} week(s) "
+                         f"(L1 marginal error up to {summary['max_w2_error']:.2g}, threshold "
+                         f"{W2_THRESHOLD:g}): their W2 is not exact and mean_w2/max_w2 leave them "
+                         "out; pass a larger w2_epsilon")
     truth = _as_model(truth)
     why = grid_difference(model.data, truth.data) if truth is not None else "no truth given"
     if truth is not None and not why and truth.n_transitions != model.n_transitions:

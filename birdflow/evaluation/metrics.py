@@ -17,6 +17,8 @@ from birdflow.model.joints import Transitions
 
 W2_BLUR_CELLS = 0.1  # entropic blur sqrt(eps) of the W2 metric, in grid cells
 W2_UNIT_M = 1e6  # cell centres are scaled to 1000 km so costs are O(1)
+W2_THRESHOLD = 1e-3  # L1 marginal error below which a week's W2 counts as exact (converged)
+W2_MAX_ITERATIONS = 20000
 
 
 def w2_epsilon(res_km: float) -> float:
@@ -113,7 +115,9 @@ def fit_metrics(model: BirdFlowModel, *, w2: bool = True, epsilon: float | None 
 
     Returns:
         dict of (n_weeks,) arrays: ``l2`` = sum (mu - s)^2, ``tv`` = 0.5 sum |mu - s|, and with
-        ``w2``: ``w2`` (km, see :func:`sinkhorn_w2_km`), ``w2_converged`` (bool) and the
+        ``w2``: ``w2`` (km, see :func:`sinkhorn_w2_km`), ``w2_converged`` (bool: every solve of
+        the week reached the threshold, so its W2 is exact at this blur), ``w2_error`` (the
+        largest L1 marginal error its solves ended at: how far an unconverged week is) and the
         scalar ``w2_epsilon`` used.
     """
     mu = model.distrs()
@@ -129,8 +133,23 @@ def fit_metrics(model: BirdFlowModel, *, w2: bool = True, epsilon: float | None 
         if grid is None:  # cells off a regular lattice: the point-cloud solve, O(n^2)
             xy = np.stack([d["cell_x"].values, d["cell_y"].values], axis=1)
             grid = sinkhorn_w2_km(mu, s, xy / W2_UNIT_M, epsilon)
-        out["w2"], out["w2_converged"] = grid
+        out["w2"], out["w2_converged"], out["w2_error"] = grid
     return out
+
+
+W2_SUMMARY = ("mean_w2", "max_w2", "n_w2_unconverged", "max_w2_error", "w2_epsilon")
+
+
+def w2_summary(fit: dict) -> dict:
+    """The W2 fit's scalars: ``mean_w2``/``max_w2`` over the converged weeks only (the exact
+    ones; None if none converged), how many weeks did not converge and the largest L1
+    marginal error any week ended at, and the blur used."""
+    ok = np.asarray(fit["w2_converged"], bool)
+    w2 = np.asarray(fit["w2"], np.float64)[ok]
+    return {"mean_w2": float(w2.mean()) if ok.any() else None,
+            "max_w2": float(w2.max()) if ok.any() else None,
+            "n_w2_unconverged": int((~ok).sum()),
+            "max_w2_error": float(np.max(fit["w2_error"])), "w2_epsilon": fit["w2_epsilon"]}
 
 
 def _week_supports(mu: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,15 +188,17 @@ def grid_w2_km(mu: np.ndarray, s: np.ndarray, cell_row, cell_col, x_m, y_m,
         return None
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     zeros = jnp.zeros((3 * len(mu), cost.size), jnp.float32)
-    res = location.w2(a, b, cost, float(epsilon), (zeros, zeros), threshold=1e-3,
-                      max_iterations=20000, grad_mode="danskin", debiased=True, symmetric=True)
+    res = location.w2(a, b, cost, float(epsilon), (zeros, zeros), threshold=W2_THRESHOLD,
+                      max_iterations=W2_MAX_ITERATIONS, grad_mode="danskin", debiased=True,
+                      symmetric=True)
     div = np.asarray(res.values, np.float64)
     conv = np.asarray(res.converged).reshape(3, len(mu)).all(axis=0)
-    return np.sqrt(np.maximum(div, 0.0)) * 1000.0, conv
+    err = np.asarray(res.errors, np.float64).reshape(3, len(mu)).max(axis=0)
+    return np.sqrt(np.maximum(div, 0.0)) * 1000.0, conv, err
 
 
-def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
-                   epsilon: float = w2_epsilon(100.0)) -> tuple[np.ndarray, np.ndarray]:
+def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray, epsilon: float = w2_epsilon(100.0)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Debiased entropic W2 in km between rows of mu and s (n_weeks, n_cells).
 
     Each week uses only its own cells (mass > 0 on either side), padded with zero-weight
@@ -187,7 +208,8 @@ def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
     ``epsilon`` (1000 km)^2 biases small partial displacements down (a pure translation reads
     exactly at any blur): moving 5 % of a blob by one 100 km cell (exact W2 22.4 km) gives
     9.5 km at eps = 0.01, 19.5 km at 1e-3, 22.1 km at 1e-4 (the default for 100 km cells,
-    :func:`w2_epsilon`; about 200 cold iterations there).
+    :func:`w2_epsilon`; about 200 cold iterations there). Returns (W2 km, converged, L1
+    marginal error) per week; the error is the largest over the three solves, both marginals.
     """
     import jax
     import jax.numpy as jnp
@@ -201,12 +223,18 @@ def sinkhorn_w2_km(mu: np.ndarray, s: np.ndarray, points: np.ndarray,
         pts, wa, wb = args
         div, out = sinkhorn_divergence(pointcloud.PointCloud, pts, pts, a=wa, b=wb,
                                        epsilon=epsilon,
-                                       solve_kwargs={"max_iterations": 20000, "threshold": 1e-3})
-        return div, jnp.all(jnp.stack([jnp.asarray(c) for c in out.converged]))
+                                       solve_kwargs={"max_iterations": W2_MAX_ITERATIONS,
+                                                     "threshold": W2_THRESHOLD})
+        err = jnp.max(jnp.stack([
+            jnp.abs(P.sum(1) - p).sum() + jnp.abs(P.sum(0) - q).sum() for P, p, q in (
+                (geom.transport_from_potentials(*fg), p, q) for geom, fg, (p, q) in
+                zip(out.geoms, out.potentials, ((wa, wb), (wa, wa), (wb, wb)), strict=True))]))
+        return div, jnp.all(jnp.stack([jnp.asarray(c) for c in out.converged])), err
 
     args = tuple(jnp.asarray(v, jnp.float32) for v in (xy, a, b))
-    div, conv = jax.jit(lambda x: jax.lax.map(one, x))(args)
-    return np.sqrt(np.maximum(np.asarray(div, np.float64), 0.0)) * 1000.0, np.asarray(conv)
+    div, conv, err = jax.jit(lambda x: jax.lax.map(one, x))(args)
+    return (np.sqrt(np.maximum(np.asarray(div, np.float64), 0.0)) * 1000.0, np.asarray(conv),
+            np.asarray(err, np.float64))
 
 
 def distribution_performance(model: BirdFlowModel,

@@ -19,25 +19,36 @@ L2_NORMS = ("cells", "plain")
 ON_UNCONVERGED = ("warn", "stop")
 ONLINE_COST = ("auto", True, False)
 GRID_KERNEL = ("auto", True, False)
-NULLABLE = ("epsilon_start", "iterations_per_step")  # numeric keys that may be null
+NULLABLE = ("epsilon_cells_start", "iterations_per_step")  # numeric keys that may be null
+# keys whose meaning changed: the one-line error says what replaced them
+RETIRED = {
+    "epsilon": "it was relative to the largest cost, so its blur depended on the range (0.001 is "
+               "0.04 one-cell costs on a 5 x 6-cell range, ~60 on a continental one); set "
+               "loss.w2.epsilon_cells=<epsilon in one-cell costs> instead (default 2: a blur of "
+               "about 1.4 cells)",
+    "epsilon_start": "it was relative to the largest cost; set loss.w2.epsilon_cells_start=<start "
+                     "epsilon in one-cell costs> instead",
+}
 
 
 @dataclass(frozen=True)
 class W2Config:
     """Entropic W2 location loss settings (``loss.w2`` in the Hydra config).
 
-    ``epsilon`` is relative to the largest ground cost (costs are normalised to [0, 1]); the
-    default 1e-3 blurs over sqrt(1e-3) ~ 3 % of the grid diameter (about one cell on real
-    100-160 km grids). Measured on sstspa (68 cells) and amewoo at 160 km (300 cells): cold
-    start from random logits 650 / 470 iterations (3e-3: 200; 3e-4: >1600), ~10 when warm;
-    the gradient's median cosine with the exact (LP) OT potentials is 0.997 and the debiased
-    value is within 4 % of the exact OT cost (regularised: +16 %). Very small grids (a few
-    cells across) need a larger epsilon. With ``epsilon_start`` set, epsilon decays
-    log-linearly from it to ``epsilon`` over ``epsilon_decay_steps`` steps. The summed weekly
-    W2 is measured in one-cell moves (divided by the normalised cost of moving ``res_km``)
-    and multiplied by ``scale``. Debiasing (the Sinkhorn divergence) is on by default: the
-    plain entropic cost is not minimised at mu = s (it favours shrunken marginals) and fit
-    the synthetic species badly (mean TV 0.57 vs 0.045 debiased, 600 steps, same scale).
+    ``epsilon_cells`` is the entropic blur in one-cell costs: epsilon = ``epsilon_cells`` x the
+    normalised cost of moving one cell (``res_km``), the unit the W2 loss is reported in, so
+    it means the same on every grid and range. With the ``sqeuclidean`` cost the Gibbs kernel
+    weighs a move of d cells by exp(-d^2 / epsilon_cells): a blur of about
+    sqrt(epsilon_cells) cells (the default 2: ~1.4 cells). Below ~0.3 one-cell costs the plan
+    hardly mixes neighbouring cells and Sinkhorn needs thousands of iterations (the marginal
+    error guard below reports it). Cold solves (step 0, the cached W(s, s), evaluation) anneal
+    epsilon from the largest cost down to it (epsilon scaling, :mod:`birdflow.losses.blur`).
+    With ``epsilon_cells_start`` set, epsilon also decays log-linearly from it to
+    ``epsilon_cells`` over ``epsilon_decay_steps`` training steps. The summed weekly W2 is
+    measured in one-cell moves (divided by the normalised cost of moving ``res_km``) and
+    multiplied by ``scale``. Debiasing (the Sinkhorn divergence) is on by default: the plain
+    entropic cost is not minimised at mu = s (it favours shrunken marginals) and fit the
+    synthetic species badly (mean TV 0.57 vs 0.045 debiased, 600 steps, same scale).
 
     Speed settings (they change how W2 is solved, not what it is; ``python -m
     birdflow.bench`` measures each): ``cache_target_self`` solves the constant W(s, s)
@@ -51,16 +62,20 @@ class W2Config:
     diverged at 300 cells).
 
     ``on_unconverged`` says what training does when a week's Sinkhorn solve stops at
-    ``max_iterations`` before ``threshold`` (counted per step as ``n_unconverged``):
-    ``warn`` (log it and go on) or ``stop`` (end the run with an error).
+    ``max_iterations`` before its tolerance (counted per step as ``n_unconverged``): ``warn``
+    (log it and go on; a run unconverged for ``training.loop.PERSISTENT_STEPS`` steps in a row
+    stops) or ``stop`` (end the run with an error at the first).
 
     Amortised Sinkhorn: ``iterations_per_step`` k (null = solve to ``threshold`` every
-    step) runs exactly k Sinkhorn iterations per step for W(mu, s) and W(mu, mu), warm-
-    started from the previous step's potentials, without a convergence check; the
-    gradient (``grad_mode``) uses the potentials as they are. Step 0 and, with
-    ``full_solve_every`` m > 0, every m-th step solve to ``threshold`` instead. Only those
-    convergence-checked solves (and W(s, s)) count in ``n_unconverged``; every step reports
-    ``sinkhorn_error``, the largest L1 marginal error of the W(mu, .) potentials.
+    step) runs k Sinkhorn iterations per step for W(mu, s) and W(mu, mu), warm-started from
+    the previous step's potentials, then checks the L1 marginal error: a week whose error is
+    above ``error_tolerance`` keeps iterating (k at a time, up to ``max_iterations``) until it
+    is below (counted per step as ``n_extended``); one still above it at ``max_iterations``
+    counts in ``n_unconverged``. The gradient (``grad_mode``) uses the potentials as they
+    are. Step 0 and, with ``full_solve_every`` m > 0, every m-th step solve to ``threshold``
+    instead. Every step reports ``sinkhorn_error``, the largest L1 marginal error of the
+    W(mu, .) potentials it used. ``error_tolerance`` also bounds the implicit gradient: a
+    week-solve whose marginal error is above it uses the envelope gradient (``n_fallback``).
 
     ``online_cost`` (``auto``, true, false): the ground cost is computed from cell
     coordinates inside each Sinkhorn iteration, a block of rows at a time
@@ -79,8 +94,8 @@ class W2Config:
 
     cost: str = "sqeuclidean"
     cost_pow: float = 0.4
-    epsilon: float = 1e-3
-    epsilon_start: float | None = None
+    epsilon_cells: float = 2.0
+    epsilon_cells_start: float | None = None
     epsilon_decay_steps: int = 0
     threshold: float = 1e-3
     max_iterations: int = 2000
@@ -96,6 +111,7 @@ class W2Config:
     momentum: float = 1.5
     on_unconverged: str = "warn"
     iterations_per_step: int | None = 10
+    error_tolerance: float = 1e-3
     full_solve_every: int = 0
     online_cost: str | bool = "auto"
     grid_kernel: str | bool = "auto"
@@ -139,14 +155,15 @@ class LossConfig:
         _check_choice("loss.w2.grad_mode", c.grad_mode, location.GRAD_MODES)
         _check_choice("loss.w2.on_unconverged", c.on_unconverged, ON_UNCONVERGED)
         _check("loss.w2.momentum", c.momentum, lambda v: 0 < v < 2, "in (0, 2)")
-        for key in ("epsilon", "threshold", "scale", "cost_pow"):
+        for key in ("epsilon_cells", "threshold", "error_tolerance", "scale", "cost_pow"):
             _check(f"loss.w2.{key}", getattr(c, key), lambda v: v > 0, "> 0")
         _check("loss.w2.max_iterations", c.max_iterations, lambda v: v > 0, "> 0")
         _check("loss.w2.inner_iterations", c.inner_iterations, lambda v: v > 0, "> 0")
         _check("loss.w2.week_batch", c.week_batch, lambda v: v >= -1, ">= -1 (-1 = auto)")
         _check("loss.w2.epsilon_decay_steps", c.epsilon_decay_steps, lambda v: v >= 0, ">= 0")
-        if c.epsilon_start is not None:
-            _check("loss.w2.epsilon_start", c.epsilon_start, lambda v: v > 0, "> 0 (or null)")
+        if c.epsilon_cells_start is not None:
+            _check("loss.w2.epsilon_cells_start", c.epsilon_cells_start, lambda v: v > 0,
+                   "> 0 (or null)")
         if c.iterations_per_step is not None:
             _check("loss.w2.iterations_per_step", c.iterations_per_step,
                    lambda v: v == int(v) and v >= 1, "an integer >= 1 (or null)")
@@ -164,6 +181,10 @@ class LossConfig:
 
 def _build(cls, m: dict, prefix: str, **extra):
     names = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is W2Config:  # a retired key set to null is ignored, any other value is an error
+        for k in sorted(set(m) & set(RETIRED)):
+            if m.pop(k) is not None:
+                raise ConfigError(f"{prefix}.{k}: no longer used: {RETIRED[k]}")
     unknown = sorted(set(m) - set(names))
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown key; valid keys are {sorted(names)}")

@@ -1,7 +1,7 @@
 """W2 ground costs between cells, and their per-week slot views (OTT geometries).
 
-Costs are normalised to [0, 1] (see :func:`cell_cost`), so ``loss.w2.epsilon`` is relative to
-the largest cost on the grid. A week's slot cost puts padding slots at a common far-away point:
+Costs are normalised to [0, 1] (see :func:`cell_cost`); ``loss.w2.epsilon_cells`` is epsilon in
+units of :func:`one_cell_cost` (:mod:`birdflow.losses.blur`). A week's slot cost puts padding slots at a common far-away point:
 cost 0 among themselves, ``PAD_COST`` to any real cell (see :mod:`birdflow.losses.location`).
 """
 

@@ -7,8 +7,9 @@
 
 W2 cost (see :func:`cell_cost`): squared Euclidean distance between projected cell centres
 divided by the squared diameter of the active cells (or, as in the W2 research code,
-``(d_km / 100)^pow`` divided by its maximum), so costs lie in [0, 1] and ``epsilon`` is
-relative to the largest cost on the grid whatever the species or resolution.
+``(d_km / 100)^pow`` divided by its maximum), so costs lie in [0, 1]; ``epsilon`` here is in
+those units (training sets it in one-cell costs, :mod:`birdflow.losses.blur`). Cold solves
+(all-zero warm start) anneal epsilon from the largest cost down to it.
 
 Padding slots never enter a solve with zero weight: every slot gets a floor mass
 ``MASS_FLOOR`` (so no potential is -inf and no gradient NaN), padding slots sit at a common
@@ -28,7 +29,7 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
-from birdflow.losses import grid_kernel, online_cost, sinkhorn_implicit
+from birdflow.losses import blur, grid_kernel, online_cost, sinkhorn_implicit
 from birdflow.losses.ground_cost import (  # noqa: F401  (re-exported)
     COSTS,
     MASS_FLOOR,
@@ -54,18 +55,23 @@ def l2(mu: WeeklyDistr, targets: WeeklyDistr) -> PerWeek:
 
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
             symmetric: bool = False, inner_iterations: int = 10, momentum: float = 1.0,
-            fixed_iterations: int | None = None):
+            fixed_iterations: int | None = None, tolerance: float | None = None):
     """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one.
 
-    ``fixed_iterations`` k (amortised solves): exactly k iterations, no convergence check
-    inside (OTT runs a scan when min = max iterations); the marginal error is computed once,
-    after the last iteration, and ``converged`` says whether it is below ``threshold``.
+    ``fixed_iterations`` k (amortised solves): k iterations, then the marginal error is
+    checked every k iterations against ``tolerance`` (``threshold`` if None) up to
+    ``max_iterations``, so a solve stops at k iterations only when its error is below the
+    tolerance; ``converged`` says whether it ended below it. ``tolerance`` also bounds where
+    the implicit gradient's correction is used (:class:`sinkhorn_implicit.SolveSettings`).
     """
+    tolerance = threshold if tolerance is None else tolerance
     kw = {"threshold": threshold, "max_iterations": max_iterations,
           "inner_iterations": inner_iterations}
     if fixed_iterations is not None:
-        kw.update(max_iterations=fixed_iterations, min_iterations=fixed_iterations,
-                  inner_iterations=fixed_iterations)
+        # OTT measures the error at the last of every k iterations once past min_iterations
+        kw.update(threshold=tolerance, min_iterations=fixed_iterations - 1,
+                  inner_iterations=fixed_iterations,
+                  max_iterations=max(max_iterations, 2 * fixed_iterations))
     if momentum != 1.0:  # over-relaxation of the a != b solve
         kw["momentum"] = acceleration.Momentum(start=0, value=momentum)
     if symmetric:  # a == b: averaged parallel updates (Feydy et al. 2019, as OTT's divergence)
@@ -73,7 +79,7 @@ def _solver(threshold: float, max_iterations: int, grad_mode: str,
     if grad_mode == "implicit":  # our IFT derivatives (sinkhorn_implicit); OTT only solves
         inner = sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
                                   use_danskin=True, **kw)
-        return sinkhorn_implicit.SolveSettings(inner)
+        return sinkhorn_implicit.SolveSettings(inner, max_error=max(tolerance, threshold))
     if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
         return sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
                                  use_danskin=True, **kw)
@@ -154,14 +160,15 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
                     f, g, jax.lax.stop_gradient(it).astype(jnp.int32),
                     jax.lax.stop_gradient(conv) > 0.5, jax.lax.stop_gradient(fb) > 0.5,
                     jax.lax.stop_gradient(err))
+        eps = blur.cold_schedule(epsilon, f_w, g_w, solver.max_iterations)  # cold: anneal
         if boxes:
-            geom = cost.geometry(epsilon)
+            geom = cost.geometry(eps)
         elif online:
-            geom = cost.geometry(c_w, epsilon=epsilon)
+            geom = cost.geometry(c_w, epsilon=eps)
         elif shared:
-            geom = SlotGeometry(cost.cell_cost, c_w, epsilon=epsilon)
+            geom = SlotGeometry(cost.cell_cost, c_w, epsilon=eps)
         else:
-            geom = geometry.Geometry(cost_matrix=c_w, epsilon=epsilon)
+            geom = geometry.Geometry(cost_matrix=c_w, epsilon=eps)
         out = solver(linear_problem.LinearProblem(geom, a_w, b_w), init=(f_w, g_w))
         return (out.reg_ot_cost, out.f, out.g, out.n_iters.astype(jnp.int32), out.converged,
                 jnp.zeros((), bool), jax.lax.stop_gradient(last_error(out.errors)))
@@ -185,7 +192,8 @@ class W2Result(NamedTuple):
         converged: (n_solves * W,) bool, Sinkhorn reached ``threshold`` (W(s, s) included,
             as solved or as cached).
         fallback: (n_solves * W,) bool, implicit mode only: the gradient's linear solve
-            failed and that solve used the envelope gradient (known when a gradient is taken).
+            failed, or the marginal error was above the tolerance, and that solve used the
+            envelope gradient (known when a gradient is taken).
         errors: (n_solves * W,) L1 marginal error of the returned potentials (the last one
             Sinkhorn measured): below ``threshold`` when converged; what an amortised
             (``fixed_iterations``) solve reports instead of convergence.
@@ -222,7 +230,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
        target_self=None, symmetric: bool = False, inner_iterations: int = 10,
        week_batch: int = 0, momentum: float = 1.0,
-       fixed_iterations: int | None = None) -> W2Result:
+       fixed_iterations: int | None = None, tolerance: float | None = None) -> W2Result:
     """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
@@ -245,14 +253,18 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         week_batch: 0 = all weeks in one vmap; k > 0 = k weeks at a time (1 = a scan, each
             week stopping at its own convergence); -1 = :func:`default_week_batch`.
         momentum: over-relaxation of the W(mu, s) Sinkhorn updates (1 = none).
-        fixed_iterations: None = solve W(mu, s) and W(mu, mu) to ``threshold``; k = exactly k
-            warm-started iterations each, no convergence check (amortised Sinkhorn: the
-            potentials converge across training steps; the gradient uses them as they are).
-            ``target_self``, when solved here, is always solved to ``threshold``.
+        fixed_iterations: None = solve W(mu, s) and W(mu, mu) to ``threshold``; k = k
+            warm-started iterations each, continued k at a time while the L1 marginal error
+            is above ``tolerance`` (amortised Sinkhorn: the potentials converge across
+            training steps; the gradient uses them as they are). ``target_self``, when
+            solved here, is always solved to ``threshold``.
+        tolerance: the amortised solves' largest L1 marginal error (None = ``threshold``);
+            implicit mode: a week-solve whose error is above it (and above ``threshold``)
+            falls back to the envelope gradient.
     """
     a, b = _to_solve(mu, cost), jax.lax.stop_gradient(_to_solve(targets, cost))
     solver = _solver(threshold, max_iterations, grad_mode, inner_iterations=inner_iterations,
-                     momentum=momentum, fixed_iterations=fixed_iterations)
+                     momentum=momentum, fixed_iterations=fixed_iterations, tolerance=tolerance)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
     if isinstance(cost, grid_kernel.GridCost):  # every box cell carries (floor) mass
@@ -267,7 +279,8 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         vals, f, g, iters, conv, fb, err = solve(solver, a, b, cost, f0=f0, g0=g0)
     else:  # W(s, s) has no gradient: solved (or cached) without any derivative
         sym = _solver(threshold, max_iterations, grad_mode, symmetric=symmetric,
-                      inner_iterations=inner_iterations, fixed_iterations=fixed_iterations)
+                      inner_iterations=inner_iterations, fixed_iterations=fixed_iterations,
+                      tolerance=tolerance)
         main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
         auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
         if target_self is None:

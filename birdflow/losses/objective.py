@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from birdflow.data.bfdata import distances_km
-from birdflow.losses import distance, entropy, grid_kernel, location, online_cost
+from birdflow.losses import blur, distance, entropy, grid_kernel, location, online_cost
 from birdflow.losses.config import (  # noqa: F401  (re-exported: the objective's public names)
     L2_NORMS,
     LOCATIONS,
@@ -151,12 +151,9 @@ def init_loss_state(problem: Problem, index: WeekIndex, cfg: LossConfig) -> Any:
             "ref_converged": jnp.zeros((w,), bool)}
 
 
-def epsilon_at(cfg: W2Config, step) -> jax.Array:
-    """Epsilon at training ``step``: log-linear from ``epsilon_start`` to ``epsilon``."""
-    if cfg.epsilon_start is None or cfg.epsilon_decay_steps <= 0:
-        return jnp.asarray(cfg.epsilon)
-    r = jnp.clip(jnp.asarray(step) / cfg.epsilon_decay_steps, 0.0, 1.0)
-    return jnp.exp((1.0 - r) * np.log(cfg.epsilon_start) + r * np.log(cfg.epsilon))
+def epsilon_at(cfg: W2Config, step, unit=1.0) -> jax.Array:
+    """Epsilon at training ``step`` in normalised cost units (:func:`blur.epsilon_at`)."""
+    return blur.epsilon_at(cfg, unit, step)
 
 
 def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig, state: Any,
@@ -173,8 +170,10 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
         plain L2, whose weight in ``total`` is ``obs_weight * problem.l2_scale``; W2 after
         ``scale``), "dist", "ent" (BirdFlowPy's bracket, subtracted), "l2", and for W2 "w2"
         (unscaled sum over weeks, in one-cell-move units), "sinkhorn_iterations" (slowest week),
-        "epsilon", "n_unconverged" (week-solves, all terms, that stopped at max_iterations before
-        the threshold; amortised steps count only W(s, s)), "n_fallback" (implicit mode:
+        "epsilon" (normalised cost units), "n_unconverged" (week-solves, all terms, that stopped
+        at max_iterations above their tolerance: ``threshold``, ``error_tolerance`` for
+        amortised ones), "n_extended" (amortised week-solves that ran past
+        ``iterations_per_step`` to reach ``error_tolerance``), "n_fallback" (implicit mode:
         week-solves whose gradient fell back to the envelope gradient) and "sinkhorn_error"
         (largest L1 marginal error of the W(mu, s) and W(mu, mu) potentials this step).
     """
@@ -191,7 +190,7 @@ def objective(params: dict, problem: Problem, index: WeekIndex, cfg: LossConfig,
     new_state = state
     if cfg.location == "w2":
         c = cfg.w2
-        eps = epsilon_at(c, step)
+        eps = epsilon_at(c, step, problem.w2_unit)
         vals, iters, counts, new_state = _w2_term(mu, problem, index, c, state, eps, step)
         terms.update(w2=vals.sum() / problem.w2_unit, sinkhorn_iterations=iters.max(), epsilon=eps,
                      **counts)
@@ -241,23 +240,24 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
     def solve(fixed):
         return location.w2(mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode,
                            debiased=c.debiased, target_self=ref, momentum=c.momentum,
-                           fixed_iterations=fixed, **solve_kw)
+                           fixed_iterations=fixed, tolerance=c.error_tolerance, **solve_kw)
 
     n_mu = 2 * w if c.debiased else w  # the solves that depend on mu
+    extended = jnp.zeros((), jnp.int32)
     if c.iterations_per_step is None:
         res = solve(None)
-        counted = res.converged
     else:  # amortised: step 0 and every full_solve_every-th step solve to the threshold
         full = step == 0
         if c.full_solve_every > 0:
             full = full | (step % c.full_solve_every == 0)
         res = jax.lax.cond(full, lambda: solve(None), lambda: solve(c.iterations_per_step))
-        counted = res.converged.at[:n_mu].set(res.converged[:n_mu] | ~full)
+        extended = jnp.where(full, 0, jnp.sum(res.iterations[:n_mu] > c.iterations_per_step))
     f, g = res.potentials
     new_state = {"f": f, "g": g}
     if ref_val is not None:
         new_state.update(ref=ref_val, ref_eps=ref_eps,
                          ref_converged=state["ref_converged"] if ref is None else ref[4])
-    counts = {"n_unconverged": jnp.sum(~counted), "n_fallback": jnp.sum(res.fallback),
+    counts = {"n_unconverged": jnp.sum(~res.converged), "n_extended": extended,
+              "n_fallback": jnp.sum(res.fallback),
               "sinkhorn_error": jnp.max(res.errors[:n_mu])}
     return res.values, res.iterations, counts, new_state

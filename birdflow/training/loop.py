@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from birdflow.errors import BirdFlowError, ConfigError
 from birdflow.io import write_text_atomic
+from birdflow.losses import blur
 from birdflow.losses.objective import (
     LossConfig,
     init_loss_state,
@@ -59,27 +60,62 @@ class SinkhornNotConverged(BirdFlowError):
     """A W2 Sinkhorn solve stopped at max_iterations and ``loss.w2.on_unconverged`` is stop."""
 
 
-def check_convergence(terms: dict, step: int, loss_cfg: LossConfig, seen: dict) -> None:
-    """Warn (first time, and on every new maximum) or stop on unconverged W2 week-solves.
+PERSISTENT_STEPS = 20  # W2 solves above their tolerance this many steps in a row stop the run
 
-    ``seen`` carries the largest count warned about so far between steps.
+
+def check_convergence(terms: dict, step: int, loss_cfg: LossConfig, seen: dict,
+                      unit: float = 1.0) -> None:
+    """Warn about (first time, and on every new maximum) or stop on W2 week-solves that ended
+    above their marginal-error tolerance; stop when that lasts :data:`PERSISTENT_STEPS` steps.
+
+    ``seen`` carries what was warned about and the current unconverged streak between steps;
+    ``unit`` is the normalised one-cell cost (``Problem.w2_unit``), for the message.
     """
+    c = loss_cfg.w2
     n = int(terms.get("n_unconverged", 0))
-    if n > 0 and loss_cfg.w2.on_unconverged == "stop":
+    seen["streak"] = seen.get("streak", 0) + 1 if n > 0 else 0
+    if n > 0 and (c.on_unconverged == "stop" or seen["streak"] >= PERSISTENT_STEPS):
+        why = ("loss.w2.on_unconverged=stop" if c.on_unconverged == "stop" else
+               f"{seen['streak']} steps in a row")
         raise SinkhornNotConverged(
-            f"step {step}: {n} W2 week-solve(s) stopped at loss.w2.max_iterations="
-            f"{loss_cfg.w2.max_iterations} before loss.w2.threshold={loss_cfg.w2.threshold}; raise "
-            "loss.w2.max_iterations or loss.w2.epsilon, or set loss.w2.on_unconverged=warn")
+            f"step {step}: {n} W2 week-solve(s) ended with L1 marginal error "
+            f"{terms.get('sinkhorn_error', float('nan')):.2g} above the tolerance "
+            f"(threshold {c.threshold:g}, error_tolerance {c.error_tolerance:g}) after "
+            f"loss.w2.max_iterations={c.max_iterations} ({why}) at {blur.describe(c.epsilon_cells, unit)}; "
+            f"raise loss.w2.epsilon_cells (>= {blur.MIXING_CELLS:g}, default 2) or loss.w2.max_iterations")
     if n > seen.get("n_unconverged", 0):
         seen["n_unconverged"] = n
-        log.warning("step %d: %d W2 week-solve(s) did not converge (loss.w2.max_iterations=%d, "
-                    "threshold=%g); their values and gradients are approximate", step, n,
-                    loss_cfg.w2.max_iterations, loss_cfg.w2.threshold)
+        log.warning("step %d: %d W2 week-solve(s) did not converge: L1 marginal error %.2g above "
+                    "their tolerance after loss.w2.max_iterations=%d at %s; their values and "
+                    "gradients are approximate, and %d such steps in a row stop the run", step, n,
+                    terms.get("sinkhorn_error", float("nan")), c.max_iterations,
+                    blur.describe(c.epsilon_cells, unit), PERSISTENT_STEPS)
+    if int(terms.get("n_extended", 0)) > 0 and not seen.get("n_extended"):
+        seen["n_extended"] = True
+        log.info("step %d: amortised Sinkhorn ran past loss.w2.iterations_per_step=%s to bring "
+                 "the L1 marginal error below loss.w2.error_tolerance=%g (counted as n_extended)",
+                 step, c.iterations_per_step, c.error_tolerance)
     fb = int(terms.get("n_fallback", 0))
     if fb > seen.get("n_fallback", 0):
         seen["n_fallback"] = fb
-        log.warning("step %d: %d W2 implicit linear solve(s) failed; those weeks used the "
-                    "envelope (danskin) gradient", step, fb)
+        log.warning("step %d: %d W2 implicit correction(s) not used (linear solve failed or L1 "
+                    "marginal error above loss.w2.error_tolerance=%g); those weeks used the "
+                    "envelope (danskin) gradient", step, fb, c.error_tolerance)
+
+
+def sinkhorn_status(history: dict) -> dict:
+    """run.json's account of the W2 solves of a run (empty for L2): steps with unconverged
+    week-solves, with amortised solves extended past their budget, with implicit fallbacks,
+    and the largest L1 marginal error logged over the last tenth of the run."""
+    if "n_unconverged" not in history:
+        return {}
+    err = np.asarray(history.get("sinkhorn_error", [np.nan]), float)
+    tail = err[-max(1, len(err) // 10):]
+    return {"sinkhorn": {
+        "steps_unconverged": int(np.sum(np.asarray(history["n_unconverged"]) > 0)),
+        "steps_extended": int(np.sum(np.asarray(history.get("n_extended", [0])) > 0)),
+        "steps_fallback": int(np.sum(np.asarray(history.get("n_fallback", [0])) > 0)),
+        "max_error_last_tenth": float(np.nanmax(tail)) if np.isfinite(tail).any() else None}}
 
 
 @dataclass
@@ -260,7 +296,7 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir,
                 raise TrainingDiverged(
                     f"step {step}: the jitted update failed ({str(e).splitlines()[0][:200]}); "
                     f"last good checkpoint: {latest_checkpoint(run_dir) or 'none'}; for W2 try "
-                    "loss.w2.grad_mode=danskin, a larger loss.w2.epsilon or loss.w2.max_iterations"
+                    "loss.w2.grad_mode=danskin, a larger loss.w2.epsilon_cells or loss.w2.max_iterations"
                 ) from e
             terms = {k: float(v) for k, v in jax.device_get(terms).items()}
             if not bool(finite):
@@ -268,8 +304,12 @@ def _loop(cfg, update, state, problem, schedule, history, start, steps, run_dir,
                 raise TrainingDiverged(
                     f"step {step}: loss or parameters became non-finite (total={terms['total']}); "
                     f"last good checkpoint: {ck or 'none'}; lower optim.learning_rate or, for W2, raise "
-                    "loss.w2.epsilon")
-            check_convergence(terms, step, loss_cfg, seen)
+                    "loss.w2.epsilon_cells")
+            try:
+                check_convergence(terms, step, loss_cfg, seen, float(problem.w2_unit))
+            except SinkhornNotConverged as e:
+                write_run_info(run_dir, status="stopped", reason=str(e), steps_done=step)
+                raise
             row = {"step": step, **terms, "lr": float(schedule(step)), "time_s": time.perf_counter() - t0}
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
@@ -327,7 +367,8 @@ def finish_run(cfg, run_dir, ds, index, params, history, loss_cfg, opt, after) -
     if after is not None:
         after(cfg, run_dir, model, history)
     write_run_info(run_dir, status="finished", steps_done=opt.steps,
-                   runtime_s=float(history["time_s"][-1]) if history.get("time_s") else 0.0)
+                   runtime_s=float(history["time_s"][-1]) if history.get("time_s") else 0.0,
+                   **sinkhorn_status(history))
     log.info("finished: %s", run_dir)
     print(f"run dir: {run_dir}")
     return RunResult(run_dir, model, history)
