@@ -49,7 +49,7 @@ class SolveSettings:
     damping: float = 1e-8
     rtol: float = 1e-8
     wtol: float = 1e-5
-    max_steps: int = 1000
+    max_steps: int = 5000
     hvp: str = "jvp"
     fd_step: float = 1e-4
     precondition: bool = True

@@ -46,7 +46,7 @@ class NewtonSettings:
     """
 
     gtol: float = 1e-6
-    max_steps: int = 100
+    max_steps: int = 50
     cg_max_steps: int = 200
     damping: float = 1e-3
     min_damping: float = 1e-10
