@@ -66,9 +66,11 @@ def run(cells: int, ks: list[int], repeats: int, cg_steps: int, n_intervals: int
     base = {"n_max": prob.index.n_max, "parameters": prob.index.n_parameters(),
             "backend": jax.default_backend()}
     imp = hypergrad.make_implicit(prob, outer, hypergrad.SolveSettings(
-        damping=1e-8, rtol=0.0, wtol=0.0, max_steps=cg_steps))  # no tolerance: cg_steps steps
+        damping=1.0, rtol=0.0, wtol=0.0, max_steps=cg_steps))  # no tolerance: cg_steps steps
+    # (the S&T start is not a minimum: a damping as large as D keeps the system positive
+    # definite, so CG does not stop at negative curvature and runs its cg_steps steps)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    c, t, (compiled, out) = _time(imp.jitted, (params, theta, {}, zeros, jnp.asarray(1e-8, jnp.float64)),
+    c, t, (compiled, out) = _time(imp.jitted, (params, theta, {}, zeros, jnp.asarray(1.0, jnp.float64)),
                                    repeats)
     mem, how = _memory(compiled)
     rows.append({**base, "case": "implicit (CG)", "K": None, "cg_steps": int(out[3]),
