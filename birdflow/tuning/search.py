@@ -93,7 +93,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         write_history_csv(tune_dir, traj)
         (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
 
-    def keep(step, theta, res, h):
+    def keep(theta, res, h):
         state.update(theta=jnp.asarray(theta), params=res.params, loss_state=res.state, v=h.v,
                      loss=jnp.asarray(h.outer_loss), grad=jnp.asarray(h.grad),
                      damping=jnp.asarray(h.damping))
@@ -115,7 +115,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         h = _hypergradient(parts, res, theta, None, ts.solve.damping, ts.solve.max_damping)
         if not h.ok:
             return fail(0, h.message, theta)
-        keep(0, theta, res, h)
+        keep(theta, res, h)
         log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
         save_checkpoint(tune_dir, 1, state, traj)
         start = 1
@@ -156,7 +156,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         state["B"] = jnp.asarray(descent.bfgs_update(B, s, g_new - g))
         full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
         state["radius"] = jnp.asarray(min(2 * radius, d_set.max_radius) if full else radius)
-        keep(step, new, res, h)
+        keep(new, res, h)
         log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
         if descent.converged(h.outer_loss, loss, s, d_set):
