@@ -17,10 +17,10 @@ from test_tuning import _intervals
 
 WEIGHTS = {"birdflowpy": (0.01, 1e-4, 0.4), "tune_start": (0.01, 3e-3, 0.4)}
 FD_STEP = {"birdflowpy": 2e-2, "tune_start": 1e-2}  # the near-deterministic fit is flat: larger h
-# At BirdFlowPy's nearly deterministic weights the default inner tolerance (1e-6) leaves the fit
-# where the hypergradient is sensitive: measured errors 16-25 % with every sign right, flagged
-# by damping_share 0.24 (λ -> 0 at the same fit moves it by ~30 %); the 5e-2 bound holds at 3e-3.
-TOLERANCE = {"birdflowpy": 0.3, "tune_start": 5e-2}
+# At BirdFlowPy's nearly deterministic weights a fit at the default gtol (1e-6) leaves the
+# hypergradient 16-25 % off (every sign right), flagged by damping_share 0.24; the tuner then
+# refines the fit (tune.solve.max_share): at gtol 1e-7, share 0.02, errors <= 3.6 %.
+TOLERANCE = {"birdflowpy": 5e-2, "tune_start": 5e-2}
 # mass-scaled |∇L_in| of the reference refits: round-off floors it near 3e-10 for L2 at the
 # tune's start, near 1.7e-8 at BirdFlowPy's nearly deterministic weights, and W2's Sinkhorn
 # solves (threshold 1e-6) near 8e-9
@@ -84,10 +84,10 @@ CASES = [("l2", "birdflowpy"), ("l2", "tune_start"), ("w2", "tune_start")]
 @pytest.mark.slow
 @pytest.mark.parametrize(("location", "weights"), CASES)
 def test_default_hypergradient_agrees_with_finite_differences(location, weights):
-    """Sign of every component; relative error <= 5e-2 at ent_weight 3e-3 (``TOLERANCE``)."""
+    """Sign of every component and relative error <= 5e-2 (``TOLERANCE``)."""
     import jax
 
-    from birdflow.tuning import hypergrad, newton
+    from birdflow.tuning import hypergrad, newton, search
 
     with jax.enable_x64(True):
         prob, outer, theta, p0, ts = _problem(location, weights)
@@ -98,11 +98,15 @@ def test_default_hypergradient_agrees_with_finite_differences(location, weights)
         assert ref.converged, ref.grad_norm
         n = 4 if location == "w2" else 3  # W2 also tunes log w2_scale
         fd = _finite_differences(tight, outer, ref, theta, FD_STEP[weights], n)
-        fit = newton.make_newton(prob, ts.inner, ts.solve.hvp, ts.solve.fd_step)
-        sol = fit(p0, theta, prob.init_state(), ts.first_max_steps)
+        parts = search.Parts(fit=newton.make_newton(prob, ts.inner, ts.solve.hvp, ts.solve.fd_step),
+                             implicit=hypergrad.make_implicit(prob, outer, ts.solve), outer=outer,
+                             monitors=())
+        sol = parts.fit(p0, theta, prob.init_state(), ts.first_max_steps)
         assert sol.converged, sol.grad_norm
-        h = hypergrad.make_implicit(prob, outer, ts.solve)(sol.params, theta, sol.state)
+        # what an outer step does: the hypergradient, refitting while the damping share is large
+        sol, h = search._accurate_hypergradient(parts, ts, sol, theta, None, ts.solve.damping)
         assert h.ok, h.message
+        print(f"inner fit |grad| {sol.grad_norm:.1e} after {sol.steps} Newton steps")
         rel = _relative_errors(h.grad[:n], fd)
         print(f"{location} {weights}: implicit {h.grad[:n]}, fd {fd}, rel {rel}, "
               f"CG {h.cg_steps}, damping share {h.damping_share:.1e}")

@@ -174,8 +174,10 @@ def _batch_solve(solver, a, b, cost, epsilon, f0, g0, week_batch: int, valid=Non
                 jnp.zeros((), bool), jax.lax.stop_gradient(last_error(out.errors)))
 
     xs = (a, b, per_week, f0, g0, valid)
-    if week_batch < 0:  # the grid's small per-week updates vectorise best across weeks
-        week_batch = 0 if boxes else default_week_batch()
+    if week_batch < 0:  # on CPU one week after another, so each stops at its own iteration
+        # count (amortised solves extend only the weeks above tolerance): at n = 1000 on the
+        # grid kernel, 1.36x the L2 step against 2.11x with all weeks in one vmap
+        week_batch = default_week_batch()
     if week_batch == 0 or week_batch >= a.shape[0]:
         return jax.vmap(one)(xs)
     return jax.lax.map(one, xs, batch_size=None if week_batch == 1 else week_batch)

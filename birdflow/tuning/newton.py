@@ -43,6 +43,8 @@ class NewtonSettings:
         min_damping: λ never goes below this.
         armijo: sufficient decrease ``L(w + tp) <= L(w) + armijo t ∇Lᵀp``.
         max_backtracks: step halvings before the iteration gives up.
+        min_gtol: the tightest gtol a fit is refined to when its hypergradient's damping share
+            is too large (``tune.solve.max_share``).
     """
 
     gtol: float = 1e-6
@@ -52,6 +54,7 @@ class NewtonSettings:
     min_damping: float = 1e-10
     armijo: float = 1e-4
     max_backtracks: int = 40
+    min_gtol: float = 1e-8
 
 
 @dataclass
@@ -66,7 +69,7 @@ class FitResult:
 
 
 def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step: float = 1e-4):
-    """``fit(params, theta, state, max_steps=None) -> FitResult`` by truncated Newton.
+    """``fit(params, theta, state, max_steps=None, gtol=None) -> FitResult`` by truncated Newton.
 
     ``inner`` is a :class:`birdflow.tuning.inner.Inner` (``value``, ``loss``, ``index``).
     """
@@ -102,12 +105,14 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
     loss = jax.jit(inner.loss)
     step_to = jax.jit(lambda p, d, t: jax.tree_util.tree_map(lambda a, b: a + t * b, p, d))
 
-    def fit(params, theta, state, max_steps: int | None = None) -> FitResult:
+    def fit(params, theta, state, max_steps: int | None = None,
+            gtol: float | None = None) -> FitResult:
         max_steps = settings.max_steps if max_steps is None else int(max_steps)
+        gtol = settings.gtol if gtol is None else float(gtol)
         theta = jnp.asarray(theta)
         value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
         damping, steps, hvps = settings.damping, 0, 0
-        while gnorm > settings.gtol and steps < max_steps and np.isfinite(value):
+        while gnorm > gtol and steps < max_steps and np.isfinite(value):
             rtol = min(0.5, float(np.sqrt(gnorm)))
             p, k, slope = direction(params, theta, state, g, damping, rtol)
             hvps += int(k) + 1
@@ -140,7 +145,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
             params = accepted
             value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
         value, gnorm = float(value), float(gnorm)
-        ok = bool(np.isfinite(value) and gnorm <= settings.gtol)
+        ok = bool(np.isfinite(value) and gnorm <= gtol)
         return FitResult(params, state, steps, gnorm, value, ok, hvps)
 
     return fit

@@ -63,6 +63,30 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
     return h
 
 
+def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
+    """(fit, hypergradient); the fit is refined (gtol / 10 at a time, down to
+    ``tune.inner.min_gtol``) while the damping's share of the solution is above
+    ``tune.solve.max_share``: that share measures how far the inexact fit biases the solve."""
+    h = _hypergradient(parts, res, theta, v, damping, ts.solve.max_damping)
+    gtol = ts.inner.gtol
+    while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
+           and gtol / 10 >= ts.inner.min_gtol * (1 - 1e-9)):
+        gtol /= 10
+        log.info("damping share %.2g > tune.solve.max_share %g: refining the inner fit to "
+                 "|grad| %.0e", h.damping_share, ts.solve.max_share, gtol)
+        more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
+        if not more.converged:
+            log.warning("the refined fit stopped at |grad| %.2g > %.0e; keeping the "
+                        "hypergradient at damping share %.2g", more.grad_norm, gtol,
+                        h.damping_share)
+            break
+        more.steps += res.steps
+        more.hvps += res.hvps
+        res = more
+        h = _hypergradient(parts, res, theta, h.v, float(h.damping), ts.solve.max_damping)
+    return res, h
+
+
 def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) -> dict:
     val_ll, min_cor = parts.monitors
     g = h.grad if h is not None else np.full(len(THETA_NAMES), np.nan)
@@ -112,7 +136,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             return fail(0, f"the first inner fit stopped at |grad| {res.grad_norm:.2g} > "
                         f"tune.inner.gtol {ts.inner.gtol:g} after {res.steps} Newton steps; "
                         "raise tune.first_max_steps or tune.inner.gtol", theta)
-        h = _hypergradient(parts, res, theta, None, ts.solve.damping, ts.solve.max_damping)
+        res, h = _accurate_hypergradient(parts, ts, res, theta, None, ts.solve.damping)
         if not h.ok:
             return fail(0, h.message, theta)
         keep(theta, res, h)
@@ -148,8 +172,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
                             f"{d_set.min_radius:g} from θ = {theta.round(4).tolist()}")
         else:
             return "", f"stopped: {d_set.max_trials} rejected trials in outer step {step}"
-        h = _hypergradient(parts, res, new, state["v"], float(state["damping"]),
-                           ts.solve.max_damping)
+        res, h = _accurate_hypergradient(parts, ts, res, new, state["v"], float(state["damping"]))
         if not h.ok:
             return fail(step, h.message, new)
         g_new = np.where(free, h.grad, 0.0)
