@@ -166,3 +166,21 @@ def test_api_validate(truth, mixed_csv, tmp_path):
 
     res = validate(truth, mixed_csv, out_dir=tmp_path / "api", season="prebreeding", n_routes=2)
     assert res["sources"] == ["banding", "tracking"] and (tmp_path / "api" / "report.md").exists()
+
+
+def test_compare_puts_validated_runs_side_by_side(truth, tmp_path):
+    from birdflow.evaluation.compare import validation_section
+    from birdflow.synthetic.widened import widen_transitions
+
+    path = write_tracks(sample_tracks(truth, 60, 6), tmp_path / "t.csv")
+    runs = {"truth": tmp_path / "truth", "wide": tmp_path / "wide"}
+    for name, model in (("truth", truth), ("wide", widen_transitions(truth))):
+        save_model(model, runs[name])
+        write_run_info(runs[name], status="finished", tracks=str(path))
+    assert validation_section(runs) == []  # not validated yet: nothing to show
+    lines = validation_section(runs, validate=True, season="postbreeding", n_routes=2)
+    table = "\n".join(lines)
+    assert "| | truth | wide |" in table
+    row = next(r for r in table.splitlines() if r.startswith("| PIT KS rows / cols"))
+    assert row.count("✓") == 1 and row.count("✗") == 1  # the truth passes, twice as wide fails
+    assert validation_section(runs) == lines  # read back from validation/validation.json

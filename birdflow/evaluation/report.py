@@ -134,7 +134,7 @@ def figures(v, out_dir: Path) -> list[Path]:
         ax.axhline(1.0, color="k", ls=":", lw=1)
         ax.set(title=title, xlabel="value", ylabel="density", xlim=(0, 1))
     axes[0].legend(fontsize=8)
-    fig.suptitle("Calibration: a calibrated model gives flat histograms (dotted line)")
+    fig.suptitle("Calibration: a calibrated model gives flat histograms (dotted line)", y=1.03)
     out.append(_save(fig, out_dir / "calibration.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -154,7 +154,8 @@ def figures(v, out_dir: Path) -> list[Path]:
         ax.axhline(0, color="k", lw=0.8)
         ax.set(xlabel=xlabel, ylabel="gain over S&T null (nats)")
     axes[0].legend(fontsize=8)
-    fig.suptitle("Decay with horizon: above 0 the transitions beat the maps alone (95 % bars)")
+    fig.suptitle("Decay with horizon: above 0 the transitions beat the maps alone (95 % bars)",
+                 y=1.02)
     out.append(_save(fig, out_dir / "horizon.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
