@@ -222,3 +222,26 @@ def test_measure_one_sequence_by_hand():
                                               / (step + step2))
     assert (m["n_stopovers"], m["stopover_weeks"]) == (1.0, [3.0])  # the inner stay, weeks 2-4
     assert (m["departure_week"], m["arrival_week"]) == (1.0, 5.0)
+
+
+def test_horizon_bins_and_useful_days_by_hand():
+    from birdflow.evaluation import horizon
+
+    # 20 intervals of 3 days gaining 1 +- 0.1 nats, 20 of 10 days gaining 0.5 +- 0.1,
+    # 20 of 30 days gaining 0 +- 0.1, 3 of 400 days (too few to count)
+    gains = np.r_[1 + 0.1 * np.tile([-1, 1], 10), 0.5 + 0.1 * np.tile([-1, 1], 10),
+                  0.1 * np.tile([-1, 1], 10), [5, 5, 5]]
+    days = np.r_[np.full(20, 3.0), np.full(20, 10.0), np.full(20, 30.0), np.full(3, 400.0)]
+    scored = pd.DataFrame({"ll_gain": gains, "win_distance": 2 * gains, "elapsed_days": days,
+                           "elapsed_km": days * 10})
+    h = horizon.horizon(scored)
+    by = {b["bin"]: b for b in h["days"]}
+    assert by["0-7"]["n"] == 20 and by["0-7"]["gain"] == pytest.approx(1.0)
+    # sd of +-0.1 around the mean with ddof 1: 0.1 sqrt(20/19); se = sd / sqrt(20)
+    assert by["0-7"]["gain_se"] == pytest.approx(0.1 * np.sqrt(20 / 19) / np.sqrt(20))
+    assert by["7-14"]["win_distance"] == pytest.approx(1.0) and by["14-21"]["n"] == 0
+    assert by["365+"]["n"] == 3 and by["365+"]["hi"] is None
+    # 0-7 and 7-14 beat the null, 28-42 does not: useful up to 14 days, a closed horizon
+    assert (h["useful_days"], h["useful_days_open"]) == (14.0, False)
+    assert horizon.useful_days(h["days"][:2]) == (14.0, True)  # the data end before the gain
+    assert h["mean_gain"] == pytest.approx(gains.mean())

@@ -41,24 +41,27 @@ def binned(scored: pd.DataFrame, by: str, edges) -> list[dict]:
     return out
 
 
-def useful_days(day_bins: list[dict]) -> float | None:
+def useful_days(day_bins: list[dict]) -> tuple[float | None, bool]:
     """Upper edge (days) of the leading run of bins whose gain is significantly > 0 (module
-    doc); bins with fewer than :data:`MIN_N` intervals are passed over; None when the first
-    such bin already fails, inf when none fails."""
+    doc), and whether the data end there (no longer bin failed: the horizon may be longer).
+    Bins with fewer than :data:`MIN_N` intervals are passed over; None when the first such
+    bin already fails."""
     last = None
     for b in day_bins:
         if b["n"] < MIN_N or b["gain"] is None or b["gain_se"] is None:
             continue
         if b["gain"] - 1.96 * b["gain_se"] <= 0:
-            return last
+            return last, False
         last = b["hi"] if b["hi"] is not None else float("inf")
-    return last
+    return last, True
 
 
 def horizon(scored: pd.DataFrame) -> dict:
-    """{"days": bins, "km": bins, "useful_days", "mean_gain", "mean_win_distance", "n"}."""
+    """{"days": bins, "km": bins, "useful_days", "useful_days_open" (the data end before the
+    gain does), "mean_gain", "mean_win_distance", "n"}."""
     days = binned(scored, "elapsed_days", DAY_EDGES)
+    useful, open_ended = useful_days(days)
     return {"n": int(len(scored)), "days": days, "km": binned(scored, "elapsed_km", KM_EDGES),
-            "useful_days": useful_days(days),
+            "useful_days": useful, "useful_days_open": open_ended,
             "mean_gain": float(scored["ll_gain"].mean()) if len(scored) else None,
             "mean_win_distance": float(scored["win_distance"].mean()) if len(scored) else None}

@@ -27,7 +27,10 @@ UNITS = {"speed_km_day": "km/day", "straightness": "", "n_stopovers": "", "stopo
 
 
 def _f(v, fmt: str = ".3f") -> str:
-    return "—" if v is None else format(v, fmt)
+    if v is None:
+        return "—"
+    text = format(v, fmt)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 def _mark(ok) -> str:
@@ -54,16 +57,17 @@ def headline(result: dict) -> dict[str, dict[str, str]]:
                 col[f"MC {mig}: model, same origins"] = "—"
             else:
                 lo, hi = m["observed_ci"]
-                col[f"MC {mig}: observed [95 % CI]"] = (f"{m['observed']:.3f} [{lo:.3f}, {hi:.3f}] "
+                col[f"MC {mig}: observed [95 % CI]"] = (f"{_f(m['observed'])} [{_f(lo)}, {_f(hi)}] "
                                                         f"(n {m['n_birds']})")
-                col[f"MC {mig}: model, same origins"] = f"{m['model']:.3f}" + _mark(m["model_in_ci"])
-            col[f"MC {mig}: model range-wide"] = (f"{entry['range_wide']['mc']:.3f}"
+                col[f"MC {mig}: model, same origins"] = _f(m["model"]) + _mark(m["model_in_ci"])
+            col[f"MC {mig}: model range-wide"] = (_f(entry["range_wide"]["mc"])
                                                   if src == "all" else "")
         col["gain over S&T null (nats/interval)"] = _f(h["mean_gain"], "+.3f")
         col["distance gain (km)"] = _f(h["mean_win_distance"], "+.1f")
         useful = h["useful_days"]
-        col["useful horizon (days)"] = ("none" if useful is None else "all" if not np.isfinite(useful)
-                                        else f"{useful:g}")
+        col["useful horizon (days)"] = (
+            "none" if useful is None else "all" if not np.isfinite(useful)
+            else ("≥ " if h["useful_days_open"] else "") + f"{useful:g}")
         for mig, by_src in result["route_biology"].items():
             q = by_src.get(src)
             if q is None:
