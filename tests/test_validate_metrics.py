@@ -111,6 +111,22 @@ def test_mc_equals_explicit_sum_over_pairs_and_mantel():
     assert got == pytest.approx(mantel, abs=1e-12)
 
 
+def test_bootstrap_mantel_equals_the_weighted_formula_per_resample():
+    rng = np.random.default_rng(1)
+    pts_o, pts_t = rng.random((30, 2)), rng.random((30, 2))
+    D = np.linalg.norm(pts_o[:, None] - pts_o[None], axis=2)
+    V = np.linalg.norm(pts_t[:, None] - pts_t[None], axis=2)
+    counts = rng.multinomial(30, np.full(30, 1 / 30), size=5).astype(float)
+    got = connectivity.bootstrap_mantel(counts, D, V)
+    # the same resample written out: every pair of draws of two different birds
+    for b, c in enumerate(counts):
+        draws = np.repeat(np.arange(30), c.astype(int))
+        i, j = np.triu_indices(len(draws), 1)
+        keep = draws[i] != draws[j]
+        want = np.corrcoef(D[draws[i], draws[j]][keep], V[draws[i], draws[j]][keep])[0, 1]
+        assert got[b] == pytest.approx(want, abs=1e-12)
+
+
 # -- the synthetic truth, and a chain spread twice as wide ----------------------------------
 
 def test_true_chain_is_calibrated_and_the_widened_chain_is_not(flyway):
@@ -245,3 +261,11 @@ def test_horizon_bins_and_useful_days_by_hand():
     assert (h["useful_days"], h["useful_days_open"]) == (14.0, False)
     assert horizon.useful_days(h["days"][:2]) == (14.0, True)  # the data end before the gain
     assert h["mean_gain"] == pytest.approx(gains.mean())
+
+
+def test_target_support_keeps_the_heaviest_cells():
+    psi = np.array([[0.5, 0.0, 0.3, 0.2], [0.1, 0.0, 0.1, 0.8]])
+    support, sub, kept = connectivity.target_support(psi, max_cells=2)
+    assert support.tolist() == [0, 3] and kept == pytest.approx((0.5 + 0.2 + 0.1 + 0.8) / 2)
+    np.testing.assert_allclose(sub, [[0.5 / 0.7, 0.2 / 0.7], [0.1 / 0.9, 0.8 / 0.9]])
+    assert connectivity.target_support(psi)[0].tolist() == [0, 2, 3]

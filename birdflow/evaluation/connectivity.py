@@ -41,6 +41,7 @@ MIGRATIONS = {"prebreeding": ("nonbreeding", "breeding"),
 N_BOOT = 1000
 N_ROUTE_DRAWS = 200
 MAX_CELLS = 2000  # range-wide MC: origin cells kept (the most abundant), the rest dropped
+MAX_TARGETS = 4000  # target cells kept (those the forecasts give most mass): V is (n, n) km
 
 
 def mc_from_moments(W: np.ndarray, D: np.ndarray, EV: np.ndarray, EV2: np.ndarray) -> float:
@@ -54,6 +55,24 @@ def mc_from_moments(W: np.ndarray, D: np.ndarray, EV: np.ndarray, EV2: np.ndarra
     if sd_d <= 0 or sd_v <= 0:
         return float("nan")
     return float((W * (D - d_mean) * EV).sum() / (sd_d * sd_v))
+
+
+def bootstrap_mantel(counts: np.ndarray, D: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Mantel correlation of each bootstrap resample over distinct birds, all at once.
+
+    ``counts`` (B, n) says how often each bird was drawn; a pair of draws (i, l), i != l,
+    weighs ``c_i c_l``, draws of the same bird are not a pair. D and V (n, n) have zero
+    diagonals, so only the total weight needs the diagonal taken out.
+    """
+    def pair_sum(A):
+        return np.einsum("bi,bi->b", counts @ A, counts)
+
+    w = counts.sum(axis=1) ** 2 - (counts**2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of one bird: NaN
+        md, mv = pair_sum(D) / w, pair_sum(V) / w
+        var_d, var_v = pair_sum(D**2) / w - md**2, pair_sum(V**2) / w - mv**2
+        r = (pair_sum(D * V) / w - md * mv) / np.sqrt(var_d * var_v)
+    return np.where(np.isfinite(r) & (var_d > 0) & (var_v > 0), r, np.nan)
 
 
 def cohen_mc(pi: np.ndarray, psi: np.ndarray, D: np.ndarray, V: np.ndarray, *,
@@ -71,6 +90,19 @@ def _distances(ds, cells_a: np.ndarray, cells_b: np.ndarray) -> np.ndarray:
     lon, lat = ds["cell_lon"].values, ds["cell_lat"].values
     return great_circle_km(lon[cells_a][:, None], lat[cells_a][:, None],
                            lon[cells_b][None, :], lat[cells_b][None, :])
+
+
+def target_support(psi: np.ndarray, max_cells: int = MAX_TARGETS):
+    """The target cells the forecasts ``psi`` (k, n_cells) reach, at most ``max_cells`` of them
+    (those with the most summed mass), in cell order; the forecasts on them renormalised; the
+    share of the forecasts' mass they hold (1 unless cells were dropped)."""
+    mass = psi.sum(axis=0)
+    support = np.flatnonzero(mass > 0)
+    if support.size > max_cells:
+        support = np.sort(support[np.argsort(-mass[support], kind="stable")[:max_cells]])
+    sub = psi[:, support]
+    kept = float(sub.sum() / max(psi.sum(), 1e-300))
+    return support, sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-300), kept
 
 
 def _in_span(week: np.ndarray, span: tuple[int, int]) -> np.ndarray:
@@ -126,6 +158,13 @@ def pair_forecasts(model: BirdFlowModel, pairs: pd.DataFrame) -> tuple[pd.DataFr
     return keep[has].reset_index(drop=True), psi[has] / psi[has].sum(axis=1, keepdims=True)
 
 
+def _interval(values) -> list[float] | None:
+    """The 2.5 and 97.5 % quantiles of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return np.quantile(v, [0.025, 0.975]).tolist() if v.size else None
+
+
 def observed_and_model_mc(model: BirdFlowModel, pairs: pd.DataFrame, psi: np.ndarray,
                           seed: int = 0, n_boot: int = N_BOOT,
                           n_draws: int = N_ROUTE_DRAWS) -> dict:
@@ -134,7 +173,8 @@ def observed_and_model_mc(model: BirdFlowModel, pairs: pd.DataFrame, psi: np.nda
     Returns:
         n_birds, observed, observed_ci (2.5 and 97.5 % bootstrap quantiles), model (exact,
         Cohen's formula with the forecasts), model_routes_ci (2.5 and 97.5 % of the MC of one
-        sampled route per bird) and model_in_ci (model inside the observed interval).
+        sampled route per bird), model_in_ci (model inside the observed interval) and
+        target_mass (:func:`target_support`).
     """
     n = len(pairs)
     out = {"n_birds": n, "observed": None, "observed_ci": None, "model": None,
@@ -148,29 +188,31 @@ def observed_and_model_mc(model: BirdFlowModel, pairs: pd.DataFrame, psi: np.nda
     W = 1.0 - np.eye(n)
     out["observed"] = mc_from_moments(W, D, V_obs, V_obs**2)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # (B, n)
-    boot = np.array([mc_from_moments(np.outer(c, c) * W, D, V_obs, V_obs**2) for c in counts])
-    out["observed_ci"] = np.nanquantile(boot, [0.025, 0.975]).tolist()
-    support = np.flatnonzero(psi.sum(axis=0) > 0)
+    boot = bootstrap_mantel(counts, D, V_obs)
+    out["observed_ci"] = _interval(boot)
+    support, sub, out["target_mass"] = target_support(psi)
     V = _distances(ds, support, support)
-    out["model"] = cohen_mc(np.full(n, 1.0 / n), psi[:, support], D, V, distinct=True)
-    cum = np.cumsum(psi[:, support], axis=1)
+    out["model"] = cohen_mc(np.full(n, 1.0 / n), sub, D, V, distinct=True)
+    cum = np.cumsum(sub, axis=1)
     draws = []
     for _ in range(n_draws):
         pick = (cum < rng.random((n, 1)) * cum[:, -1:]).sum(axis=1)
         cells = support[np.minimum(pick, len(support) - 1)]
         Vd = V[np.ix_(np.searchsorted(support, cells), np.searchsorted(support, cells))]
         draws.append(mc_from_moments(W, D, Vd, Vd**2))
-    out["model_routes_ci"] = np.nanquantile(draws, [0.025, 0.975]).tolist()
-    lo, hi = out["observed_ci"]
-    out["model_in_ci"] = bool(lo <= out["model"] <= hi)
+    out["model_routes_ci"] = _interval(draws)
+    if out["observed_ci"] is not None and np.isfinite(out["model"]):
+        lo, hi = out["observed_ci"]
+        out["model_in_ci"] = bool(lo <= out["model"] <= hi)
     return out
 
 
 def range_wide_mc(model: BirdFlowModel, migration: str, max_cells: int = MAX_CELLS) -> dict:
     """Cohen's MC over the model's whole distribution across the migration (module doc).
 
-    Returns {"mc", "weeks": [first, last] S&T weeks, "n_origin_cells", "origin_mass"} (the
-    mass of the origin cells kept when there are more than ``max_cells``).
+    Returns {"mc", "weeks": [first, last] S&T weeks, "n_origin_cells", "origin_mass",
+    "target_mass"} (the mass of the origin cells kept when there are more than ``max_cells``,
+    and of the target cells kept by :func:`target_support`).
     """
     w0, w1 = season_span(model.data, migration, buffer=1)
     tl = model.timeline(w0, w1)
@@ -184,11 +226,11 @@ def range_wide_mc(model: BirdFlowModel, migration: str, max_cells: int = MAX_CEL
     psi = model.propagate(start, tl)[-1]
     keep = psi.sum(axis=1) > 0
     cells, psi = cells[keep], psi[keep] / psi[keep].sum(axis=1, keepdims=True)
-    support = np.flatnonzero(psi.sum(axis=0) > 0)
-    mc = cohen_mc(pi[cells] / pi[cells].sum(), psi[:, support],
+    support, sub, target_mass = target_support(psi)
+    mc = cohen_mc(pi[cells] / pi[cells].sum(), sub,
                   _distances(model.data, cells, cells), _distances(model.data, support, support))
     return {"mc": mc, "weeks": [int(w0), int(w1)], "n_origin_cells": int(cells.size),
-            "origin_mass": mass}
+            "origin_mass": mass, "target_mass": target_mass}
 
 
 def connectivity(model: BirdFlowModel, rows: pd.DataFrame, migrations=tuple(MIGRATIONS),

@@ -23,7 +23,7 @@ VALIDATION_DIR = "validation"
 VALIDATION_JSON = "validation.json"
 OK, FAIL = "✓", "✗"
 UNITS = {"speed_km_day": "km/day", "straightness": "", "n_stopovers": "", "stopover_weeks":
-         "weeks", "departure_week": "weeks in", "arrival_week": "weeks in"}
+         "weeks", "departure_week": "weeks", "arrival_week": "weeks"}
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -52,7 +52,7 @@ def headline(result: dict) -> dict[str, dict[str, str]]:
             + _mark(cal["coverage_ok"] if cal["n"] else None))
         for mig, entry in result["connectivity"].items():
             m = entry["by_source"].get(src)
-            if m is None or m["observed"] is None:
+            if m is None or m["observed"] is None or m["observed_ci"] is None:
                 col[f"MC {mig}: observed [95 % CI]"] = "—"
                 col[f"MC {mig}: model, same origins"] = "—"
             else:
@@ -94,15 +94,26 @@ def headline_table(columns: dict[str, dict[str, str]]) -> str:
 
 
 def route_table(result: dict) -> str:
-    """Markdown: per migration and quantity, medians of tracks and model, W1 and KS (pooled)."""
+    """Markdown: per migration and quantity, medians of tracks and model, W1 and KS (pooled).
+
+    Departure and arrival are weeks from the window's first S&T week; their medians also as
+    the S&T week they fall in."""
     lines = ["| migration | quantity | n tracks / routes | median tracks | median model | "
              "Wasserstein-1 | KS (p) |", "|---|---|---|---|---|---|---|"]
     for mig, by_src in result["route_biology"].items():
+        w0 = result.get("route_windows", {}).get(mig, [None])[0]
+
+        def median(v, q, w0=w0):
+            text = _f(v, ".3g")
+            if v is not None and w0 is not None and q in ("departure_week", "arrival_week"):
+                text += f" (S&T week {(w0 - 1 + round(v)) % 52 + 1})"
+            return text
+
         for q in QUANTITIES:
             r = by_src["all"][q]
             unit = f" {UNITS[q]}" if UNITS[q] else ""
             lines.append(f"| {mig} | {q} | {r['n_observed']} / {r['n_model']} | "
-                         f"{_f(r['median_observed'], '.3g')} | {_f(r['median_model'], '.3g')} | "
+                         f"{median(r['median_observed'], q)} | {median(r['median_model'], q)} | "
                          f"{_f(r['wasserstein'], '.3g')}{unit} | {_f(r['ks'], '.3f')} "
                          f"({_f(r['ks_p'], '.2g')}) |")
     return "\n".join(lines)
@@ -167,7 +178,7 @@ def figures(v, out_dir: Path) -> list[Path]:
     ticks = []
     for mig, entry in res["connectivity"].items():
         for g, m in entry["by_source"].items():
-            if m["observed"] is None:
+            if m["observed"] is None or m["observed_ci"] is None or m["model"] is None:
                 continue
             lo, hi = m["observed_ci"]
             ax.errorbar([k], [m["observed"]], yerr=[[m["observed"] - lo], [hi - m["observed"]]],

@@ -15,15 +15,17 @@ tracking, banding, telemetry) and pooled (``all``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from birdflow.data.seasons import season_name
-from birdflow.data.tracks import Tracks, load_tracks
+from birdflow.data.seasons import season_name, season_span
+from birdflow.data.tracks import TrackRowWarning, Tracks, load_tracks
 from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation import calibration, connectivity, horizon, route_biology
 from birdflow.evaluation.evaluate import _clean
@@ -31,6 +33,7 @@ from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel
 
 POOLED = "all"
+log = logging.getLogger("birdflow.evaluation.validation")
 
 
 @dataclass
@@ -83,7 +86,15 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
     timings, notes = {}, []
     t0 = time.perf_counter()
     if not isinstance(tracks, Tracks):
-        tracks = load_tracks(tracks, model.data, cyclic=model.cyclic)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TrackRowWarning)
+            tracks = load_tracks(tracks, model.data, cyclic=model.cyclic)
+        for w in caught:  # bad rows: one line naming them, in the log and the report's notes
+            if issubclass(w.category, TrackRowWarning):
+                log.warning(str(w.message))
+                notes.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     timings["read tracks"] = time.perf_counter() - t0
     migrations = migrations_for(season)
 
@@ -109,7 +120,7 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
     bio, tables, bio_notes = route_biology.route_biology_by_source(
         model, tracks.rows, migrations, n_routes=n_routes, seed=seed)
     timings["route biology"] = time.perf_counter() - t0
-    notes += mc_notes + bio_notes
+    notes += mc_notes + bio_notes  # after the bad-row note
 
     rows = tracks.rows
     counts = tracks.excluded_counts()
@@ -125,6 +136,8 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
         "horizon": hor,
         "connectivity": mc,
         "route_biology": bio,
+        "route_windows": {mig: list(season_span(model.data, mig, buffer=route_biology.BUFFER))
+                          for mig in bio},
         "settings": {"n_routes": n_routes, "seed": seed,
                      "bootstrap": connectivity.N_BOOT, "route_draws": connectivity.N_ROUTE_DRAWS,
                      "route_buffer_weeks": route_biology.BUFFER},
