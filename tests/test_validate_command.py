@@ -74,9 +74,15 @@ def test_sources_give_per_source_and_pooled_figures(truth, mixed_csv):
 
 def test_no_source_column_still_works(truth, tmp_path):
     path = write_tracks(sample_tracks(truth, 40, 2), tmp_path / "plain.csv")
-    res = validate_model(truth, path, season="postbreeding", n_routes=2).result
+    v = validate_model(truth, path, season="postbreeding", n_routes=2)
+    res = v.result
     assert res["sources"] == [] and list(res["calibration"]) == ["all"]
-    assert list(res["connectivity"]) == ["postbreeding"] and res["calibration"]["all"]["n"] > 900
+    assert list(res["connectivity"]) == ["postbreeding"] == list(res["route_biology"])
+    # season=postbreeding: S&T weeks 33-44 (Aug 16 - Nov 1) widened by one week, 32-45; only
+    # intervals starting there
+    weeks = v.scored["week1"]
+    assert res["calibration"]["all"]["n"] == len(v.scored) > 100
+    assert weeks.between(32, 45).all() and weeks.min() == 32 and weeks.max() == 45
 
 
 def test_bad_source_values_are_named_by_line(truth, tmp_path):

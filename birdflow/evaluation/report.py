@@ -144,7 +144,8 @@ def figures(v, out_dir: Path) -> list[Path]:
                                "Σ f ≤ f(obs): forecast mass as unlikely"), strict=True):
         for g in groups:
             x = scored[col] if g == "all" else scored.loc[scored["source"] == g, col]
-            ax.hist(x.dropna(), bins=10, range=(0, 1), density=True, histtype="step", lw=1.6,
+            ax.hist(x.dropna(), bins=10, range=(0, 1), density=True, histtype="step",
+                    lw=2.2 if g == "all" else 1.3, color="k" if g == "all" else None,
                     label=f"{g} (n {x.notna().sum()})")
         ax.axhline(1.0, color="k", ls=":", lw=1)
         ax.set(title=title, xlabel="value", ylabel="density", xlim=(0, 1))
@@ -163,7 +164,8 @@ def figures(v, out_dir: Path) -> list[Path]:
             idx = [res["horizon"][g][key].index(b) for b in bins]
             ax.errorbar(x[idx], [b["gain"] for b in bins],
                         yerr=[1.96 * (b["gain_se"] or 0) for b in bins], marker="o", capsize=3,
-                        label=g)
+                        label=g, color="k" if g == "all" else None, ls="--" if g == "all" else "-",
+                        zorder=3 if g == "all" else 2)
         labels = [b["bin"] for b in res["horizon"][groups[0]][key]]
         ax.set_xticks(np.arange(len(labels)), labels, rotation=45, fontsize=8)
         ax.axhline(0, color="k", lw=0.8)

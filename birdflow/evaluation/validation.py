@@ -26,6 +26,7 @@ import pandas as pd
 
 from birdflow.data.seasons import season_name, season_span
 from birdflow.data.tracks import TrackRowWarning, Tracks, load_tracks
+from birdflow.data.weeks import N_WEEKS
 from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation import calibration, connectivity, horizon, route_biology
 from birdflow.evaluation.evaluate import _clean
@@ -74,7 +75,8 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
     Args:
         model: the fitted chain (dense, sparse or imported).
         tracks: tracking/banding CSV (``bird_id,date,lat,lon[,source]``) or :class:`Tracks`.
-        season: None (both migrations) or "prebreeding" / "postbreeding".
+        season: None (both migrations, all intervals) or "prebreeding" / "postbreeding":
+            that migration, and only the intervals starting in it (widened by a week).
         n_routes: model routes per tracked segment for route biology.
         seed: seeds every random draw (PIT uniforms, bootstrap, routes).
 
@@ -99,7 +101,11 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
     migrations = migrations_for(season)
 
     t0 = time.perf_counter()
-    scored = calibration.score(model, tracks.intervals, seed=seed)
+    intervals = tracks.intervals
+    if season is not None:  # the intervals that start in the migration (buffered by a week)
+        w0, w1 = season_span(model.data, migrations[0], buffer=1)
+        intervals = intervals[(intervals["week1"] - w0) % N_WEEKS <= (w1 - w0) % N_WEEKS]
+    scored = calibration.score(model, intervals, seed=seed)
     if scored.empty:
         raise DataError(f"{tracks.source}: no interval could be scored on this model's grid "
                         f"(excluded: {tracks.excluded_counts()}); check that the tracks are of "
