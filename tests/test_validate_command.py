@@ -190,3 +190,22 @@ def test_compare_puts_validated_runs_side_by_side(truth, tmp_path):
     # 1,542 intervals, critical value 0.034: the truth 0.026 / 0.013, twice as wide 0.127 / 0.081
     assert row.count("✓") == 1 and row.count("✗") == 1  # the truth passes, twice as wide fails
     assert validation_section(runs) == lines  # read back from validation/validation.json
+
+
+def test_truncated_model_without_season_dates(tmp_path):
+    """20 weeks, not cyclic, no season dates: calibration and horizon on the intervals; the
+    season-based parts are left out with a note each, and the report is still written."""
+    from conftest import independence_model, make_tiny_bfdata
+
+    model = independence_model(make_tiny_bfdata(n_weeks=20))
+    routes = model.route(30, 1, n_steps=19, seed=7)  # read back as tracks (route_id)
+    routes["date"] = routes["date"].dt.strftime("%Y-%m-%d")
+    path = tmp_path / "routes.csv"
+    routes.to_csv(path, index=False)
+    res = validate_run(model=model, tracks=path, out_dir=tmp_path / "v", n_routes=2)
+    assert not model.cyclic and res["calibration"]["all"]["n"] == 30 * 19
+    assert res["connectivity"] == {} and res["route_biology"] == {}
+    assert len(res["notes"]) == 4 and all("skipped" in n and "set species.seasons in the config"
+                                          in n for n in res["notes"])
+    assert "MC prebreeding: observed [95 % CI]" not in res["headline"]["all"]
+    assert (tmp_path / "v" / "report.html").read_text().count("data:image/png;base64,") == 2

@@ -129,7 +129,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def figures(v, out_dir: Path) -> list[Path]:
-    """calibration.png, horizon.png, connectivity.png, route_biology.png."""
+    """calibration.png, horizon.png, connectivity.png and route_biology.png (the last two
+    when the data have season dates)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -175,27 +176,29 @@ def figures(v, out_dir: Path) -> list[Path]:
                  y=1.02)
     out.append(_save(fig, out_dir / "horizon.png"))
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    k = 0
-    ticks = []
-    for mig, entry in res["connectivity"].items():
-        for g, m in entry["by_source"].items():
-            if m["observed"] is None or m["observed_ci"] is None or m["model"] is None:
-                continue
-            lo, hi = m["observed_ci"]
-            ax.errorbar([k], [m["observed"]], yerr=[[m["observed"] - lo], [hi - m["observed"]]],
-                        fmt="o", color="k", capsize=4, label="observed (bootstrap 95 %)" if k == 0 else None)
-            ax.plot([k + 0.15], [m["model"]], "s", color="C1", label="model, same origins" if k == 0 else None)
-            ticks.append((k, f"{mig}\n{g}"))
-            k += 1
-        ax.plot([k - 0.5], [entry["range_wide"]["mc"]], "^", color="C2",
-                label="model range-wide" if k == len(ticks) and len(ticks) <= len(entry["by_source"]) else None)
-    if ticks:
-        ax.set_xticks([t for t, _ in ticks], [s for _, s in ticks], fontsize=8)
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set(ylabel="MC (Cohen et al. 2018)", title="Migratory connectivity")
-    ax.legend(fontsize=8)
-    out.append(_save(fig, out_dir / "connectivity.png"))
+    if res["connectivity"]:
+        fig, ax = plt.subplots(figsize=(6.5, 3.4))
+        k = 0
+        ticks = []
+        for mig, entry in res["connectivity"].items():
+            for g, m in entry["by_source"].items():
+                if m["observed"] is None or m["observed_ci"] is None or m["model"] is None:
+                    continue
+                lo, hi = m["observed_ci"]
+                ax.errorbar([k], [m["observed"]], yerr=[[m["observed"] - lo], [hi - m["observed"]]],
+                            fmt="o", color="k", capsize=4, label="observed (bootstrap 95 %)" if k == 0 else None)
+                ax.plot([k + 0.15], [m["model"]], "s", color="C1", label="model, same origins" if k == 0 else None)
+                ticks.append((k, f"{mig}\n{g}"))
+                k += 1
+            first = mig == next(iter(res["connectivity"]))
+            ax.plot([k - 0.5], [entry["range_wide"]["mc"]], "^", color="C2",
+                    label="model range-wide" if first else None)
+        if ticks:
+            ax.set_xticks([t for t, _ in ticks], [s for _, s in ticks], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(ylabel="MC (Cohen et al. 2018)", title="Migratory connectivity")
+        ax.legend(fontsize=8)
+        out.append(_save(fig, out_dir / "connectivity.png"))
 
     migs = list(v.routes)
     if migs:
