@@ -125,6 +125,8 @@ def test_command_errors_are_one_line(run_dir, tmp_path, capsys):
     assert run_command(main, [f"run={run_dir}", f"tracks={tmp_path / 'none.csv'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none.csv" in err and "not found" in err
+    assert run_command(main, [f"run={run_dir}", "n_routes=0"]) == 2
+    assert "n_routes=0: fly at least 1" in capsys.readouterr().err
 
 
 def test_sparse_model_validates_like_the_dense_one(truth, tmp_path):

@@ -85,6 +85,8 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
         ``route_biology`` and ``horizon`` keyed by source (``all`` pooled), the counts behind
         them, ``timings_s`` per part and ``notes``.
     """
+    if int(n_routes) < 1:
+        raise ConfigError(f"n_routes={n_routes}: fly at least 1 model route per tracked segment")
     timings, notes = {}, []
     t0 = time.perf_counter()
     if not isinstance(tracks, Tracks):
