@@ -129,7 +129,8 @@ def route_biology(model: BirdFlowModel, rows: pd.DataFrame, migration: str, *,
     return _table(obs, obs_info), _table(sim, sim_info), skipped
 
 
-def _values(df: pd.DataFrame, q: str) -> np.ndarray:
+def quantity_values(df: pd.DataFrame, q: str) -> np.ndarray:
+    """The finite values of quantity ``q`` in a per-segment table (stopovers flattened)."""
     if df.empty or q not in df:
         return np.zeros(0)
     col = df[q]
@@ -142,7 +143,7 @@ def compare_quantities(observed: pd.DataFrame, model: pd.DataFrame) -> dict:
     """Per quantity: n and median of each side, Wasserstein-1 and KS (statistic, p-value)."""
     out = {}
     for q in QUANTITIES:
-        a, b = _values(observed, q), _values(model, q)
+        a, b = quantity_values(observed, q), quantity_values(model, q)
         row = {"n_observed": int(a.size), "n_model": int(b.size),
                "median_observed": float(np.median(a)) if a.size else None,
                "median_model": float(np.median(b)) if b.size else None,
