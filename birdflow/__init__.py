@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _API = {
     "fit": "birdflow.api", "load_model": "birdflow.api", "preprocess": "birdflow.api",
-    "evaluate": "birdflow.api", "config": "birdflow.api",
+    "evaluate": "birdflow.api", "config": "birdflow.api", "validate": "birdflow.api",
     "BirdFlowModel": "birdflow.model.fitted",
     "plot_distributions": "birdflow.evaluation.maps", "plot_routes": "birdflow.evaluation.maps",
     "plot_loss": "birdflow.evaluation.maps", "plot_fit_per_week": "birdflow.evaluation.maps",

@@ -15,7 +15,7 @@ COMMANDS = {
     "export": "birdflow.export.__main__", "sweep": "birdflow.sweep",
     "preprocess": "birdflow.preprocess", "download": "birdflow.download",
     "bench": "birdflow.bench.__main__", "synthetic": "birdflow.synthetic.__main__",
-    "sparsify": "birdflow.sparsify",
+    "sparsify": "birdflow.sparsify", "validate": "birdflow.validate",
 }
 
 

@@ -111,6 +111,25 @@ def evaluate(model: BirdFlowModel | str | os.PathLike, tracks: str | os.PathLike
     return evaluate_model(model, tracks, truth, **opts)
 
 
+def validate(model: BirdFlowModel | str | os.PathLike, tracks: str | os.PathLike | None = None,
+             *, season: str | None = None, out_dir: str | os.PathLike | None = None,
+             **opts) -> dict:
+    """Validate a model as ``birdflow validate``: calibration, migratory connectivity, route
+    biology and decay with horizon, per data source, with a report.
+
+    ``model`` is a model or a run dir; ``tracks`` defaults to the run's own. Files go to
+    ``out_dir``, else ``<run dir>/validation/``; ``opts`` (``n_routes``, ``seed``) go to
+    :func:`birdflow.evaluation.validation.validate_run`. Returns the figures of
+    ``validation.json`` with ``report`` (the path of report.md).
+    """
+    from birdflow.evaluation.validation import validate_run
+
+    if not isinstance(model, BirdFlowModel):
+        model = load_model(model)
+    return validate_run(model.run_dir, model=model, tracks=tracks, season=season,
+                        out_dir=out_dir, **opts)
+
+
 def apply_weights(cfg: DictConfig) -> DictConfig:
     """With ``weights=<tune dir>``, write the tune's weights into ``cfg.loss`` (in place).
 

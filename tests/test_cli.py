@@ -35,8 +35,9 @@ TABLE = {
     "synthetic": ("birdflow.synthetic.__main__", "species", "species.synthetic.size", None),
     "sparsify": ("birdflow.sparsify", "p_protected", "p", [f"run={MISSING}"]),
     "tune": ("birdflow.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
+    "validate": ("birdflow.validate", "season", "n_routes", [f"run={MISSING}"]),
 }
-NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify"}
+NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify", "validate"}
 
 
 def _main(name):

@@ -1,8 +1,12 @@
 """Tracking/banding CSV -> observations snapped to (cell, week) -> intervals to score.
 
 The CSV has one observation per row with columns ``bird_id,date,lat,lon`` (extra columns
-are kept but unused). A ``route_id`` column stands in for ``bird_id`` when that is absent, so
-BirdFlowR ``Routes``/``BirdFlowRoutes`` tables (``route_id, date, lon, lat, ...``) and the
+are kept but unused). An optional ``source`` column says what kind of data each row is:
+``tracking`` (GPS, GLS, satellite tags), ``banding`` (band-and-recover pairs) or ``telemetry``
+(automated receivers such as Motus); the aliases in :data:`SOURCE_ALIASES` are accepted in any
+case. Validation reports every metric per source and pooled; a bad value is a bad row (named
+by its line, its intervals excluded as ``bad_row``). A ``route_id`` column stands in for
+``bird_id`` when that is absent, so BirdFlowR ``Routes``/``BirdFlowRoutes`` tables (``route_id, date, lon, lat, ...``) and the
 routes birdflow samples (``routes.csv``) are read as tracks. Rows that cannot be used (unparsable date, latitude or longitude out of
 range, a point outside the grid or on an inactive cell) are reported with their CSV line
 number (1-based, the header is line 1) and the rest is still evaluated. Consecutive
@@ -12,7 +16,7 @@ reason (empty when it can be scored):
 ==================  ==============================================================
 reason              meaning
 ==================  ==============================================================
-bad_row             an end has an unusable latitude or longitude
+bad_row             an end has an unusable latitude, longitude or source
 not_active          an end lies outside the grid or on an inactive cell
 too_long            more days apart than ``max_days`` (only when set: BirdFlowR sets no cap)
 truncated           a week outside a truncated model's weeks, or no forward lag
@@ -55,6 +59,19 @@ TRACK_COLUMNS = ("bird_id", "date", "lat", "lon")
 EXCLUDE_REASONS = ("bad_row", "not_active", "too_long", "truncated", "same_week",
                    "dynamic_mask", "filtered")
 ID_ALIAS = "route_id"  # BirdFlowR Routes tables name the bird column so
+SOURCE_COLUMN = "source"  # optional: the kind of data of each row
+SOURCES = ("tracking", "banding", "telemetry")
+BAD_SOURCE = "?"  # a source value that is none of SOURCES (the row is a bad row)
+SOURCE_ALIASES = {"tracking": "tracking", "gps": "tracking", "gls": "tracking",
+                  "satellite": "tracking", "argos": "tracking", "banding": "banding",
+                  "band": "banding", "ringing": "banding", "ring": "banding",
+                  "recovery": "banding", "telemetry": "telemetry", "motus": "telemetry",
+                  "radio": "telemetry"}
+
+
+def source_name(value: str) -> str:
+    """The canonical source of a ``source`` cell (:data:`SOURCES`), '' when not recognised."""
+    return SOURCE_ALIASES.get(str(value).strip().lower(), "")
 
 
 class TrackRowWarning(UserWarning):
@@ -88,7 +105,9 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
 
     Returns:
         DataFrame with bird_id (str), date (datetime64, NaT when unparsable), lat, lon
-        (degrees, NaN when unusable), line (CSV line number) and problem ('' when fine).
+        (degrees, NaN when unusable), line (CSV line number), source (one of :data:`SOURCES`;
+        '' when the file has no ``source`` column, ``BAD_SOURCE`` when the value is not
+        recognised) and problem ('' when fine).
 
     Raises:
         DataError: the file is missing, empty or lacks one of the required columns.
@@ -108,11 +127,15 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
                             f"header line '{','.join(TRACK_COLUMNS)}' (extra columns allowed; "
                             f"'{ID_ALIAS}' may replace 'bird_id')")
         reader.fieldnames = header
+        has_source = SOURCE_COLUMN in header
+        columns = [*TRACK_COLUMNS, SOURCE_COLUMN] if has_source else list(TRACK_COLUMNS)
         records = []
         for rec in reader:
-            records.append({c: (rec.get(c) or "").strip() for c in TRACK_COLUMNS}
+            records.append({c: (rec.get(c) or "").strip() for c in columns}
                            | {"line": reader.line_num})
-    df = pd.DataFrame(records, columns=[*TRACK_COLUMNS, "line"])
+    df = pd.DataFrame(records, columns=[*columns, "line"])
+    source = (df[SOURCE_COLUMN].map(source_name).replace("", BAD_SOURCE) if has_source
+              else pd.Series("", index=df.index, dtype=object))
     dates = pd.to_datetime(df["date"], errors="coerce", format="ISO8601", utc=True)
     lat = pd.to_numeric(df["lat"], errors="coerce")
     lon = pd.to_numeric(df["lon"], errors="coerce")
@@ -125,6 +148,9 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
         (lon.isna(), "lon {lon!r} is not a number"),
         (lon.abs() > 180, "lon {lon} outside [-180, 180]"),
     ]
+    if has_source:
+        checks.append((source == BAD_SOURCE, "source {source!r} is not one of " + ", ".join(SOURCES)
+                       + " (or gps, gls, argos, ringing, recovery, motus)"))
     for bad, template in checks:
         for i in np.flatnonzero(bad.to_numpy() & (problem == "")):
             problem[i] = template.format(**df.iloc[i].to_dict())
@@ -135,6 +161,7 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
         "lat": lat.where(coords_ok).astype(float),
         "lon": lon.where(coords_ok).astype(float),
         "line": df["line"].astype(np.int64),
+        "source": source.astype(str),
         "problem": problem.astype(str),
     })
 
@@ -187,7 +214,8 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
         DataFrame with bird_id, line1, line2, date1, date2, week1, week2 (S&T weeks), t1, t2
         (model week indices), lag (transitions, -1 if undefined), wrapped_years (whole years
         between the observations that the lag leaves out, see the module doc), cell1, cell2,
-        lon1, lat1, lon2, lat2, elapsed_days, elapsed_km and exclude.
+        lon1, lat1, lon2, lat2, elapsed_days, elapsed_km, source (the rows' source when both
+        ends agree, else both joined by '+'; '' without a ``source`` column) and exclude.
     """
     cyclic = bool(ds.attrs.get("cyclic", 1)) if cyclic is None else bool(cyclic)
     n_weeks = ds.sizes["week"]
@@ -217,6 +245,8 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
         return res
 
     bad_coord = a["lat"].isna().to_numpy() | b["lat"].isna().to_numpy()
+    if "source" in a:
+        bad_coord |= (a["source"].to_numpy() == BAD_SOURCE) | (b["source"].to_numpy() == BAD_SOURCE)
     window = np.zeros(len(a), dtype=bool)
     for value, lo, hi in ((days, min_days, None), (km, min_km, max_km)):
         if lo is not None:
@@ -240,8 +270,17 @@ def make_intervals(rows: pd.DataFrame, ds: xr.Dataset, *, cyclic: bool | None = 
         "date1": a["date"], "date2": b["date"], "week1": a["week"], "week2": b["week"],
         "t1": t1, "t2": t2, "lag": lag, "wrapped_years": wrapped, "cell1": c1, "cell2": c2,
         "lon1": a["lon"], "lat1": a["lat"], "lon2": b["lon"], "lat2": b["lat"],
-        "elapsed_days": days, "elapsed_km": km, "exclude": exclude.astype(str),
+        "elapsed_days": days, "elapsed_km": km, "source": _pair_source(a, b),
+        "exclude": exclude.astype(str),
     })
+
+
+def _pair_source(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Source of each interval: the two ends' source, or both sorted and joined by '+'."""
+    if "source" not in a:
+        return np.full(len(a), "", dtype=object)
+    return np.array([x if x == y else "+".join(sorted((x, y)))
+                     for x, y in zip(a["source"], b["source"], strict=True)], dtype=object)
 
 
 def row_problem_summary(rows: pd.DataFrame, source: str, n_show: int = 5) -> str:

@@ -2,7 +2,9 @@
 
 Trains (or reuses) one model per location loss in ``<report>/<loss>/``, evaluates each (with
 tracks when given) and writes ``<report>/report.md`` with the metrics side by side, the winner
-of each metric, and figures: distributions, routes of both models, per-week fit, loss curves.
+of each metric, the validation headlines side by side (``validate=true``, or runs already
+validated by ``birdflow validate``), and figures: distributions, routes of both models,
+per-week fit, loss curves.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def run_one(cfg: DictConfig, name: str, report_dir: Path) -> Path:
     if (cfg.get("runs") or {}).get(name):
         return Path(cfg.runs[name])
     run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in ("losses", "w2", "tracks", "runs", "n_routes"):
+    for key in ("losses", "w2", "tracks", "runs", "n_routes", "validate"):
         run_cfg.pop(key, None)
     run_cfg.loss = loss_config(cfg, name)
     run_cfg.run_dir, run_cfg.resume, run_cfg.evaluate = str(report_dir / name), True, False
@@ -116,6 +118,30 @@ def figures(models: dict, results: dict, report_dir: Path, n_routes: int, seed: 
     return out
 
 
+def validation_section(runs: dict[str, Path], validate: bool = False,
+                       tracks: str | None = None, **opts) -> list[str]:
+    """Markdown lines of the runs' validation headlines (pooled) side by side.
+
+    With ``validate`` each run is validated first (``birdflow validate``, on ``tracks`` or the
+    run's own; ``opts`` go to :func:`birdflow.evaluation.validation.validate_run`); otherwise
+    the runs already validated are shown ([] when none is).
+    """
+    from birdflow.evaluation.report import headline_table, read_validation
+    from birdflow.evaluation.validation import validate_run
+
+    if validate:
+        for d in runs.values():
+            validate_run(d, tracks=tracks, **opts)
+    found = {n: read_validation(d) for n, d in runs.items()}
+    found = {n: r for n, r in found.items() if r is not None}
+    if not found:
+        return []
+    table = headline_table({n: r["headline"]["all"] for n, r in found.items()})
+    return ["## Validation (all sources pooled; `birdflow validate`)", "", table, "",
+            *[f"- {n}: `{runs[n]}/validation/report.html` (tracks {r['tracks']})"
+              for n, r in found.items()], ""]
+
+
 def compare(cfg: DictConfig, report_dir: Path) -> Path:
     """Run the comparison and write the report; returns the path of report.md."""
     from birdflow.evaluation.evaluate import evaluate_run
@@ -139,7 +165,9 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
             *[f"- {n}: `{runs[n]}`" for n in names],
             f"- tracks scored: {results[names[0]].get('tracks') or 'none'}",
             "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
-            "## Metrics", "", table, "", "## Figures", ""]
+            "## Metrics", "", table, ""]
+    validation = validation_section(runs, bool(cfg.get("validate")), cfg.get("tracks"))
+    head += [*validation, "## Figures", ""]
     head += [f"![{p.stem}]({p.name})" for p in figs]
     notes = [f"- {n}: {note}" for n in names for note in results[n].get("notes", [])]
     if notes:
@@ -148,6 +176,8 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     write_text_atomic(report_dir / "metrics.json",
                       json.dumps({n: r["summary"] for n, r in results.items()}, indent=2) + "\n")
     print(table)
+    if validation:
+        print("\n" + "\n".join(validation))
     print(f"\nreport: {report}")
     return report
 
@@ -183,7 +213,7 @@ def tune_config(cfg: DictConfig, name: str, report_dir: Path) -> DictConfig:
     """The tune config of one location loss: conf/tune.yaml's ``tune`` block + ``tuning``."""
     base = OmegaConf.create((resources.files("birdflow.conf") / "tune.yaml").read_text())
     run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in ("losses", "w2", "runs", "n_routes", "tune", "tuning"):
+    for key in ("losses", "w2", "runs", "n_routes", "tune", "tuning", "validate"):
         run_cfg.pop(key, None)
     run_cfg.loss = loss_config(cfg, name)
     given = OmegaConf.to_container(cfg.get("tuning") or OmegaConf.create({}), resolve=True)
