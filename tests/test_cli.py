@@ -15,26 +15,26 @@ import sys
 import pytest
 from conftest import run_command
 
-from birdflow.__main__ import COMMANDS
+from birdflow.cli.main import COMMANDS
 
 # command -> (module, a key its --help lists, a numeric key, [args that need a missing file])
 MISSING = "/nonexistent/birdflow-test"
 TABLE = {
-    "train": ("birdflow.train", "optim", "optim.steps", [f"species.raster={MISSING}.tif"]),
-    "evaluate": ("birdflow.evaluate", "tracks", "min_days", [f"run={MISSING}"]),
-    "routes": ("birdflow.routes", "start_week", "n", [f"run={MISSING}"]),
-    "maps": ("birdflow.maps", "n_routes", "dpi", [f"run={MISSING}"]),
-    "compare": ("birdflow.compare", "n_routes", "n_routes",
+    "train": ("birdflow.cli.train", "optim", "optim.steps", [f"species.raster={MISSING}.tif"]),
+    "evaluate": ("birdflow.cli.evaluate", "tracks", "min_days", [f"run={MISSING}"]),
+    "routes": ("birdflow.cli.routes", "start_week", "n", [f"run={MISSING}"]),
+    "maps": ("birdflow.cli.maps", "n_routes", "dpi", [f"run={MISSING}"]),
+    "compare": ("birdflow.cli.compare", "n_routes", "n_routes",
                 [f"runs.l2={MISSING}", f"runs.w2={MISSING}"]),
-    "export": ("birdflow.export.__main__", "hdf5", None, [f"hdf5={MISSING}.hdf5", "out=x"]),
-    "sweep": ("birdflow.sweep", "threshold", "threshold", ["summarize", f"dir={MISSING}"]),
-    "preprocess": ("birdflow.preprocess", "species", "species.res_km",
+    "export": ("birdflow.cli.export", "hdf5", None, [f"hdf5={MISSING}.hdf5", "out=x"]),
+    "sweep": ("birdflow.cli.sweep", "threshold", "threshold", ["summarize", f"dir={MISSING}"]),
+    "preprocess": ("birdflow.cli.preprocess", "species", "species.res_km",
                    [f"species.raster={MISSING}.tif"]),
-    "download": ("birdflow.download", "species", "species.version_year",
+    "download": ("birdflow.cli.download", "species", "species.version_year",
                  ["species=barswa", f"data.root={MISSING}"]),
-    "synthetic": ("birdflow.synthetic.__main__", "species", "species.synthetic.size", None),
-    "sparsify": ("birdflow.sparsify", "p_protected", "p", [f"run={MISSING}"]),
-    "tune": ("birdflow.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
+    "synthetic": ("birdflow.cli.synthetic", "species", "species.synthetic.size", None),
+    "sparsify": ("birdflow.cli.sparsify", "p_protected", "p", [f"run={MISSING}"]),
+    "tune": ("birdflow.cli.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
 }
 NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify"}
 

@@ -60,7 +60,7 @@ def test_compare_tune_reports_both_losses_on_the_validation_birds(tmp_path):
     tuning birds, scored on the same validation birds, with their θ and step counts."""
     import pandas as pd
 
-    from birdflow.training.rundir import read_run_info
+    from birdflow.runs import read_run_info
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("compare", overrides=[

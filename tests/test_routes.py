@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import run_command
 
+from birdflow.cli.routes import main
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.grid import great_circle_km
 from birdflow.data.weeks import week_dates
@@ -17,7 +18,6 @@ from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation.routes import forecast, route_stats, sample_routes, write_routes
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
-from birdflow.routes import main
 
 AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 "
                  "+datum=WGS84 +units=m +no_defs")

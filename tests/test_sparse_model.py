@@ -301,9 +301,9 @@ def test_saved_sparse_run_through_the_commands(chains, tracks_csv, tmp_path):
 
     from conftest import run_command
 
-    from birdflow.evaluate import main as evaluate_main
+    from birdflow.cli.evaluate import main as evaluate_main
+    from birdflow.cli.export import main as export_main
     from birdflow.evaluation.compare import score_runs
-    from birdflow.export.__main__ import main as export_main
 
     dense, sparse = chains["some"]
     for name, model in (("dense", dense), ("sparse", sparse), ("truth", chains["full"][0])):

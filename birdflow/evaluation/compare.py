@@ -162,6 +162,7 @@ def score_runs(run_dirs: list, tracks: str | Path, truth: str | Path | None = No
     from birdflow.data.tracks import load_tracks
     from birdflow.evaluation.evaluate import evaluate_model
     from birdflow.model.fitted import load_model
+    from birdflow.runs import read_config
 
     rows, built, truth_model = [], None, load_model(truth) if truth else None
     for d in run_dirs:
@@ -170,7 +171,8 @@ def score_runs(run_dirs: list, tracks: str | Path, truth: str | Path | None = No
         if built is None:
             built = load_tracks(tracks, model.data, cyclic=model.cyclic, warn=False)
         res = evaluate_model(model, built, truth_model, w2=False, win_prob=False)["summary"]
-        lc = OmegaConf.load(d / "config.yaml").loss if (d / "config.yaml").exists() else {}
+        saved = read_config(d)
+        lc = saved.loss if saved is not None and "loss" in saved else {}
         rows.append({"run_dir": str(d), **{k: lc.get(k) for k in ("dist_weight", "ent_weight",
                                                                   "dist_pow")},
                      **{k: res.get(k) for k in ("mean_ll", "mean_null_ll", "mean_ll_gain",
@@ -206,7 +208,7 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
     import pandas as pd
 
     from birdflow.evaluation.evaluate import evaluate_run
-    from birdflow.training.rundir import read_run_info
+    from birdflow.runs import read_run_info
     from birdflow.tuning.outer import MODEL_DIR, TRAJECTORY_CSV, TuningStopped, tune
 
     names = list(cfg.losses)

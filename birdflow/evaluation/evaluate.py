@@ -8,7 +8,6 @@ exclusions and ``calc_interval_metrics`` scores (birdflow_reference.md sections 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
+from birdflow.errors import DataError
 from birdflow.evaluation.intervals import SCORE_COLUMNS, interval_summary, score_intervals
 from birdflow.evaluation.metrics import (
     W2_SUMMARY,
@@ -28,13 +28,10 @@ from birdflow.evaluation.metrics import (
     w2_summary,
 )
 from birdflow.evaluation.seasons import migration_seasons, season_performance
-from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.model.joints import Transitions
 from birdflow.model.sampling import slot_of
-from birdflow.training.rundir import read_run_info
-
-METRICS_JSON = "metrics.json"
+from birdflow.runs import metrics_file, read_run_info, run_path, write_metrics
 
 
 def grid_difference(a: xr.Dataset, b: xr.Dataset) -> str:
@@ -212,15 +209,6 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                    "notes": notes})
 
 
-def _resolve(value: str | None, run_dir: Path) -> Path | None:
-    """A path from the command line or run.json: as given, else relative to the run dir."""
-    if not value:
-        return None
-    path = Path(value)
-    return run_dir / path if not path.is_absolute() and not path.exists() \
-        and (run_dir / path).exists() else path
-
-
 def format_report(result: dict) -> str:
     """Readable text: one line per summary metric, then the per-week fit table."""
     def fmt(v):
@@ -243,19 +231,30 @@ def format_report(result: dict) -> str:
 def evaluate_run(run_dir: str | os.PathLike, model: BirdFlowModel | None = None,
                  tracks: str | os.PathLike | None = None,
                  truth: str | os.PathLike | None = None, **opts) -> dict:
-    """Evaluate a run dir and write ``metrics.json`` there (atomic); returns the result.
+    """Evaluate a run dir and write the result there (atomic); returns it, with ``metrics_file``.
 
     ``model`` defaults to the run's saved model; tracks and truth default to the references in
-    its ``run.json`` (paths as written, else relative to the run dir). ``opts`` go to
-    :func:`evaluate_model`.
+    its ``run.json``. On the run's own tracks the result goes to ``metrics.json``; on another
+    tracks file to ``metrics_<file stem>.json`` (:func:`birdflow.runs.metrics_file`), so the
+    training's own metrics are never overwritten. ``opts`` go to :func:`evaluate_model`.
+
+    Raises:
+        DataError: ``tracks`` was given and none of its rows could be scored.
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir) if model is None else model
     info = read_run_info(run_dir)
-    tracks = _resolve(tracks or info.get("tracks"), run_dir)
-    truth = _resolve(truth or info.get("truth"), run_dir)
+    given = Path(tracks) if tracks else None
+    tracks = given or run_path(run_dir, "tracks", info)
+    truth = Path(truth) if truth else run_path(run_dir, "truth", info)
     result = evaluate_model(model, tracks, truth, **opts)
+    out = metrics_file(run_dir, given)
+    if given is not None and out.name != metrics_file(run_dir).name \
+            and result["intervals"].get("n_rows", 0) == result["intervals"].get("n_rows_left_out", 0):
+        raise DataError(f"tracks={given}: none of its {result['intervals'].get('n_rows', 0)} rows "
+                        "is usable (columns bird_id,date,lat,lon; see the warnings above); "
+                        "nothing written")
     result |= {"run_dir": str(run_dir), "tracks": str(tracks) if tracks else None,
-               "truth": str(truth) if truth else None}
-    write_text_atomic(run_dir / METRICS_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+               "truth": str(truth) if truth else None, "metrics_file": str(out)}
+    write_metrics(out, result)
     return result

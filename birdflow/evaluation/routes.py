@@ -8,14 +8,16 @@ only ever sit in cells of their week's dynamic mask. Time is given as dates or 1
 weeks (:mod:`birdflow.model.timeline`); tables follow BirdFlowR's ``BirdFlowRoutes``
 (:mod:`birdflow.model.sampling`) and read back through the tracks reader.
 
-CLI: ``python -m birdflow.routes run=<dir> [n=100] [start_week=1] [weeks=52] [lon=.. lat=..]
-[seed=0]`` writes ``routes.csv``, ``routes.geojson`` and ``route_stats.csv`` into the run dir.
+Command: ``birdflow routes run=<dir> [n=100] [start_week=1] [weeks=52] [lon=.. lat=..]
+[seed=0]`` (:mod:`birdflow.cli.routes`) writes them into the run dir with
+:func:`write_run_routes`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,9 @@ from birdflow.model.sampling import ROUTE_COLUMNS
 from birdflow.model.timeline import week_position
 
 __all__ = ["ROUTE_COLUMNS", "forecast", "lonlat_to_cell", "route_stats", "sample_routes",
-           "write_routes"]
+           "write_routes", "write_run_routes"]
+
+ROUTES_CSV = "routes.csv"  # in the run dir; read back by ``birdflow maps`` and the tracks reader
 
 
 def _week_position(model: BirdFlowModel, week: int) -> int:
@@ -114,6 +118,21 @@ def write_routes(df: pd.DataFrame, csv_path: str | os.PathLike,
     write_text_atomic(geojson_path, json.dumps({"type": "FeatureCollection", "features": features}))
     if points_path is not None:
         write_text_atomic(points_path, json.dumps({"type": "FeatureCollection", "features": points}))
+
+
+def write_run_routes(df: pd.DataFrame, run_dir: str | os.PathLike) -> tuple[list[Path], dict]:
+    """Write routes (CSV, GeoJSON lines and points) and their statistics into ``run_dir``.
+
+    Returns the paths written and the summary statistics of :func:`route_stats`.
+    """
+    run = Path(run_dir)
+    paths = [run / ROUTES_CSV, run / "routes.geojson", run / "routes_points.geojson",
+             run / "route_stats.csv"]
+    write_routes(df, *paths[:3])
+    per_route, summary = route_stats(df)
+    with atomic_path(paths[3]) as tmp:
+        per_route.to_csv(tmp)
+    return paths, summary
 
 
 def _one_route_stats(r: pd.DataFrame, min_stopover_weeks: int) -> dict:
