@@ -90,6 +90,10 @@ def _explain(config_name: str, overrides: list[str], e: Exception) -> str:
                 f"(`--cfg job` prints every key), or add a new key with +{key}=<value>")
     if "Could not find" in text or "In '" in text and "Could not load" in text:
         return f"{text}; the options of each group are the files in conf/<group>/"
+    if "LexerNoViableAlt" in text or "token recognition error" in text:
+        return (f"{text.split(' See https')[0]}: a value Hydra cannot read unquoted; quote it "
+                "inside the argument, e.g. 'run=\"/path/with, commas\"' (a value with spaces or "
+                "accents works as it is)")
     return f"{text} (overrides: {' '.join(overrides) or 'none'})"
 
 
@@ -111,12 +115,22 @@ def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value!r}: must be true or false")
 
 
-def numbers(cfg: DictConfig, *keys: str) -> None:
-    """Keys whose default is null but whose value, when given, must be a number."""
+def numbers(cfg: DictConfig, *keys: str, positive: Sequence[str] = (),
+            non_negative: Sequence[str] = ()) -> None:
+    """Keys whose default is null but whose value, when given, must be a finite number; those
+    also named in ``positive`` must be > 0, in ``non_negative`` >= 0."""
+    import math
+
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ConfigError(f"{key}={value!r}: must be a number (or null)")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a number (finite, or null)")
+        if key in positive and not value > 0:
+            raise ConfigError(f"{key}={value!r}: must be > 0 (or null for the default)")
+        if key in non_negative and value < 0:
+            raise ConfigError(f"{key}={value!r}: must be >= 0 (or null for the default)")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -1,4 +1,4 @@
-"""``python -m birdflow.compare``: kept for the README's commands; the command is :mod:`birdflow.cli.compare`."""
+"""``python -m birdflow.compare``: the command is :mod:`birdflow.cli.compare`."""
 
 from birdflow.cli.compare import main
 

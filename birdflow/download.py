@@ -1,4 +1,4 @@
-"""``python -m birdflow.download``: kept for the README's commands; the command is :mod:`birdflow.cli.download`."""
+"""``python -m birdflow.download``: the command is :mod:`birdflow.cli.download`."""
 
 from birdflow.cli.download import main
 

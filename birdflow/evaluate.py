@@ -1,4 +1,4 @@
-"""``python -m birdflow.evaluate``: kept for the README's commands; the command is :mod:`birdflow.cli.evaluate`."""
+"""``python -m birdflow.evaluate``: the command is :mod:`birdflow.cli.evaluate`."""
 
 from birdflow.cli.evaluate import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.maps``: kept for the README's commands; the command is :mod:`birdflow.cli.maps`."""
+"""``python -m birdflow.maps``: the command is :mod:`birdflow.cli.maps`."""
 
 from birdflow.cli.maps import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.preprocess``: kept for the README's commands; the command is :mod:`birdflow.cli.preprocess`."""
+"""``python -m birdflow.preprocess``: the command is :mod:`birdflow.cli.preprocess`."""
 
 from birdflow.cli.preprocess import main
 

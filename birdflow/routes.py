@@ -1,4 +1,4 @@
-"""``python -m birdflow.routes``: kept for the README's commands; the command is :mod:`birdflow.cli.routes`."""
+"""``python -m birdflow.routes``: the command is :mod:`birdflow.cli.routes`."""
 
 from birdflow.cli.routes import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.sparsify``: kept for the README's commands; the command is :mod:`birdflow.cli.sparsify`."""
+"""``python -m birdflow.sparsify``: the command is :mod:`birdflow.cli.sparsify`."""
 
 from birdflow.cli.sparsify import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.sweep``: kept for the README's commands; the command is :mod:`birdflow.cli.sweep`."""
+"""``python -m birdflow.sweep``: the command is :mod:`birdflow.cli.sweep`."""
 
 from birdflow.cli.sweep import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.train``: kept for the README's commands; the command is :mod:`birdflow.cli.train`."""
+"""``python -m birdflow.train``: the command is :mod:`birdflow.cli.train`."""
 
 from birdflow.cli.train import main
 

@@ -1,4 +1,4 @@
-"""``python -m birdflow.tune``: kept for the README's commands; the command is :mod:`birdflow.cli.tune`."""
+"""``python -m birdflow.tune``: the command is :mod:`birdflow.cli.tune`."""
 
 from birdflow.cli.tune import main
 

@@ -223,3 +223,14 @@ def test_cli_dates_direction_season_points_and_bad_input(na_model, tmp_path, cap
         assert run_command(main, [f"run={run}", *args]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, err
+
+
+def test_median_week_crosses_new_year():
+    """A winter season's departures in weeks 50-52 and 1-3 have their median at the turn of
+    the year, not in mid-summer (the plain median of 50, 51, 52, 1, 2, 3, 3 is 3)."""
+    from birdflow.evaluation.routes import median_week
+
+    assert median_week(np.array([50, 51, 52, 1, 2, 3, 3])) == 1.0
+    assert median_week(np.array([10, 12, 14])) == 12.0
+    assert median_week(np.array([51, 52, 52, 1])) == 52.0
+    assert median_week(np.array([])) is None

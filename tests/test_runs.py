@@ -138,12 +138,12 @@ def moved_run(tmp_path_factory, data_root):
     proc = _train(root / "a", "run", data_root, "optim.steps=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "b").mkdir()
-    shutil.move(str(root / "a" / "run"), root / "b" / "moved run")
+    shutil.move(str(root / "a" / "run"), root / "b" / "moved run é")
     shutil.rmtree(root / "a")
     hidden = data_root.with_name(data_root.name + "_hidden")
     data_root.rename(hidden)
     (root / "c").mkdir()
-    return root / "b" / "moved run", root / "c"  # (the lock test above ran first)
+    return root / "b" / "moved run é", root / "c"  # (the lock test above ran first)
 
 
 def test_a_moved_run_works_from_a_third_directory(moved_run, monkeypatch, capsys):
@@ -186,5 +186,6 @@ def test_evaluate_on_other_tracks_leaves_metrics_json_alone(moved_run, monkeypat
     assert run_command(evaluate, [f"run={run}", f"tracks={junk}", "w2=false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "junk.csv" in err[0] and "nothing written" in err[0], err
+    assert "unparsable date" in err[0]
     assert not (run / "metrics_junk.json").exists()
     assert (run / "metrics.json").read_bytes() == before

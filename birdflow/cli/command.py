@@ -71,6 +71,24 @@ def os_error_line(e: OSError) -> str:
     return f"{where}: {e.strerror or e}"
 
 
+_GRAMMAR = set(",[]{}()'\"$\\=")
+_PLAIN = set(" /-+.%*@?|:_~!^&<>;")
+
+
+def quote_value(arg: str) -> str:
+    """``key=value`` with the value quoted when it holds letters Hydra's override grammar does
+    not take unquoted (``run=/data/Grive à dos/run`` -> ``run='/data/Grive à dos/run'``).
+
+    Values with grammar characters (lists, sweeps, interpolations, quotes) are left alone.
+    """
+    if "=" not in arg or arg.startswith("-"):
+        return arg
+    key, value = arg.split("=", 1)
+    if all(c.isascii() and (c.isalnum() or c in _PLAIN) for c in value) or set(value) & _GRAMMAR:
+        return arg
+    return f"{key}='{value}'"
+
+
 def command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], object]], Callable]:
     """Decorator: ``task(cfg)`` becomes a command ``main()`` with birdflow's grammar and errors.
 
@@ -111,7 +129,7 @@ def command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], obj
                          config_name=config_name)(guarded)
 
         def main(argv: Sequence[str] | None = None):
-            args = list(sys.argv[1:] if argv is None else argv)
+            args = [quote_value(a) for a in (sys.argv[1:] if argv is None else argv)]
             if _plain_run(args):
                 try:
                     compose(config_name, args)

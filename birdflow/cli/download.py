@@ -11,7 +11,7 @@ from birdflow.cli.command import command
 from birdflow.data.download import download_species
 
 
-@command("preprocess", "birdflow download")
+@command("download", "birdflow download")
 def main(cfg: DictConfig):
     paths = download_species(cfg.species, cfg.data)
     for metric, path in paths.items():

@@ -19,7 +19,8 @@ OPTIONS = ("w2", "w2_epsilon", "win_prob", "min_days", "max_days", "min_km", "ma
 
 @command("evaluate", "birdflow evaluate")
 def main(cfg: DictConfig) -> dict:
-    numbers(cfg, "w2_epsilon", "min_days", "max_days", "min_km", "max_km")
+    numbers(cfg, "w2_epsilon", "min_days", "max_days", "min_km", "max_km",
+            positive=("w2_epsilon", "max_days", "max_km"), non_negative=("min_days", "min_km"))
     opts = {k: cfg[k] for k in OPTIONS if cfg.get(k) is not None}
     if cfg.week_range is not None:
         wr = list(cfg.week_range) if not isinstance(cfg.week_range, str) \

@@ -51,7 +51,8 @@ def _points(lon, lat):
 
 @command("routes", "birdflow routes")
 def main(cfg: DictConfig) -> dict:
-    numbers(cfg, "start_week", "weeks", "season_buffer")
+    numbers(cfg, "start_week", "weeks", "season_buffer", positive=("weeks",),
+            non_negative=("season_buffer",))
     if int(cfg.n) <= 0:
         raise ConfigError(f"n={cfg.n}: must be a positive number of routes")
     if cfg.start_from not in START_FROM:

@@ -11,7 +11,7 @@ from birdflow.cli.command import command
 from birdflow.synthetic.species import describe
 
 
-@command("preprocess", "birdflow synthetic")
+@command("synthetic", "birdflow synthetic")
 def main(cfg: DictConfig):
     return describe(cfg.species, cfg.data)
 

@@ -2,7 +2,7 @@
 
 Also ``python -m birdflow.train``. Composes ``conf/train.yaml``, fits the model
 (:func:`birdflow.training.loop.train`) and writes the run's metrics, figures and exports
-(:func:`birdflow.api.after_training`). ``-m`` runs a sweep (README, "Sweeps on a cluster").
+(:func:`birdflow.api.after_training`). ``-m`` runs a sweep (docs/guide/sweeps.md).
 """
 
 from __future__ import annotations

@@ -116,6 +116,20 @@ def figures(models: dict, results: dict, report_dir: Path, n_routes: int, seed: 
     return out
 
 
+def run_settings(model) -> str:
+    """How a run was trained, from its own model file (not from compare's config, whose
+    defaults need not be what a reused run of runs.l2=/runs.w2= was trained with)."""
+    hp = model.hyperparameters
+
+    def num(key: str) -> str:
+        value = hp.get(key)
+        return "?" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return (f"seed {num('rng_seed')}, {num('training_steps')} steps, weights obs "
+            f"{num('obs_weight')}, dist {num('dist_weight')}, ent {num('ent_weight')}, "
+            f"dist_pow {num('dist_pow')}")
+
+
 def compare(cfg: DictConfig, report_dir: Path) -> Path:
     """Run the comparison and write the report; returns the path of report.md."""
     from birdflow.evaluation.evaluate import evaluate_run
@@ -134,9 +148,7 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     m0 = models[names[0]]
     head = [f"# L2 vs W2: {m0.data.attrs.get('common_name', m0.data.attrs.get('species_code'))}", "",
             f"- data: {m0.n_cells} cells, {m0.index.n_weeks} weeks, {m0.data.attrs.get('res_km')} km",
-            f"- seed {cfg.seed}, {cfg.optim.steps} steps, weights obs {cfg.loss.obs_weight}, "
-            f"dist {cfg.loss.dist_weight}, ent {cfg.loss.ent_weight}, dist_pow {cfg.loss.dist_pow}",
-            *[f"- {n}: `{runs[n]}`" for n in names],
+            *[f"- {n}: `{runs[n]}` ({run_settings(models[n])})" for n in names],
             f"- tracks scored: {results[names[0]].get('tracks') or 'none'}",
             "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
             "## Metrics", "", table, "", "## Figures", ""]

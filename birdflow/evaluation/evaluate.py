@@ -8,8 +8,10 @@ exclusions and ``calc_interval_metrics`` scores (birdflow_reference.md sections 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import xarray as xr
 
-from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
+from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks, read_tracks
 from birdflow.errors import DataError
 from birdflow.evaluation.intervals import SCORE_COLUMNS, interval_summary, score_intervals
 from birdflow.evaluation.metrics import (
@@ -31,7 +33,9 @@ from birdflow.evaluation.seasons import migration_seasons, season_performance
 from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.model.joints import Transitions
 from birdflow.model.sampling import slot_of
-from birdflow.runs import metrics_file, read_run_info, run_path, write_metrics
+from birdflow.runs import metrics_file, model_stamp, read_run_info, run_path, write_metrics
+
+log = logging.getLogger(__name__)
 
 
 def grid_difference(a: xr.Dataset, b: xr.Dataset) -> str:
@@ -146,7 +150,12 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                       if all(v is None for v in window.values()) else "custom window",
                       "zero_probability": "scored with log(p + 1e-8) (BirdFlowR "
                                           "calc_interval_metrics)"}
+    t0 = time.perf_counter()
+    log.info("evaluating: fit to S&T per week%s", f" (W2: {model.index.n_weeks} Sinkhorn solves, "
+             "the slow part; w2=false skips them)" if w2 else "")
     fit = fit_metrics(model, w2=w2, epsilon=w2_epsilon)
+    log.info("evaluating: fit to S&T done in %.0f s; distribution performance, seasons%s",
+             time.perf_counter() - t0, ", truth" if truth is not None else "")
     perf = distribution_performance(model)
     summary = {"n_weeks": model.index.n_weeks, "n_cells": model.n_cells,
                "mean_l2": float(fit["l2"].mean()), "mean_tv": float(fit["tv"].mean()),
@@ -178,6 +187,8 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                            "excluded": {r: 0 for r in EXCLUDE_REASONS}, "rules": rules}
     scored = None
     if tracks is not None:
+        log.info("evaluating: interval log-likelihood of the tracks%s",
+                 " and win probability" if win_prob else "")
         if not isinstance(tracks, Tracks):
             tracks = load_tracks(tracks, model.data, cyclic=model.cyclic, **window)
         else:
@@ -205,6 +216,7 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
         if n_zero:
             notes.append(f"{n_zero} interval(s) have zero probability under the truth "
                          "(scored with the 1e-8 floor)")
+    log.info("evaluated in %.0f s", time.perf_counter() - t0)
     return _clean({"summary": summary, "per_week": per_week, "intervals": intervals_out,
                    "notes": notes})
 
@@ -247,14 +259,18 @@ def evaluate_run(run_dir: str | os.PathLike, model: BirdFlowModel | None = None,
     given = Path(tracks) if tracks else None
     tracks = given or run_path(run_dir, "tracks", info)
     truth = Path(truth) if truth else run_path(run_dir, "truth", info)
-    result = evaluate_model(model, tracks, truth, **opts)
     out = metrics_file(run_dir, given)
-    if given is not None and out.name != metrics_file(run_dir).name \
-            and result["intervals"].get("n_rows", 0) == result["intervals"].get("n_rows_left_out", 0):
-        raise DataError(f"tracks={given}: none of its {result['intervals'].get('n_rows', 0)} rows "
-                        "is usable (columns bird_id,date,lat,lon; see the warnings above); "
-                        "nothing written")
+    if tracks is not None:  # a file that is not a tracks CSV fails before the slow part
+        rows = read_tracks(tracks)
+        if given is not None and out.name != metrics_file(run_dir).name \
+                and not (rows["problem"] == "").any():
+            first = rows["problem"].iloc[0] if len(rows) else "no data rows"
+            raise DataError(f"{given}: none of its {len(rows)} rows is usable (line "
+                            f"{rows['line'].iloc[0] if len(rows) else 2}: {first}); fix the file "
+                            "(columns bird_id,date,lat,lon); nothing written")
+    result = evaluate_model(model, tracks, truth, **opts)
     result |= {"run_dir": str(run_dir), "tracks": str(tracks) if tracks else None,
-               "truth": str(truth) if truth else None, "metrics_file": str(out)}
+               "truth": str(truth) if truth else None, "metrics_file": str(out),
+               "options": {k: v for k, v in opts.items()}, "stamp": model_stamp(run_dir)}
     write_metrics(out, result)
     return result

@@ -191,10 +191,26 @@ def route_stats(df: pd.DataFrame, min_stopover_weeks: int = 2) -> tuple[pd.DataF
         "mean_n_stopovers": float(per_route["n_stopovers"].mean()),
         "frac_with_stopover": float((per_route["n_stopovers"] > 0).mean()),
         "frac_never_moved": float((per_route["n_moves"] == 0).mean()),
-        "median_departure_week": float(dep.median()) if dep.notna().any() else None,
-        "median_arrival_week": float(arr.median()) if arr.notna().any() else None,
+        "median_departure_week": median_week(dep.dropna().to_numpy()),
+        "median_arrival_week": median_week(arr.dropna().to_numpy()),
     }
     return per_route, summary
+
+
+def median_week(weeks: np.ndarray, n_weeks: int = 52) -> float | None:
+    """The median of S&T weeks on the cyclic year (None for none).
+
+    Weeks are unwrapped around their circular mean before the median is taken, so a winter
+    season's departures in weeks 50-52 and 1-3 have a median near the turn of the year, not
+    in mid-summer; the result is wrapped back to 1..n_weeks.
+    """
+    weeks = np.asarray(weeks, float)
+    if not weeks.size:
+        return None
+    angle = 2 * np.pi * (weeks - 1) / n_weeks
+    centre = np.angle(np.exp(1j * angle).mean()) * n_weeks / (2 * np.pi) + 1
+    unwrapped = centre + (weeks - centre + n_weeks / 2) % n_weeks - n_weeks / 2
+    return float((np.median(unwrapped) - 1) % n_weeks + 1)
 
 
 def forecast(model: BirdFlowModel, lon: float, lat: float, date, k_weeks: int) -> np.ndarray:

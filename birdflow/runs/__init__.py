@@ -25,11 +25,12 @@ from birdflow.runs.info import (
 from birdflow.runs.inputs import adopt_inputs
 from birdflow.runs.layout import CONFIG_YAML, HISTORY_CSV, METRICS_JSON, RUN_JSON
 from birdflow.runs.lock import RunDirLocked, check_unlocked, locked
-from birdflow.runs.metrics import metrics_file, read_metrics, write_metrics
+from birdflow.runs.metrics import metrics_file, model_stamp, read_metrics, write_metrics
 
 __all__ = [
     "CONFIG_YAML", "HISTORY_CSV", "METRICS_JSON", "RUN_JSON", "RunDirLocked", "adopt_inputs",
-    "check_unlocked",     "find_run_dirs", "is_run_dir", "locked", "metrics_file", "read_config", "read_history_csv", "read_job_config",
-    "read_metrics", "read_run_info", "record_failure", "run_log", "run_path", "write_config",
-    "write_history_csv", "write_metrics", "write_run_info",
+    "check_unlocked", "find_run_dirs", "is_run_dir", "locked", "metrics_file", "model_stamp",
+    "read_config", "read_history_csv", "read_job_config", "read_metrics", "read_run_info",
+    "record_failure", "run_log", "run_path", "write_config", "write_history_csv",
+    "write_metrics", "write_run_info",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 RUN_JSON = "run.json"            # status, species, loss, references (paths), timings
 CONFIG_YAML = "config.yaml"      # the resolved config the run was made with
 HISTORY_CSV = "loss_history.csv"
+MODEL_NC = "model.nc"            # the fitted model (written by birdflow.model.modelfile)
 METRICS_JSON = "metrics.json"    # evaluation on the run's own tracks (written after training)
 METRICS_PREFIX = "metrics_"      # metrics_<source>.json: evaluation on another tracks file
 LOCK = ".lock"                   # held (flock) while a process trains into the run dir

@@ -16,7 +16,7 @@ from pathlib import Path
 from birdflow.errors import DataError
 from birdflow.io import write_text_atomic
 from birdflow.runs.info import run_path
-from birdflow.runs.layout import METRICS_JSON, METRICS_PREFIX
+from birdflow.runs.layout import METRICS_JSON, METRICS_PREFIX, MODEL_NC
 
 
 def _same_file(a: Path | None, b: Path | None) -> bool:
@@ -35,6 +35,16 @@ def metrics_file(run_dir: str | os.PathLike, tracks: str | os.PathLike | None = 
         return run_dir / METRICS_JSON
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(tracks).stem).strip("._") or "tracks"
     return run_dir / f"{METRICS_PREFIX}{stem}.json"
+
+
+def model_stamp(run_dir: str | os.PathLike) -> str | None:
+    """Size and modification time of the run's model file: metrics computed with the same
+    stamp are of this very model."""
+    path = Path(run_dir) / MODEL_NC
+    if not path.exists():
+        return None
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def write_metrics(path: Path, result: dict) -> Path:
