@@ -94,11 +94,13 @@ def job_failure(cfg: Mapping, exc: BaseException) -> BaseException:
     """
     run_dir = _job_run_dir(cfg)
     multirun = _is_multirun()
-    # training records a failure in its own run.json (it holds the lock then); a single run
-    # rejected before that leaves no run dir behind, while a sweep job's dir exists already
-    # (Hydra made it) and its failure belongs in the sweep summary
-    if multirun and run_dir is not None and run_dir.is_dir() and not is_run_dir(run_dir) \
-            and not isinstance(exc, RunDirTaken | RunDirLocked):
+    # training records an error in its own run.json (it holds the lock then); a single run
+    # rejected before that leaves no run dir behind, and an interrupted one stays "running"
+    # (resumable). A sweep job's dir exists already (Hydra made it) and its failure, an
+    # interruption included, belongs in the sweep summary.
+    if multirun and run_dir is not None and run_dir.is_dir() \
+            and not isinstance(exc, RunDirTaken | RunDirLocked) \
+            and read_run_info(run_dir).get("status") not in ("finished", "stopped"):
         record_failure(run_dir, exc)
     debug = (cfg.get("debug") or {}).get("raise_after_step")
     if multirun and isinstance(exc, KeyboardInterrupt) and debug is not None:
