@@ -1,44 +1,8 @@
-"""``birdflow <command> [overrides]``: one command for every entry point.
+"""``python -m birdflow <command>``: the dispatcher is :mod:`birdflow.cli.main`."""
 
-``birdflow train loss=w2`` runs what ``python -m birdflow.train loss=w2`` runs; the arguments
-after the command go to that command unchanged.
-"""
-
-from __future__ import annotations
-
-import importlib
 import sys
 
-COMMANDS = {
-    "train": "birdflow.train", "tune": "birdflow.tune", "evaluate": "birdflow.evaluate",
-    "routes": "birdflow.routes", "maps": "birdflow.maps", "compare": "birdflow.compare",
-    "export": "birdflow.export.__main__", "sweep": "birdflow.sweep",
-    "preprocess": "birdflow.preprocess", "download": "birdflow.download",
-    "bench": "birdflow.bench.__main__", "synthetic": "birdflow.synthetic.__main__",
-    "sparsify": "birdflow.sparsify", "validate": "birdflow.validate",
-}
-
-
-def _usage() -> str:
-    return ("usage: birdflow <command> [key=value ...]   (birdflow <command> --help for its options)\n"
-            "commands: " + ", ".join(COMMANDS))
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"birdflow: unknown command {cmd!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[cmd])
-    sys.argv = [f"birdflow {cmd}", *rest]
-    result = module.main()
-    return result if isinstance(result, int) else 0
-
+from birdflow.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

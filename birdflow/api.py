@@ -26,6 +26,7 @@ from birdflow.app import check_types, compose, is_group
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import BirdFlowModel
 from birdflow.model.fitted import load_model as _load_model
+from birdflow.runs import model_stamp
 
 
 def config(command: str = "train", overrides: Sequence[str] = (), **values) -> DictConfig:
@@ -94,18 +95,28 @@ def preprocess(species: str = "synthetic", *, overrides: Sequence[str] = (),
 
 
 def evaluate(model: BirdFlowModel | str | os.PathLike, tracks: str | os.PathLike | None = None,
-             truth: str | os.PathLike | None = None, **opts) -> dict:
+             truth: str | os.PathLike | None = None, *, recompute: bool = False,
+             **opts) -> dict:
     """All metrics of a model, as ``birdflow evaluate``: fit to S&T and track log-likelihood.
 
     ``model`` is a model or a run dir. A model with a run dir is scored on that run's tracks
-    (and true chain) unless ``tracks``/``truth`` are given, and ``metrics.json`` is written
-    there; ``opts`` go to :func:`birdflow.evaluation.evaluate.evaluate_model`.
+    (and true chain) unless ``tracks``/``truth`` are given, and the result is written there
+    (``metrics.json``; another tracks file: ``metrics_<stem>.json``); ``opts`` go to
+    :func:`birdflow.evaluation.evaluate.evaluate_model`. A run evaluated after training (the
+    default of ``bf.fit`` and ``birdflow train``) is not evaluated again: with no
+    ``tracks``/``truth``/``opts`` its ``metrics.json`` is returned, unless ``recompute``.
     """
     from birdflow.evaluation.evaluate import evaluate_model, evaluate_run
+    from birdflow.runs import read_metrics
 
     if not isinstance(model, BirdFlowModel):
         model = load_model(model)
     run_dir = getattr(model, "run_dir", None)
+    if run_dir is not None and not (tracks or truth or opts or recompute):
+        saved = read_metrics(run_dir)
+        if saved.get("summary") and saved.get("options") == {} \
+                and saved.get("stamp") == model_stamp(run_dir):
+            return saved
     if run_dir is not None:
         return evaluate_run(run_dir, model=model, tracks=tracks, truth=truth, **opts)
     return evaluate_model(model, tracks, truth, **opts)

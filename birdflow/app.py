@@ -1,6 +1,7 @@
 """One grammar for every command: a Hydra app over ``conf/<command>.yaml`` with one error style.
 
-:func:`command` turns ``task(cfg)`` into the ``main()`` of a command. Every command then takes
+:func:`birdflow.cli.command.command` turns ``task(cfg)`` into the ``main()`` of a command, with
+the composition and the error style defined here. Every command then takes
 Hydra's grammar (``key=value``, ``+key=``, ``~key``, ``null``, typed values, ``--help``,
 ``--cfg job``, ``-m`` multiruns) and fails the same way on user errors: one line on stderr,
 ``birdflow <command>: error: <what, where, the fix>``, exit status 2, no traceback. Before
@@ -11,15 +12,14 @@ malformed override or a word where the config holds a number is reported in that
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
-from birdflow.errors import BirdFlowError, ConfigError
+from birdflow.errors import ConfigError
 
 CONF_MODULE = "birdflow.conf"
 
@@ -90,6 +90,10 @@ def _explain(config_name: str, overrides: list[str], e: Exception) -> str:
                 f"(`--cfg job` prints every key), or add a new key with +{key}=<value>")
     if "Could not find" in text or "In '" in text and "Could not load" in text:
         return f"{text}; the options of each group are the files in conf/<group>/"
+    if "LexerNoViableAlt" in text or "token recognition error" in text:
+        return (f"{text.split(' See https')[0]}: a value Hydra cannot read unquoted; quote it "
+                "inside the argument, e.g. 'run=\"/path/with, commas\"' (a value with spaces or "
+                "accents works as it is)")
     return f"{text} (overrides: {' '.join(overrides) or 'none'})"
 
 
@@ -111,12 +115,22 @@ def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value!r}: must be true or false")
 
 
-def numbers(cfg: DictConfig, *keys: str) -> None:
-    """Keys whose default is null but whose value, when given, must be a number."""
+def numbers(cfg: DictConfig, *keys: str, positive: Sequence[str] = (),
+            non_negative: Sequence[str] = ()) -> None:
+    """Keys whose default is null but whose value, when given, must be a finite number; those
+    also named in ``positive`` must be > 0, in ``non_negative`` >= 0."""
+    import math
+
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ConfigError(f"{key}={value!r}: must be a number (or null)")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a number (finite, or null)")
+        if key in positive and not value > 0:
+            raise ConfigError(f"{key}={value!r}: must be > 0 (or null for the default)")
+        if key in non_negative and value < 0:
+            raise ConfigError(f"{key}={value!r}: must be >= 0 (or null for the default)")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -151,68 +165,3 @@ def console_logging() -> None:
         lg.addHandler(handler)
     if lg.level == logging.NOTSET or lg.level > logging.INFO:
         lg.setLevel(logging.INFO)
-
-
-def _multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _plain_run(argv: list[str]) -> bool:
-    """True for a single run without Hydra flags (those go to Hydra as they are)."""
-    return not any(a.startswith("-") for a in argv)
-
-
-def command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], object]], Callable]:
-    """Decorator: ``task(cfg)`` becomes a command ``main()`` with birdflow's grammar and errors.
-
-    ``prog`` names the command in messages (``birdflow evaluate``). ``main(argv)`` takes the
-    arguments after the command (default ``sys.argv[1:]``) and returns the task's result.
-    """
-    import hydra
-
-    def decorate(task: Callable[[DictConfig], object]) -> Callable:
-        result: dict = {}
-
-        @functools.wraps(task)
-        def guarded(cfg: DictConfig):
-            try:
-                result["value"] = task(cfg)
-            except (BirdFlowError, OmegaConfBaseException):
-                if _multirun():
-                    raise  # Hydra records the job as failed and the sweep goes on
-                _report(prog)
-            return result.get("value")
-
-        def _report(prog: str) -> None:
-            e = sys.exc_info()[1]
-            if isinstance(e, MissingMandatoryValue):
-                key = getattr(e, "full_key", None) or "?"
-                fail(prog, f"{key}: missing; pass {key}=<value> (see `{prog} --help`)")
-            fail(prog, str(e))
-
-        app = hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}",
-                         config_name=config_name)(guarded)
-
-        def main(argv: Sequence[str] | None = None):
-            args = list(sys.argv[1:] if argv is None else argv)
-            if _plain_run(args):
-                try:
-                    compose(config_name, args)
-                except ConfigError as e:
-                    fail(prog, str(e))
-            console_logging()
-            saved = sys.argv
-            sys.argv = [prog, *args]
-            try:
-                app()
-            finally:
-                sys.argv = saved
-            return result.get("value")
-
-        main.task = task
-        return main
-
-    return decorate

@@ -1,23 +1,6 @@
-"""``birdflow download species=<name>``: fetch a species' S&T rasters (needs ``EBIRDST_KEY``).
+"""``python -m birdflow.download``: the command is :mod:`birdflow.cli.download`."""
 
-Also ``python -m birdflow.download``. Prints each file's path.
-"""
-
-from __future__ import annotations
-
-from omegaconf import DictConfig
-
-from birdflow.app import command
-from birdflow.data.download import download_species
-
-
-@command("preprocess", "birdflow download")
-def main(cfg: DictConfig):
-    paths = download_species(cfg.species, cfg.data)
-    for metric, path in paths.items():
-        print(f"{metric}: {path}")
-    return paths
-
+from birdflow.cli.download import main
 
 if __name__ == "__main__":
     main()

@@ -1,24 +1,6 @@
-"""``birdflow preprocess species=<name> [species.res_km=...]``: S&T raster -> BirdFlowData.
+"""``python -m birdflow.preprocess``: the command is :mod:`birdflow.cli.preprocess`."""
 
-Also ``python -m birdflow.preprocess``. Prints the summary and the cached NetCDF's path.
-"""
-
-from __future__ import annotations
-
-from omegaconf import DictConfig
-
-from birdflow.app import command
-from birdflow.data.preprocess import summary
-from birdflow.synthetic import load_or_preprocess
-
-
-@command("preprocess", "birdflow preprocess")
-def main(cfg: DictConfig):
-    ds, path = load_or_preprocess(cfg.species, cfg.data,
-                                  (cfg.get("model") or {}).get("neighbourhood_km"))
-    print(summary(ds, path))
-    return path
-
+from birdflow.cli.preprocess import main
 
 if __name__ == "__main__":
     main()

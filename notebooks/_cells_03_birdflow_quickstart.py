@@ -204,7 +204,7 @@ plt.show()
 # The weights are `loss.obs_weight`, `loss.dist_weight` and `loss.ent_weight`. We fit three models:
 #
 # * **L2**: the defaults (`loss=l2`). The L2 term is multiplied by κ, the species' effective number of
-#   cells per week, so the weights mean the same at every resolution (README "Loss weights");
+#   cells per week, so the weights mean the same at every resolution (docs/concepts/loss-weights.md);
 #   `loss.l2_norm=plain` gives BirdFlowPy's objective;
 # * **W2**: `loss=w2` with its defaults. It uses the Sinkhorn *divergence* (`loss.w2.debiased=true`), which
 #   is zero when the two distributions are equal (the plain entropic cost is smallest for a distribution more

@@ -135,8 +135,8 @@ print(f"grid best {surface.min():.4f}, tuned {path[-1, 2]:.4f} after {len(path) 
 
 # %% [markdown]
 # ## Implicit vs unrolled: time and memory
-# `python -m birdflow.bench.hypergrad` measures this at the real size (README, "Tuning
-# hyperparameters"); here a 30-cell version: the implicit solve's memory does not depend on K,
+# `python -m birdflow.bench.hypergrad` measures this at the real size (docs/benchmarks/tuning.md);
+# here a 30-cell version: the implicit solve's memory does not depend on K,
 # the unrolled one's grows linearly.
 
 # %%

@@ -15,27 +15,27 @@ import sys
 import pytest
 from conftest import run_command
 
-from birdflow.__main__ import COMMANDS
+from birdflow.cli.main import COMMANDS
 
 # command -> (module, a key its --help lists, a numeric key, [args that need a missing file])
 MISSING = "/nonexistent/birdflow-test"
 TABLE = {
-    "train": ("birdflow.train", "optim", "optim.steps", [f"species.raster={MISSING}.tif"]),
-    "evaluate": ("birdflow.evaluate", "tracks", "min_days", [f"run={MISSING}"]),
-    "routes": ("birdflow.routes", "start_week", "n", [f"run={MISSING}"]),
-    "maps": ("birdflow.maps", "n_routes", "dpi", [f"run={MISSING}"]),
-    "compare": ("birdflow.compare", "n_routes", "n_routes",
+    "train": ("birdflow.cli.train", "optim", "optim.steps", [f"species.raster={MISSING}.tif"]),
+    "evaluate": ("birdflow.cli.evaluate", "tracks", "min_days", [f"run={MISSING}"]),
+    "routes": ("birdflow.cli.routes", "start_week", "n", [f"run={MISSING}"]),
+    "maps": ("birdflow.cli.maps", "n_routes", "dpi", [f"run={MISSING}"]),
+    "compare": ("birdflow.cli.compare", "n_routes", "n_routes",
                 [f"runs.l2={MISSING}", f"runs.w2={MISSING}"]),
-    "export": ("birdflow.export.__main__", "hdf5", None, [f"hdf5={MISSING}.hdf5", "out=x"]),
-    "sweep": ("birdflow.sweep", "threshold", "threshold", ["summarize", f"dir={MISSING}"]),
-    "preprocess": ("birdflow.preprocess", "species", "species.res_km",
+    "export": ("birdflow.cli.export", "hdf5", None, [f"hdf5={MISSING}.hdf5", "out=x"]),
+    "sweep": ("birdflow.cli.sweep", "threshold", "threshold", ["summarize", f"dir={MISSING}"]),
+    "preprocess": ("birdflow.cli.preprocess", "species", "species.res_km",
                    [f"species.raster={MISSING}.tif"]),
-    "download": ("birdflow.download", "species", "species.version_year",
+    "download": ("birdflow.cli.download", "species", "species.version_year",
                  ["species=barswa", f"data.root={MISSING}"]),
-    "synthetic": ("birdflow.synthetic.__main__", "species", "species.synthetic.size", None),
-    "sparsify": ("birdflow.sparsify", "p_protected", "p", [f"run={MISSING}"]),
-    "tune": ("birdflow.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
-    "validate": ("birdflow.validate", "season", "n_routes", [f"run={MISSING}"]),
+    "synthetic": ("birdflow.cli.synthetic", "species", "species.synthetic.size", None),
+    "sparsify": ("birdflow.cli.sparsify", "p_protected", "p", [f"run={MISSING}"]),
+    "tune": ("birdflow.cli.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
+    "validate": ("birdflow.cli.validate", "season", "n_routes", [f"run={MISSING}"]),
 }
 NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify", "validate"}
 
@@ -62,7 +62,7 @@ def test_help_lists_the_options(name, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_command(_main(name), ["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("birdflow ") and "== Options (key: default) ==" in out
+    assert out.startswith(f"birdflow {name} ") and "== Options (key: default) ==" in out
     assert f"{TABLE[name][1]}:" in out and not list(tmp_path.iterdir())  # nothing written
 
 
@@ -144,3 +144,25 @@ def test_null_typed_values_and_plus_keys_reach_the_config():
     assert isinstance(cfg.min_days, int) and list(cfg.week_range) == [10, 20]
     cfg = compose("train", ["loss=w2", "optim.steps=50", "loss.w2.epsilon_cells=2.5"])
     assert cfg.loss.location == "w2" and cfg.optim.steps == 50 and "hydra" not in cfg
+
+
+@pytest.mark.parametrize("name, override, key", [
+    ("train", "optim.learning_rate=inf", "optim.learning_rate"),
+    ("evaluate", "w2_epsilon=-1", "w2_epsilon"),
+    ("evaluate", "max_days=-3", "max_days"),
+    ("routes", "weeks=0", "weeks"),
+])
+def test_out_of_range_numbers_are_one_line(name, override, key, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [override] if name == "train" else [f"run={tmp_path}", override]
+    assert run_command(_main(name), [*args, f"data.root={MISSING}"] if name == "train"
+                       else args) == 2
+    _one_error_line(capsys, name, f"{key}=")
+    assert not list(tmp_path.iterdir())  # nothing written, no run dir
+
+
+def test_paths_with_spaces_and_accents_need_no_quoting(capsys, tmp_path, monkeypatch):
+    """Hydra's grammar rejects unquoted accented letters; the commands quote such a value."""
+    monkeypatch.chdir(tmp_path)
+    assert run_command(_main("evaluate"), [f"run={MISSING}/Grive à dos é"]) == 2
+    _one_error_line(capsys, "evaluate", f"{MISSING}/Grive à dos é/model.nc", "no fitted model")

@@ -60,7 +60,7 @@ def test_compare_tune_reports_both_losses_on_the_validation_birds(tmp_path):
     tuning birds, scored on the same validation birds, with their θ and step counts."""
     import pandas as pd
 
-    from birdflow.training.rundir import read_run_info
+    from birdflow.runs import read_run_info
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("compare", overrides=[
@@ -82,3 +82,15 @@ def test_compare_tune_reports_both_losses_on_the_validation_birds(tmp_path):
         assert m["inner_steps"] == int(traj["inner_steps"].sum()) > 0
         assert m["theta"] == pytest.approx(info["theta"])
         assert f"| {n} | " in text
+
+
+def test_report_states_each_runs_own_settings(tiny_bfdata):
+    """A reused run (runs.l2=<dir>) is described by its own model file, not compare's defaults."""
+    from conftest import independence_model
+
+    from birdflow.evaluation.compare import run_settings
+
+    model = independence_model(tiny_bfdata)
+    model.hyperparameters.update(training_steps=40, rng_seed=3)
+    line = run_settings(model)
+    assert line.startswith("seed 3, 40 steps, weights obs 1, dist 0.01, ent 0.001")

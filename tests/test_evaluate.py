@@ -14,9 +14,9 @@ import pytest
 from conftest import REPO, make_tiny_bfdata, run_command
 from test_tracks import HAND_DISTR, WEEK_DATE, hand_bfdata, hand_rows, write_csv
 
+from birdflow.cli.evaluate import main
 from birdflow.data.bfdata import distances_km
 from birdflow.data.tracks import TrackRowWarning, load_tracks
-from birdflow.evaluate import main
 from birdflow.evaluation.evaluate import evaluate_model, format_report, transition_tv
 from birdflow.evaluation.intervals import forecast_intervals, score_intervals
 from birdflow.evaluation.metrics import distribution_performance, fit_metrics, sinkhorn_w2_km

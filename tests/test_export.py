@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import REPO, make_tiny_bfdata, run_command
 
+from birdflow.cli.export import main
 from birdflow.errors import ConfigError, DataError
 from birdflow.export import default_filename, export_birdflowr, import_birdflowr
-from birdflow.export.__main__ import main
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, load_model, save_model
 

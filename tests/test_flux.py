@@ -90,7 +90,7 @@ def test_flux_files_maps_and_routes_gif(model, tmp_path):
 def test_export_command_writes_flux(model, tmp_path):
     from conftest import run_command
 
-    from birdflow.export.__main__ import main
+    from birdflow.cli.export import main
     from birdflow.model.fitted import save_model
 
     save_model(model, tmp_path / "run")

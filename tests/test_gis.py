@@ -97,7 +97,7 @@ def test_gdalinfo_reads_the_geotiff_and_the_netcdf_maps(run):
 def test_export_command_writes_geotiffs(run, tmp_path, capsys):
     from conftest import run_command
 
-    from birdflow.export.__main__ import main
+    from birdflow.cli.export import main
 
     out, _ = run
     assert run_command(main, [f"run={out}", "format=geotiff", f"out={tmp_path}"]) == 0

@@ -11,6 +11,7 @@ from matplotlib.colors import to_hex, to_rgb
 from PIL import Image
 from test_routes import make_na_model
 
+from birdflow.cli.maps import main as maps_command
 from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation import maps
 from birdflow.evaluation.basemap import (
@@ -23,7 +24,6 @@ from birdflow.evaluation.basemap import (
 )
 from birdflow.evaluation.metrics import weekly_distr_cor
 from birdflow.evaluation.routes import sample_routes
-from birdflow.maps import main as maps_command
 from birdflow.model.fitted import save_model
 
 

@@ -1,5 +1,5 @@
 """birdflow as a user gets it: a wheel installed with plain ``pip install`` (not editable),
-used from an unrelated empty directory, and the README's Python example.
+used from an unrelated empty directory, and the user guide's Python example.
 
 The wheel goes into a fresh virtual environment with ``--no-deps``; its dependencies come from
 the environment running the tests through a ``.pth`` line (installing jax and the rest again
@@ -73,10 +73,10 @@ def test_installed_wheel_runs_every_step_from_an_empty_directory(installed):
     assert sorted(p.name for p in work.iterdir()) == ["data", "outputs"]
 
 
-def test_readme_python_example_runs(installed):
+def test_user_guide_python_example_runs(installed):
     py, _, env, work = installed
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### From Python"):]
+    guide = (REPO / "docs" / "guide" / "quickstart.md").read_text()
+    section = guide[guide.index("## From Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 4 <= len(code.strip().splitlines()) <= 6
     check = code + "\nassert m.run_dir.exists() and metrics['n_intervals'] > 0\nprint('ok', fig)\n"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import run_command
 
+from birdflow.cli.routes import main
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.grid import great_circle_km
 from birdflow.data.weeks import week_dates
@@ -17,7 +18,6 @@ from birdflow.errors import ConfigError, DataError
 from birdflow.evaluation.routes import forecast, route_stats, sample_routes, write_routes
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
-from birdflow.routes import main
 
 AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 "
                  "+datum=WGS84 +units=m +no_defs")
@@ -223,3 +223,14 @@ def test_cli_dates_direction_season_points_and_bad_input(na_model, tmp_path, cap
         assert run_command(main, [f"run={run}", *args]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, err
+
+
+def test_median_week_crosses_new_year():
+    """A winter season's departures in weeks 50-52 and 1-3 have their median at the turn of
+    the year, not in mid-summer (the plain median of 50, 51, 52, 1, 2, 3, 3 is 3)."""
+    from birdflow.evaluation.routes import median_week
+
+    assert median_week(np.array([50, 51, 52, 1, 2, 3, 3])) == 1.0
+    assert median_week(np.array([10, 12, 14])) == 12.0
+    assert median_week(np.array([51, 52, 52, 1])) == 52.0
+    assert median_week(np.array([])) is None

@@ -340,7 +340,7 @@ def test_budget_resolution_counts_sparse_parameters(tmp_path):
     finer = ladder[np.flatnonzero(ladder == res)[0] - 1]
     assert _pairs_within(preprocess({**cfg, "res_km": finer}, data), RADIUS) > 6000
     # the preprocess command counts the same layout from its model group
-    from birdflow.preprocess import main
+    from birdflow.cli.preprocess import main
 
     out = main([f"species.raster={path}", "species.res_km=null", "species.max_params=6000",
                 "species.code=blob", f"data.root={tmp_path}", f"model.neighbourhood_km={RADIUS}"])

@@ -114,8 +114,8 @@ def test_sstspa_sparsifies_and_reexports_with_the_v3_layout(sstspa_hdf5, tmp_pat
 def test_sparsify_command_reports_and_writes_a_sparse_run(tmp_path, capsys):
     from conftest import run_command
 
+    from birdflow.cli.sparsify import main
     from birdflow.model.fitted import load_model, save_model
-    from birdflow.sparsify import main
 
     run = tmp_path / "run"
     save_model(tiny_model(), run)

@@ -17,8 +17,9 @@ from conftest import run_command
 from omegaconf import OmegaConf
 from PIL import Image
 
+from birdflow.cli.sweep import main
 from birdflow.errors import ConfigError, DataError
-from birdflow.sweep import main
+from birdflow.runs import read_run_info
 from birdflow.sweeps.selection import best_models, desirability
 from birdflow.sweeps.summary import _expected_jobs, collect
 from birdflow.sweeps.sweep import (
@@ -29,7 +30,6 @@ from birdflow.sweeps.sweep import (
     job_failure,
     summarize,
 )
-from birdflow.training.rundir import read_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,13 +79,14 @@ def test_apply_hyper_rejects_bad_values(hyper, key):
 # ---------------------------------------------------------------- failures and run-dir guard
 
 
-def test_job_failure_records_failed_and_converts(tmp_path):
+def test_job_failure_leaves_no_run_dir_for_a_rejected_single_run(tmp_path):
+    """A single run rejected before training wrote anything leaves no (failed) run dir; a
+    run that started records its own failure (tests/test_train.py)."""
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "r"), "resume": None,
                             "debug": {"raise_after_step": None}})
     err = ConfigError("loss.w2.epsilon=0: must be > 0")
-    assert job_failure(cfg, err) is err  # re-raised; birdflow.app turns it into one line, exit 2
-    info = read_run_info(tmp_path / "r")
-    assert info["status"] == "failed" and info["error"].startswith("ConfigError: loss.w2.epsilon")
+    assert job_failure(cfg, err) is err  # re-raised; the command turns it into one line, exit 2
+    assert not (tmp_path / "r").exists()
     other = ValueError("boom")
     assert job_failure(cfg, other) is other  # not ours: re-raised as it is
 

@@ -10,12 +10,12 @@ import pytest
 import rasterio
 from pyproj import CRS
 
+from birdflow.cli.synthetic import main
 from birdflow.data.bfdata import make_bfdata
 from birdflow.data.grid import from_lonlat, snap_to_cells
 from birdflow.data.weeks import date_to_week, week_dates
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import load_model
-from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.flyway import EDGE_M, LAEA_AMERICAS, build_flyway
 from birdflow.synthetic.species import (
     NODATA,

@@ -9,11 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
+from birdflow.cli.synthetic import main
 from birdflow.data.bfdata import load_bfdata
 from birdflow.data.tracks import load_tracks
 from birdflow.errors import ConfigError
 from birdflow.model.fitted import DATA_FILE
-from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.banding import (
     BandingSettings,
     occupancy_tv,

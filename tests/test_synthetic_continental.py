@@ -18,6 +18,7 @@ import pytest
 import rasterio
 from omegaconf import OmegaConf
 
+from birdflow.cli.synthetic import main
 from birdflow.data.bfdata import distances_km
 from birdflow.data.reach import resolve_radius_km
 from birdflow.errors import ConfigError
@@ -25,7 +26,6 @@ from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.model.markov import WeekIndex
 from birdflow.model.neighbours import build_neighbours
 from birdflow.model.sparse import to_dense
-from birdflow.synthetic.__main__ import main
 from birdflow.synthetic.continental import transition_matrices
 from birdflow.synthetic.flyway import _supports, build_flyway, scene_geometry
 from birdflow.synthetic.scene import CONTINENTAL, FLYWAY, REGIONAL

@@ -135,4 +135,5 @@ def test_divergence_guard_stops_with_clear_message(tmp_path, data):
     with pytest.raises(TrainingDiverged, match=r"non-finite.*last good checkpoint.*step_"):
         train(cfg, data=data)
     info = json.loads((tmp_path / "run.json").read_text())
-    assert info["status"] == "running" and (tmp_path / "checkpoints").exists()
+    assert info["status"] == "failed" and "non-finite" in info["error"]  # resumable all the same
+    assert (tmp_path / "checkpoints").exists()

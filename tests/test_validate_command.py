@@ -11,16 +11,16 @@ import pytest
 from conftest import run_command
 from test_validate_metrics import CFG, write_tracks
 
+from birdflow.cli.validate import main
 from birdflow.data.tracks import TrackRowWarning, load_tracks
 from birdflow.evaluation.report import headline_table, read_validation
 from birdflow.evaluation.validation import validate_model, validate_run
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.model.neighbours import sparse_index
+from birdflow.runs import write_run_info
 from birdflow.synthetic import sample_tracks, synthetic_truth
 from birdflow.synthetic.banding import BandingSettings
 from birdflow.synthetic.recoveries import simulate_tracks
-from birdflow.training.rundir import write_run_info
-from birdflow.validate import main
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,7 @@ def test_every_run_reports_its_gain_over_the_null(tmp_path, capsys, caplog):
     from birdflow import api
     from birdflow.evaluation.evaluate import evaluate_model
     from birdflow.evaluation.gain import gain_over_null
+    from birdflow.runs import run_path
     from birdflow.training.loop import train
 
     with caplog.at_level(logging.WARNING, logger="birdflow"):  # a negative gain is a warning
@@ -137,7 +138,8 @@ def test_every_run_reports_its_gain_over_the_null(tmp_path, capsys, caplog):
     out = capsys.readouterr().out + caplog.text
     info = json.loads((res.run_dir / "run.json").read_text())
     gain = info["gain_over_null"]
-    summary = evaluate_model(res.model, info["tracks"], w2=False, win_prob=False)["summary"]
+    tracks = run_path(res.run_dir, "tracks")  # stored relative to the run dir (its copy)
+    summary = evaluate_model(res.model, tracks, w2=False, win_prob=False)["summary"]
     assert gain["gain"] == pytest.approx(summary["mean_ll_gain"], rel=1e-12)
     assert gain["n_intervals"] == summary["n_intervals"] > 0
     assert gain["gain"] == pytest.approx(summary["mean_ll"] - summary["mean_null_ll"], rel=1e-9)

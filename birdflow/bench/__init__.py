@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m birdflow.bench`` times the real training step (see the README)."""
+"""Benchmarks: ``python -m birdflow.bench`` times the real training step (docs/benchmarks/speed.md)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from birdflow.app import OneLineArgumentParser, compose
+from birdflow.runs import read_run_info
 
 CELLS_PER_SIZE = 103  # the synthetic species' largest week at size 1 (cells grow ~ size^2)
 
@@ -39,7 +40,7 @@ def run_one(loss: str, cells: int, out: Path, extra: list[str]) -> dict:
     times = np.diff(np.r_[0.0, t["time_s"]])
     steps = np.array(t["step"])
     per_step = [times[steps == s].sum() for s in np.unique(steps[steps > 0])]
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     return {"loss": loss, "size": size, "n_max": int(info.get("n_max", 0)) or None,
             "wall_s": wall, "first_fit_s": float(times[0]),
             "median_outer_step_s": float(np.median(per_step)) if per_step else None,

@@ -40,7 +40,7 @@ from birdflow.data.cf import from_cf, to_cf
 from birdflow.data.grid import distance_matrix_km, great_circle_km, to_lonlat
 from birdflow.data.weeks import increasing_dates
 from birdflow.errors import DataError
-from birdflow.io import atomic_path
+from birdflow.io import atomic_hdf5
 
 REQUIRED_VARS = ("distr", "dynamic_mask", "static_mask", "cell_row", "cell_col", "cell_x",
                  "cell_y", "cell_lon", "cell_lat", "totals")
@@ -186,8 +186,8 @@ def save_bfdata(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     for name in ("dynamic_mask", "static_mask"):
         out[name] = out[name].astype(np.int8)
         out[name].attrs["flag_meaning"] = "bool"
-    with atomic_path(path) as tmp:
-        out.to_netcdf(tmp, engine="h5netcdf")
+    with atomic_hdf5(path, int(out.nbytes)) as target:
+        out.to_netcdf(target, engine="h5netcdf")
     return Path(path)
 
 
@@ -201,7 +201,9 @@ def load_bfdata(path: str | os.PathLike) -> xr.Dataset:
         with xr.open_dataset(path, engine="h5netcdf", decode_coords="all") as f:
             ds = f.load()
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable NetCDF file ({e}); delete it and re-run preprocessing") from e
+        first = " ".join(str(e).split())[:160]
+        raise DataError(f"{path}: not a readable NetCDF file ({first}); delete it and re-run "
+                        "preprocessing (in a run dir: restore it from a copy of the run)") from None
     for name in ("dynamic_mask", "static_mask"):
         if name in ds:
             ds[name] = ds[name].astype(bool)

@@ -116,23 +116,13 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: tracks CSV not found; pass tracks=<csv with columns "
                         f"{','.join(TRACK_COLUMNS)}>")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [c.strip() for c in (reader.fieldnames or [])]
-        if "bird_id" not in header and ID_ALIAS in header:  # a Routes table
-            header = ["bird_id" if c == ID_ALIAS else c for c in header]
-        missing = [c for c in TRACK_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing} in header {header}; expected a "
-                            f"header line '{','.join(TRACK_COLUMNS)}' (extra columns allowed; "
-                            f"'{ID_ALIAS}' may replace 'bird_id')")
-        reader.fieldnames = header
-        has_source = SOURCE_COLUMN in header
-        columns = [*TRACK_COLUMNS, SOURCE_COLUMN] if has_source else list(TRACK_COLUMNS)
-        records = []
-        for rec in reader:
-            records.append({c: (rec.get(c) or "").strip() for c in columns}
-                           | {"line": reader.line_num})
+    try:
+        records, header = _read_records(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a text CSV file ({type(e).__name__}); pass a tracks CSV "
+                        f"with the header {','.join(TRACK_COLUMNS)} (UTF-8 text)") from None
+    has_source = SOURCE_COLUMN in header
+    columns = [*TRACK_COLUMNS, SOURCE_COLUMN] if has_source else list(TRACK_COLUMNS)
     df = pd.DataFrame(records, columns=[*columns, "line"])
     source = (df[SOURCE_COLUMN].map(source_name).replace("", BAD_SOURCE) if has_source
               else pd.Series("", index=df.index, dtype=object))
@@ -164,6 +154,30 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
         "source": source.astype(str),
         "problem": problem.astype(str),
     })
+
+
+def _read_records(path: Path) -> tuple[list[dict], list[str]]:
+    """The CSV's rows (the required columns, stripped, and the line number) and its header."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        if "\0" in f.read(4096):
+            raise csv.Error("NUL bytes: a binary file")
+        f.seek(0)
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in (reader.fieldnames or [])]
+        if "bird_id" not in header and ID_ALIAS in header:  # a Routes table
+            header = ["bird_id" if c == ID_ALIAS else c for c in header]
+        missing = [c for c in TRACK_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing} in header {header}; expected a "
+                            f"header line '{','.join(TRACK_COLUMNS)}' (extra columns allowed; "
+                            f"'{ID_ALIAS}' may replace 'bird_id')")
+        reader.fieldnames = header
+        columns = [*TRACK_COLUMNS, SOURCE_COLUMN] if SOURCE_COLUMN in header else TRACK_COLUMNS
+        records = []
+        for rec in reader:
+            records.append({c: (rec.get(c) or "").strip() for c in columns}
+                           | {"line": reader.line_num})
+    return records, header
 
 
 def snap_tracks(rows: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:

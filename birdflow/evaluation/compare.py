@@ -142,6 +142,20 @@ def validation_section(runs: dict[str, Path], validate: bool = False,
               for n, r in found.items()], ""]
 
 
+def run_settings(model) -> str:
+    """How a run was trained, from its own model file (not from compare's config, whose
+    defaults need not be what a reused run of runs.l2=/runs.w2= was trained with)."""
+    hp = model.hyperparameters
+
+    def num(key: str) -> str:
+        value = hp.get(key)
+        return "?" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return (f"seed {num('rng_seed')}, {num('training_steps')} steps, weights obs "
+            f"{num('obs_weight')}, dist {num('dist_weight')}, ent {num('ent_weight')}, "
+            f"dist_pow {num('dist_pow')}")
+
+
 def compare(cfg: DictConfig, report_dir: Path) -> Path:
     """Run the comparison and write the report; returns the path of report.md."""
     from birdflow.evaluation.evaluate import evaluate_run
@@ -160,9 +174,7 @@ def compare(cfg: DictConfig, report_dir: Path) -> Path:
     m0 = models[names[0]]
     head = [f"# L2 vs W2: {m0.data.attrs.get('common_name', m0.data.attrs.get('species_code'))}", "",
             f"- data: {m0.n_cells} cells, {m0.index.n_weeks} weeks, {m0.data.attrs.get('res_km')} km",
-            f"- seed {cfg.seed}, {cfg.optim.steps} steps, weights obs {cfg.loss.obs_weight}, "
-            f"dist {cfg.loss.dist_weight}, ent {cfg.loss.ent_weight}, dist_pow {cfg.loss.dist_pow}",
-            *[f"- {n}: `{runs[n]}`" for n in names],
+            *[f"- {n}: `{runs[n]}` ({run_settings(models[n])})" for n in names],
             f"- tracks scored: {results[names[0]].get('tracks') or 'none'}",
             "- metrics won: " + ", ".join(f"{n} {w}" for n, w in wins.items()), "",
             "## Metrics", "", table, ""]
@@ -192,6 +204,7 @@ def score_runs(run_dirs: list, tracks: str | Path, truth: str | Path | None = No
     from birdflow.data.tracks import load_tracks
     from birdflow.evaluation.evaluate import evaluate_model
     from birdflow.model.fitted import load_model
+    from birdflow.runs import read_config
 
     rows, built, truth_model = [], None, load_model(truth) if truth else None
     for d in run_dirs:
@@ -200,7 +213,8 @@ def score_runs(run_dirs: list, tracks: str | Path, truth: str | Path | None = No
         if built is None:
             built = load_tracks(tracks, model.data, cyclic=model.cyclic, warn=False)
         res = evaluate_model(model, built, truth_model, w2=False, win_prob=False)["summary"]
-        lc = OmegaConf.load(d / "config.yaml").loss if (d / "config.yaml").exists() else {}
+        saved = read_config(d)
+        lc = saved.loss if saved is not None and "loss" in saved else {}
         rows.append({"run_dir": str(d), **{k: lc.get(k) for k in ("dist_weight", "ent_weight",
                                                                   "dist_pow")},
                      **{k: res.get(k) for k in ("mean_ll", "mean_null_ll", "mean_ll_gain",
@@ -236,7 +250,7 @@ def tune_compare(cfg: DictConfig, report_dir: Path) -> Path:
     import pandas as pd
 
     from birdflow.evaluation.evaluate import evaluate_run
-    from birdflow.training.rundir import read_run_info
+    from birdflow.runs import read_run_info
     from birdflow.tuning.outer import MODEL_DIR, TRAJECTORY_CSV, TuningStopped, tune
 
     names = list(cfg.losses)

@@ -8,9 +8,10 @@ exclusions and ``calc_interval_metrics`` scores (birdflow_reference.md sections 
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 import xarray as xr
 
-from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks
+from birdflow.data.tracks import EXCLUDE_REASONS, Tracks, load_tracks, read_tracks
+from birdflow.errors import DataError
 from birdflow.evaluation.intervals import SCORE_COLUMNS, interval_summary, score_intervals
 from birdflow.evaluation.metrics import (
     W2_SUMMARY,
@@ -28,13 +30,12 @@ from birdflow.evaluation.metrics import (
     w2_summary,
 )
 from birdflow.evaluation.seasons import migration_seasons, season_performance
-from birdflow.io import write_text_atomic
 from birdflow.model.fitted import BirdFlowModel, load_model
 from birdflow.model.joints import Transitions
 from birdflow.model.sampling import slot_of
-from birdflow.training.rundir import read_run_info
+from birdflow.runs import metrics_file, model_stamp, read_run_info, run_path, write_metrics
 
-METRICS_JSON = "metrics.json"
+log = logging.getLogger(__name__)
 
 
 def grid_difference(a: xr.Dataset, b: xr.Dataset) -> str:
@@ -149,7 +150,12 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                       if all(v is None for v in window.values()) else "custom window",
                       "zero_probability": "scored with log(p + 1e-8) (BirdFlowR "
                                           "calc_interval_metrics)"}
+    t0 = time.perf_counter()
+    log.info("evaluating: fit to S&T per week%s", f" (W2: {model.index.n_weeks} Sinkhorn solves, "
+             "the slow part; w2=false skips them)" if w2 else "")
     fit = fit_metrics(model, w2=w2, epsilon=w2_epsilon)
+    log.info("evaluating: fit to S&T done in %.0f s; distribution performance, seasons%s",
+             time.perf_counter() - t0, ", truth" if truth is not None else "")
     perf = distribution_performance(model)
     summary = {"n_weeks": model.index.n_weeks, "n_cells": model.n_cells,
                "mean_l2": float(fit["l2"].mean()), "mean_tv": float(fit["tv"].mean()),
@@ -181,6 +187,8 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
                            "excluded": {r: 0 for r in EXCLUDE_REASONS}, "rules": rules}
     scored = None
     if tracks is not None:
+        log.info("evaluating: interval log-likelihood of the tracks%s",
+                 " and win probability" if win_prob else "")
         if not isinstance(tracks, Tracks):
             tracks = load_tracks(tracks, model.data, cyclic=model.cyclic, **window)
         else:
@@ -208,17 +216,9 @@ def evaluate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | No
         if n_zero:
             notes.append(f"{n_zero} interval(s) have zero probability under the truth "
                          "(scored with the 1e-8 floor)")
+    log.info("evaluated in %.0f s", time.perf_counter() - t0)
     return _clean({"summary": summary, "per_week": per_week, "intervals": intervals_out,
                    "notes": notes})
-
-
-def _resolve(value: str | None, run_dir: Path) -> Path | None:
-    """A path from the command line or run.json: as given, else relative to the run dir."""
-    if not value:
-        return None
-    path = Path(value)
-    return run_dir / path if not path.is_absolute() and not path.exists() \
-        and (run_dir / path).exists() else path
 
 
 def format_report(result: dict) -> str:
@@ -243,19 +243,34 @@ def format_report(result: dict) -> str:
 def evaluate_run(run_dir: str | os.PathLike, model: BirdFlowModel | None = None,
                  tracks: str | os.PathLike | None = None,
                  truth: str | os.PathLike | None = None, **opts) -> dict:
-    """Evaluate a run dir and write ``metrics.json`` there (atomic); returns the result.
+    """Evaluate a run dir and write the result there (atomic); returns it, with ``metrics_file``.
 
     ``model`` defaults to the run's saved model; tracks and truth default to the references in
-    its ``run.json`` (paths as written, else relative to the run dir). ``opts`` go to
-    :func:`evaluate_model`.
+    its ``run.json``. On the run's own tracks the result goes to ``metrics.json``; on another
+    tracks file to ``metrics_<file stem>.json`` (:func:`birdflow.runs.metrics_file`), so the
+    training's own metrics are never overwritten. ``opts`` go to :func:`evaluate_model`.
+
+    Raises:
+        DataError: ``tracks`` was given and none of its rows could be scored.
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir) if model is None else model
     info = read_run_info(run_dir)
-    tracks = _resolve(tracks or info.get("tracks"), run_dir)
-    truth = _resolve(truth or info.get("truth"), run_dir)
+    given = Path(tracks) if tracks else None
+    tracks = given or run_path(run_dir, "tracks", info)
+    truth = Path(truth) if truth else run_path(run_dir, "truth", info)
+    out = metrics_file(run_dir, given)
+    if tracks is not None:  # a file that is not a tracks CSV fails before the slow part
+        rows = read_tracks(tracks)
+        if given is not None and out.name != metrics_file(run_dir).name \
+                and not (rows["problem"] == "").any():
+            first = rows["problem"].iloc[0] if len(rows) else "no data rows"
+            raise DataError(f"{given}: none of its {len(rows)} rows is usable (line "
+                            f"{rows['line'].iloc[0] if len(rows) else 2}: {first}); fix the file "
+                            "(columns bird_id,date,lat,lon); nothing written")
     result = evaluate_model(model, tracks, truth, **opts)
     result |= {"run_dir": str(run_dir), "tracks": str(tracks) if tracks else None,
-               "truth": str(truth) if truth else None}
-    write_text_atomic(run_dir / METRICS_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+               "truth": str(truth) if truth else None, "metrics_file": str(out),
+               "options": {k: v for k, v in opts.items()}, "stamp": model_stamp(run_dir)}
+    write_metrics(out, result)
     return result

@@ -33,7 +33,7 @@ import xarray as xr
 
 from birdflow.data.cf import CONVENTIONS, GRID_MAPPING
 from birdflow.data.geotiff import write_grid_geotiff
-from birdflow.io import atomic_path
+from birdflow.io import atomic_hdf5
 from birdflow.model import joints
 from birdflow.model.fitted import BirdFlowModel
 
@@ -133,8 +133,8 @@ def write_flux(flux: xr.Dataset, model: BirdFlowModel, out_dir: str | os.PathLik
     """Write ``flux.nc`` and ``flux_<var>.tif`` (one band per transition) into ``out_dir``."""
     out_dir = Path(out_dir)
     paths = []
-    with atomic_path(out_dir / "flux.nc") as tmp:
-        flux.to_netcdf(tmp, engine="h5netcdf")
+    with atomic_hdf5(out_dir / "flux.nc", int(flux.nbytes)) as target:
+        flux.to_netcdf(target, engine="h5netcdf")
     paths.append(out_dir / "flux.nc")
     dates, weeks = pd.DatetimeIndex(flux["date"].values), flux["week"].values
     for name in (*FLUX_VARS, "move_dx", "move_dy"):

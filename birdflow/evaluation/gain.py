@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from birdflow.evaluation.evaluate import _resolve
 from birdflow.model.fitted import BirdFlowModel
-from birdflow.training.rundir import read_run_info, write_run_info
+from birdflow.runs import read_run_info, run_path, write_run_info
 
 log = logging.getLogger("birdflow.evaluation.gain")
 
@@ -34,7 +33,7 @@ def gain_over_null(run_dir: Path, model: BirdFlowModel, summary: dict | None = N
         {"gain", "mean_ll", "mean_null_ll", "n_intervals", "tracks"}, or None when the run has
         no tracks or none of their intervals could be scored.
     """
-    tracks = _resolve(read_run_info(run_dir).get("tracks"), Path(run_dir))
+    tracks = run_path(run_dir, "tracks")
     if tracks is None:
         return None
     if summary is None:
@@ -47,7 +46,7 @@ def gain_over_null(run_dir: Path, model: BirdFlowModel, summary: dict | None = N
         return None
     return {"gain": summary["mean_ll_gain"], "mean_ll": summary["mean_ll"],
             "mean_null_ll": summary["mean_null_ll"], "n_intervals": summary["n_intervals"],
-            "tracks": str(tracks)}
+            "tracks": str(read_run_info(run_dir).get("tracks"))}
 
 
 def report_gain(run_dir: Path, gain: dict | None) -> str | None:

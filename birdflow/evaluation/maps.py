@@ -221,13 +221,15 @@ def animate_year(model: BirdFlowModel, path: str | os.PathLike, basemap: bool = 
     return Path(path)
 
 
-def plot_loss(history: dict | pd.DataFrame, path: str | os.PathLike | None = None, dpi: int = 110, *,
+def plot_loss(history: dict | pd.DataFrame | BirdFlowModel, path: str | os.PathLike | None = None, dpi: int = 110, *,
               ax=None) -> Figure:
     """Log-scale curves of the total, obs, dist and ent loss terms against training step.
 
     Terms that are negative throughout (an entropy bonus) are drawn negated as ``-name``;
     a term that changes sign is drawn as ``|name|``.
     """
+    if isinstance(history, BirdFlowModel):  # bf.plot_loss(m): the model's own history
+        history = history.loss_history
     df = pd.DataFrame({k: np.asarray(v, float) for k, v in history.items()}) \
         if isinstance(history, dict) else history.copy()
     terms = [t for t in LOSS_TERMS if t in df]

@@ -8,14 +8,16 @@ only ever sit in cells of their week's dynamic mask. Time is given as dates or 1
 weeks (:mod:`birdflow.model.timeline`); tables follow BirdFlowR's ``BirdFlowRoutes``
 (:mod:`birdflow.model.sampling`) and read back through the tracks reader.
 
-CLI: ``python -m birdflow.routes run=<dir> [n=100] [start_week=1] [weeks=52] [lon=.. lat=..]
-[seed=0]`` writes ``routes.csv``, ``routes.geojson`` and ``route_stats.csv`` into the run dir.
+Command: ``birdflow routes run=<dir> [n=100] [start_week=1] [weeks=52] [lon=.. lat=..]
+[seed=0]`` (:mod:`birdflow.cli.routes`) writes them into the run dir with
+:func:`write_run_routes`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,9 @@ from birdflow.model.sampling import ROUTE_COLUMNS
 from birdflow.model.timeline import week_position
 
 __all__ = ["ROUTE_COLUMNS", "forecast", "lonlat_to_cell", "route_stats", "sample_routes",
-           "write_routes"]
+           "write_routes", "write_run_routes"]
+
+ROUTES_CSV = "routes.csv"  # in the run dir; read back by ``birdflow maps`` and the tracks reader
 
 
 def _week_position(model: BirdFlowModel, week: int) -> int:
@@ -116,6 +120,21 @@ def write_routes(df: pd.DataFrame, csv_path: str | os.PathLike,
         write_text_atomic(points_path, json.dumps({"type": "FeatureCollection", "features": points}))
 
 
+def write_run_routes(df: pd.DataFrame, run_dir: str | os.PathLike) -> tuple[list[Path], dict]:
+    """Write routes (CSV, GeoJSON lines and points) and their statistics into ``run_dir``.
+
+    Returns the paths written and the summary statistics of :func:`route_stats`.
+    """
+    run = Path(run_dir)
+    paths = [run / ROUTES_CSV, run / "routes.geojson", run / "routes_points.geojson",
+             run / "route_stats.csv"]
+    write_routes(df, *paths[:3])
+    per_route, summary = route_stats(df)
+    with atomic_path(paths[3]) as tmp:
+        per_route.to_csv(tmp)
+    return paths, summary
+
+
 def _one_route_stats(r: pd.DataFrame, min_stopover_weeks: int) -> dict:
     lon, lat, cell = r["lon"].to_numpy(), r["lat"].to_numpy(), r["i"].to_numpy()
     steps_km = great_circle_km(lon[:-1], lat[:-1], lon[1:], lat[1:])
@@ -172,10 +191,26 @@ def route_stats(df: pd.DataFrame, min_stopover_weeks: int = 2) -> tuple[pd.DataF
         "mean_n_stopovers": float(per_route["n_stopovers"].mean()),
         "frac_with_stopover": float((per_route["n_stopovers"] > 0).mean()),
         "frac_never_moved": float((per_route["n_moves"] == 0).mean()),
-        "median_departure_week": float(dep.median()) if dep.notna().any() else None,
-        "median_arrival_week": float(arr.median()) if arr.notna().any() else None,
+        "median_departure_week": median_week(dep.dropna().to_numpy()),
+        "median_arrival_week": median_week(arr.dropna().to_numpy()),
     }
     return per_route, summary
+
+
+def median_week(weeks: np.ndarray, n_weeks: int = 52) -> float | None:
+    """The median of S&T weeks on the cyclic year (None for none).
+
+    Weeks are unwrapped around their circular mean before the median is taken, so a winter
+    season's departures in weeks 50-52 and 1-3 have a median near the turn of the year, not
+    in mid-summer; the result is wrapped back to 1..n_weeks.
+    """
+    weeks = np.asarray(weeks, float)
+    if not weeks.size:
+        return None
+    angle = 2 * np.pi * (weeks - 1) / n_weeks
+    centre = np.angle(np.exp(1j * angle).mean()) * n_weeks / (2 * np.pi) + 1
+    unwrapped = centre + (weeks - centre + n_weeks / 2) % n_weeks - n_weeks / 2
+    return float((np.median(unwrapped) - 1) % n_weeks + 1)
 
 
 def forecast(model: BirdFlowModel, lon: float, lat: float, date, k_weeks: int) -> np.ndarray:

@@ -8,12 +8,13 @@ model makes impossible counts (as log 1e-8 = -18.4) instead of silently leaving 
 ``n_impossible`` counts those.
 
 Command: ``birdflow sparsify run=<dir>`` (``python -m birdflow.sparsify``) prints the table
-and can write a sparse copy of the model (:mod:`birdflow.sparsify`).
+and can write a sparse copy of the model as a new run dir (:func:`write_sparse_run`).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,9 @@ import pandas as pd
 from birdflow.data.tracks import Tracks, load_tracks
 from birdflow.evaluation.intervals import score_intervals
 from birdflow.evaluation.metrics import distribution_performance
-from birdflow.model.fitted import BirdFlowModel
+from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.model.sparsify import METHODS, density, sparsify
+from birdflow.runs import read_run_info, run_path, write_run_info
 
 LL_FLOOR = 1e-8  # BirdFlowR's calc_interval_metrics floor
 
@@ -65,3 +67,21 @@ def sparsify_report(model: BirdFlowModel, tracks: Tracks | str | os.PathLike | N
                     "n_impossible": int((ll <= np.log(LL_FLOOR) + 1e-9).sum())}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_sparse_run(model: BirdFlowModel, run_dir: str | os.PathLike, out: str | os.PathLike,
+                     method: str, p: float = 0.99, fix: bool = True,
+                     p_protected: float = 0.10) -> Path:
+    """Sparsify the model of ``run_dir`` with ``method`` and save it as a new run dir ``out``.
+
+    ``out`` gets model.nc, data.nc and a run.json that copies the source run's and records
+    ``sparsified_from`` and the sparsify statistics; every command reads it like a trained run.
+    """
+    sparse, stats = sparsify(model, method, float(p), fix=bool(fix), p_protected=float(p_protected))
+    info = read_run_info(run_dir)
+    out = Path(out)
+    save_model(sparse, out)
+    refs = {k: run_path(run_dir, k, info) for k in ("tracks", "truth", "data_path")}
+    write_run_info(out, **{**info, **refs, "status": "finished",
+                           "sparsified_from": Path(run_dir), "sparse": stats})
+    return out

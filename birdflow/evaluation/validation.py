@@ -155,11 +155,11 @@ def validate_model(model: BirdFlowModel, tracks: Tracks | str | os.PathLike, *,
     return Validation(result=_clean(result), scored=scored, routes=tables)
 
 
-def resolve_tracks(tracks: str | os.PathLike | None, run_info: dict, run_dir: Path) -> Path:
+def resolve_tracks(tracks: str | os.PathLike | None, run_dir: Path | None) -> Path:
     """The tracks to validate on: as given, else the run's own (``run.json``)."""
-    from birdflow.evaluation.evaluate import _resolve
+    from birdflow.runs import run_path
 
-    path = _resolve(str(tracks) if tracks else run_info.get("tracks"), run_dir)
+    path = Path(tracks) if tracks else (run_path(run_dir, "tracks") if run_dir else None)
     if path is None:
         raise ConfigError(f"{run_dir}: the run names no tracks; pass tracks=<csv with columns "
                           "bird_id,date,lat,lon[,source]>")
@@ -177,7 +177,6 @@ def validate_run(run_dir: str | os.PathLike | None = None, model: BirdFlowModel 
     """
     from birdflow.evaluation.report import VALIDATION_DIR, VALIDATION_JSON, write_report
     from birdflow.model.fitted import load_model
-    from birdflow.training.rundir import read_run_info
 
     t_all = time.perf_counter()
     if model is None:
@@ -188,8 +187,7 @@ def validate_run(run_dir: str | os.PathLike | None = None, model: BirdFlowModel 
     if not isinstance(tracks, Tracks):
         if run_dir is None and tracks is None:
             raise ConfigError("validate: a model without a run dir needs tracks=<csv>")
-        tracks = resolve_tracks(tracks, read_run_info(run_dir) if run_dir else {},
-                                run_dir or Path("."))
+        tracks = resolve_tracks(tracks, run_dir)
     if out_dir is None:
         if run_dir is None:
             raise ConfigError("validate: a model without a run dir needs out_dir=<folder>")

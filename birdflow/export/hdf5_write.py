@@ -35,7 +35,7 @@ from birdflow.export.birdflowr import (
     kept_metadata,
     write_r_dataset,
 )
-from birdflow.io import atomic_path
+from birdflow.io import atomic_hdf5
 from birdflow.model.fitted import BirdFlowModel
 
 # real-valued in BirdFlowPy files even when a config gives an integer (obs_weight: 1)
@@ -65,7 +65,8 @@ def export_birdflowr(model: BirdFlowModel, path: str | os.PathLike | None = None
     if as_dir:
         path = path / default_filename(model)
     _check_layout(model)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    nbytes = int(model.marginals.size) * 8 + int(model.data["distr"].size) * 8 * 3
+    with atomic_hdf5(path, nbytes) as target, h5py.File(target, "w") as f:
         _write_data(f, model)
         _write_geom(f, model)
         _write_species(f, model.data.attrs)

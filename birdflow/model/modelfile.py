@@ -21,7 +21,7 @@ import xarray as xr
 from birdflow.data.bfdata import load_bfdata, save_bfdata
 from birdflow.data.cf import to_cf
 from birdflow.errors import DataError
-from birdflow.io import atomic_path
+from birdflow.io import atomic_hdf5
 from birdflow.model.markov import WeekIndex
 
 if TYPE_CHECKING:
@@ -61,8 +61,8 @@ def save_model(model: BirdFlowModel, run_dir: str | os.PathLike) -> Path:
         ds["marginals"].attrs["long_name"] = SPARSE_MARGINALS_LONG_NAME
     for name, values in model.loss_history.items():
         ds[f"loss_{name}"] = ("step", np.asarray(values, dtype=np.float64))
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+    with atomic_hdf5(run_dir / MODEL_FILE, int(ds.nbytes)) as target:
+        ds.to_netcdf(target, engine="h5netcdf")
     save_bfdata(model.data, run_dir / DATA_FILE)
     return run_dir / MODEL_FILE
 
@@ -74,14 +74,21 @@ def load_model(run_dir: str | os.PathLike) -> BirdFlowModel:
     if not path.exists():
         raise DataError(f"{path}: no fitted model here; pass the run directory that "
                         "`python -m birdflow.train` printed (outputs/<species>/<loss>/<timestamp>)")
-    with xr.open_dataset(path, engine="h5netcdf") as f:
-        ds = f.load()
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as f:
+            ds = f.load()
+        nbr = ds["nbr"].values.astype(np.int32) if "nbr" in ds else None
+        index = WeekIndex(slot_cell=ds["slot_cell"].values.astype(np.int32),
+                          cyclic=bool(ds.attrs["cyclic"]), nbr=nbr)
+        hyper = json.loads(ds.attrs.get("hyperparameters", "{}"))
+        marginals = ds["marginals"].values.astype(np.float64)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # truncated, not NetCDF, or not ours
+        first = " ".join(str(e).split())[:160]
+        raise DataError(f"{path}: not a readable model file ({type(e).__name__}: {first}); "
+                        "restore it from a copy of the run, or re-train (resume=<run dir> "
+                        "continues from its last checkpoint)") from None
     data = load_bfdata(run_dir / DATA_FILE)
-    nbr = ds["nbr"].values.astype(np.int32) if "nbr" in ds else None
-    index = WeekIndex(slot_cell=ds["slot_cell"].values.astype(np.int32),
-                      cyclic=bool(ds.attrs["cyclic"]), nbr=nbr)
     losses = {k[5:]: ds[k].values for k in ds.data_vars if k.startswith("loss_")}
     from birdflow.model.fitted import BirdFlowModel  # fitted imports this module
-    return BirdFlowModel(data=data, index=index, marginals=ds["marginals"].values.astype(np.float64),
-                         hyperparameters=json.loads(ds.attrs.get("hyperparameters", "{}")),
+    return BirdFlowModel(data=data, index=index, marginals=marginals, hyperparameters=hyper,
                          loss_history=losses, run_dir=run_dir)

@@ -9,7 +9,6 @@ runtime_s, steps_done, the job's overrides and, for a failed run, the first line
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from birdflow.errors import DataError
-from birdflow.training.rundir import CONFIG_YAML, RUN_JSON, read_run_info
+from birdflow.runs import find_run_dirs, read_job_config, read_metrics, read_run_info
 from birdflow.training.settings import signif
 
 HYPER_COLUMNS = ("obs_weight", "dist_weight", "ent_weight", "dist_pow", "de_ratio", "obs_prop",
@@ -55,7 +54,7 @@ def _hyper_values(cfg: dict) -> dict:
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
     """Run dirs (run.json) and Hydra job dirs (.hydra/) below the sweep dir, job order."""
-    found = {p.parent for p in sweep_dir.rglob(RUN_JSON)}
+    found = find_run_dirs(sweep_dir)
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     found = {d for d in found if ".submitit" not in d.parts}
 
@@ -89,19 +88,10 @@ def _expected_jobs(sweep_dir: Path) -> list[list[str]]:
 
 def _row(sweep_dir: Path, run_dir: Path) -> dict:
     info = read_run_info(run_dir)
-    cfg_path = run_dir / CONFIG_YAML
-    if not cfg_path.exists():
-        cfg_path = run_dir / ".hydra" / "config.yaml"
-    cfg = _load_yaml(cfg_path) if cfg_path.exists() else {}
+    saved = read_job_config(run_dir)
+    cfg = OmegaConf.to_container(saved, resolve=False) if saved is not None else {}
     overrides = run_dir / ".hydra" / "overrides.yaml"
-    metrics_path = run_dir / "metrics.json"
-    metrics = {}
-    if metrics_path.exists():
-        try:
-            metrics = json.loads(metrics_path.read_text()).get("summary", {})
-        except json.JSONDecodeError as e:
-            raise DataError(f"{metrics_path}: not valid JSON ({e}); re-run "
-                            f"`python -m birdflow.evaluate run={run_dir}`") from e
+    metrics = read_metrics(run_dir).get("summary", {})
     row = {"run": str(run_dir.relative_to(sweep_dir)),
            "species": info.get("species") or cfg.get("species", {}).get("code"),
            "loss": info.get("loss") or cfg.get("loss", {}).get("location"),

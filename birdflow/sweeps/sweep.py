@@ -13,14 +13,13 @@ recorded as failed); :class:`SweepGuard` keeps a new sweep out of an existing sw
 from __future__ import annotations
 
 import os
-import traceback
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from birdflow.errors import ConfigError
+from birdflow.runs import RunDirLocked, is_run_dir, read_run_info, record_failure
 from birdflow.sweeps.summary import (
     HYPER_COLUMNS,
     ID_COLUMNS,
@@ -28,7 +27,6 @@ from birdflow.sweeps.summary import (
     columns,
     write_table,
 )
-from birdflow.training.rundir import RUN_JSON, read_run_info, write_run_info
 from birdflow.training.settings import apply_hyper  # noqa: F401  (re-exported: the grid parameterisation)
 
 
@@ -60,7 +58,7 @@ def check_fresh_run_dir(cfg: Mapping) -> None:
     Two sweeps pointed at the same ``hydra.sweep.dir`` would otherwise overwrite each other.
     """
     run_dir = _job_run_dir(cfg)
-    if cfg.get("resume") or run_dir is None or not (run_dir / RUN_JSON).exists():
+    if cfg.get("resume") or run_dir is None or not is_run_dir(run_dir):
         return
     status = read_run_info(run_dir).get("status", "?")
     raise RunDirTaken(f"{run_dir}: already holds a run (status {status}); add resume=true to "
@@ -88,20 +86,22 @@ class SweepGuard:
 def job_failure(cfg: Mapping, exc: BaseException) -> BaseException:
     """Record a job that raised as failed in its run.json; return the exception to re-raise.
 
-    ``birdflow.train.main`` calls it for anything raised by check_fresh_run_dir or train.
+    ``birdflow.cli.train.main`` calls it for anything raised by check_fresh_run_dir or train.
     In a multirun, Hydra marks a job failed (and the sweep goes on) only for an ``Exception``:
     a ``KeyboardInterrupt`` from ``debug.raise_after_step`` (a simulated kill) becomes a
     RuntimeError there. (A BirdFlowError in a single run becomes one line and exit status 2 in
-    :func:`birdflow.app.command`.)
+    :func:`birdflow.cli.command.command`.)
     """
     run_dir = _job_run_dir(cfg)
-    message = f"{type(exc).__name__}: {exc}"
-    if run_dir is not None and not isinstance(exc, RunDirTaken):  # never touch another's run
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(run_dir, status="failed", error=message,
-                       failed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                       traceback="".join(traceback.format_exception(exc))[-4000:])
     multirun = _is_multirun()
+    # training records an error in its own run.json (it holds the lock then); a single run
+    # rejected before that leaves no run dir behind, and an interrupted one stays "running"
+    # (resumable). A sweep job's dir exists already (Hydra made it) and its failure, an
+    # interruption included, belongs in the sweep summary.
+    if multirun and run_dir is not None and run_dir.is_dir() \
+            and not isinstance(exc, RunDirTaken | RunDirLocked) \
+            and read_run_info(run_dir).get("status") not in ("finished", "stopped"):
+        record_failure(run_dir, exc)
     debug = (cfg.get("debug") or {}).get("raise_after_step")
     if multirun and isinstance(exc, KeyboardInterrupt) and debug is not None:
         return RuntimeError(f"job interrupted by {exc}")

@@ -1,20 +1,6 @@
-"""``python -m birdflow.synthetic [species.synthetic.size=2] [data.root=data]``.
+"""``python -m birdflow.synthetic``: the command is :mod:`birdflow.cli.synthetic`."""
 
-Generates (or finds) the synthetic species' files under ``<data.root>/synthetic/<hash>/`` and
-prints their paths and sizes (options: ``synthetic:`` in ``conf/species/synthetic.yaml``);
-``species=synthetic_banding`` also simulates its banding birds and prints their summary.
-"""
-
-from omegaconf import DictConfig
-
-from birdflow.app import command
-from birdflow.synthetic.species import describe
-
-
-@command("preprocess", "birdflow synthetic")
-def main(cfg: DictConfig):
-    return describe(cfg.species, cfg.data)
-
+from birdflow.cli.synthetic import main
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import jax
@@ -50,8 +51,10 @@ def load_checkpoint(path: Path, template) -> tuple[int, object, dict[str, list]]
             leaves = [f[f"leaf_{i:04d}"] for i in range(n)]
             step = int(f["step"])
             history = json.loads(bytes(f["history"]).decode())
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"{path}: unreadable checkpoint ({e}); delete it to resume from the previous one") from e
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        first = " ".join(str(e).split())[:160]
+        raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it "
+                        "to resume from the previous one") from None
     treedef = jax.tree_util.tree_structure(template)
     if treedef.num_leaves != n:
         raise DataError(f"{path}: checkpoint has {n} arrays but this config needs {treedef.num_leaves}; "

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from birdflow.errors import BirdFlowError, ConfigError
-from birdflow.io import write_text_atomic
+from birdflow.errors import BirdFlowError
 from birdflow.losses import blur
 from birdflow.losses.objective import (
     LossConfig,
@@ -35,15 +34,21 @@ from birdflow.losses.objective import (
 from birdflow.model import markov
 from birdflow.model.fitted import BirdFlowModel, save_model
 from birdflow.model.neighbours import sparse_index, summary
-from birdflow.synthetic import ensure_synthetic, load_or_preprocess
-from birdflow.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
-from birdflow.training.rundir import (
-    CONFIG_YAML,
+from birdflow.runs import (
+    adopt_inputs,
+    check_unlocked,
+    locked,
     read_run_info,
+    record_failure,
     run_log,
+    write_config,
     write_history_csv,
     write_run_info,
 )
+from birdflow.synthetic import ensure_synthetic, load_or_preprocess
+from birdflow.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
+from birdflow.training.memory import check_memory
+from birdflow.training.resume import resumed_config
 from birdflow.training.settings import ModelSettings, OptimSettings, validate_train_config
 
 log = logging.getLogger("birdflow.training.loop")
@@ -167,20 +172,6 @@ def _run_dir(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _resumed_config(cfg: DictConfig) -> DictConfig:
-    """With ``resume=<run dir>``, continue that run with its own saved config."""
-    if not cfg.get("resume") or cfg.resume is True:
-        return cfg
-    run_dir = Path(str(cfg.resume))
-    saved = run_dir / CONFIG_YAML
-    if not saved.exists():
-        raise ConfigError(f"resume={run_dir}: no {CONFIG_YAML} there; pass a run directory written "
-                          "by `python -m birdflow.train`")
-    old = OmegaConf.load(saved)
-    old.run_dir, old.resume = str(run_dir), True
-    return old
-
-
 def _species_refs(cfg: DictConfig) -> dict:
     """Tracks and ground-truth references recorded in run.json for evaluation."""
     refs = {"tracks": cfg.get("tracks") or cfg.species.get("tracks"), "truth": None}
@@ -197,14 +188,16 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
     preprocessed (or read from the cache). ``after(cfg, run_dir, model, history)`` runs once the
     model is saved and before run.json says ``finished`` (metrics, figures, exports).
     """
-    cfg = _resumed_config(cfg)
+    cfg = resumed_config(cfg)  # resume=<dir>: that run's saved config
     loss_cfg, opt = validate_train_config(cfg)  # fails on bad values before any work
     if cfg.precision == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     run_dir = _run_dir(cfg)
+    check_unlocked(run_dir)  # another training into this run dir: stop before any work
     info = read_run_info(run_dir)
-    if cfg.get("resume") and info.get("status") == "finished":
+    if cfg.get("resume") and info.get("status") == "finished" \
+            and int(info.get("steps_done") or 0) >= opt.steps:
         log.info("%s already finished; nothing to do", run_dir)
         from birdflow.model.fitted import load_model
 
@@ -217,11 +210,26 @@ def train(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Run
     else:
         ds, data_path = data, "<in memory>"
     index = build_index(cfg, ds)  # a radius that cuts off S&T mass fails before the run dir
+    check_memory(index, float(ds.attrs.get("res_km", 100.0)), cfg.species,  # before allocating
+                 jnp.dtype(dtype).itemsize)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
-    write_run_info(run_dir, species=cfg.species.code, loss=loss_cfg.location, data_path=str(data_path),
-                   seed=int(cfg.seed), status="running", **_species_refs(cfg))
+    with locked(run_dir):  # a second training into this run dir stops here
+        write_config(run_dir, cfg)
+        refs = _species_refs(cfg)
+        write_run_info(run_dir, species=cfg.species.code, loss=loss_cfg.location,
+                       data_path=str(data_path), seed=int(cfg.seed), status="running",
+                       **adopt_inputs(run_dir, refs["tracks"], refs["truth"]))
+        try:
+            return _fit(cfg, run_dir, ds, index, loss_cfg, opt, dtype, after)
+        except SinkhornNotConverged:
+            raise  # run.json says status stopped, and why
+        except Exception as e:  # run.json says why (a kill or Ctrl-C leaves status running)
+            record_failure(run_dir, e)
+            raise
 
+
+def _fit(cfg, run_dir, ds, index, loss_cfg, opt, dtype, after) -> RunResult:
+    """Train into a locked run dir whose config and run.json are written."""
     with run_log(run_dir):  # <run>/train.log, whoever called train
         problem = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(
             jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), make_problem(ds, index, loss_cfg))

@@ -103,8 +103,8 @@ class ModelSettings:
 
 
 def _positive(key: str, value) -> None:
-    if not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{key}={value!r}: must be a number > 0")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError(f"{key}={value!r}: must be a finite number > 0")
 
 
 def signif(x: float, digits: int) -> float:

@@ -16,17 +16,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from birdflow.data.tracks import load_tracks
 from birdflow.errors import BirdFlowError, ConfigError, DataError
-from birdflow.io import write_text_atomic
 from birdflow.model import markov
 from birdflow.model.neighbours import summary
+from birdflow.runs import read_config, read_run_info, write_config, write_run_info
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import resume_from
 from birdflow.training.loop import AfterTraining, build_index
-from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_run_info
 from birdflow.training.settings import validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, newton, penalty, search
 from birdflow.tuning.settings import TuneSettings, tune_settings
@@ -84,10 +83,10 @@ def _resumed(cfg: DictConfig) -> DictConfig:
     if not cfg.get("resume") or cfg.resume is True:
         return cfg
     d = Path(str(cfg.resume))
-    if not (d / CONFIG_YAML).exists():
-        raise ConfigError(f"resume={d}: no {CONFIG_YAML} there; pass a tune dir written by "
-                          "`python -m birdflow.tune`")
-    old = OmegaConf.load(d / CONFIG_YAML)
+    old = read_config(d)
+    if old is None:
+        raise ConfigError(f"resume={d}: no saved config there; pass a tune dir written by "
+                          "`birdflow tune`")
     old.run_dir, old.resume = str(d), True
     return old
 
@@ -119,7 +118,7 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     split = split_birds(tracks.intervals, int(cfg.seed), ts.tuning_fraction,
                         min_intervals=ts.min_intervals, source=tracks_csv)
     tune_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(tune_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(tune_dir, cfg)
     write_tracks_subset(tracks.rows, split.tuning_birds, tune_dir / "tuning_tracks.csv")
     write_tracks_subset(tracks.rows, split.validation_birds, tune_dir / "validation_tracks.csv")
     write_run_info(tune_dir, kind="tune", species=cfg.species.code, loss=loss_cfg.location,

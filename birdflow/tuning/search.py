@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
+from birdflow.runs import write_history_csv
 from birdflow.training.checkpoint import save_checkpoint
-from birdflow.training.rundir import write_history_csv
 from birdflow.tuning import descent
 from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.tunedir import TRAJECTORY_CSV

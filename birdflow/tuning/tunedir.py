@@ -17,11 +17,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from birdflow.errors import ConfigError
-from birdflow.io import write_text_atomic
 from birdflow.losses.objective import LossConfig
+from birdflow.runs import read_config, read_run_info, run_path, write_config, write_run_info
 from birdflow.training.checkpoint import latest_checkpoint, load_checkpoint
 from birdflow.training.loop import finish_run
-from birdflow.training.rundir import CONFIG_YAML, read_run_info, write_run_info
 from birdflow.tuning import inner
 
 TRAJECTORY_CSV = "trajectory.csv"
@@ -53,9 +52,9 @@ def save_model(cfg, tune_dir, ds, index, loss_cfg, opt, best, traj, truth, after
         mcfg.loss.w2.scale = tuned.w2.scale
     mcfg.run_dir, mcfg.resume = str(model_dir), None
     model_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(model_dir / CONFIG_YAML, OmegaConf.to_yaml(mcfg, resolve=True))
+    write_config(model_dir, mcfg)
     write_run_info(model_dir, species=cfg.species.code, loss=loss_cfg.location,
-                   data_path=str(read_run_info(tune_dir).get("data_path")), seed=int(cfg.seed),
+                   data_path=run_path(tune_dir, "data_path"), seed=int(cfg.seed),
                    status="running", tracks=str(tune_dir / "validation_tracks.csv"), truth=truth,
                    tuned_by=str(tune_dir))
     steps = int(np.sum(traj["inner_steps"]))
@@ -119,8 +118,8 @@ def read_weights(path: str | Path, location: str | None = None) -> dict:
                           "(outputs/<species>/tune_<loss>/<timestamp>, printed by birdflow tune)")
     info = read_run_info(given)
     if info.get("kind") != "tune" and info.get("tuned_by"):  # <tune dir>/model
-        tune_dir = Path(info["tuned_by"])
-        if not tune_dir.is_absolute() and not tune_dir.exists():
+        tune_dir = run_path(given, "tuned_by", info)
+        if not tune_dir.exists():
             tune_dir = given.parent
         info = read_run_info(tune_dir)
     if info.get("kind") != "tune":
@@ -133,8 +132,8 @@ def read_weights(path: str | Path, location: str | None = None) -> dict:
         raise ConfigError(f"weights={given}: a tune of loss={info.get('loss')}, but this run has "
                           f"loss={location}; add loss={info.get('loss')} or pass a tune of "
                           f"loss={location}")
-    saved = tune_dir / MODEL_DIR / CONFIG_YAML
-    loss = OmegaConf.to_container(OmegaConf.load(saved).loss) if saved.exists() else {}
+    saved = read_config(tune_dir / MODEL_DIR)
+    loss = OmegaConf.to_container(saved.loss) if saved is not None and "loss" in saved else {}
     base = LossConfig(location=str(info["loss"]), obs_weight=float(loss.get("obs_weight", 1.0)))
     tuned = inner.config_from_theta(base, np.asarray(info["theta"], dtype=float))
     out = {"location": tuned.location, "obs_weight": tuned.obs_weight,
