@@ -129,24 +129,6 @@ def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value!r}: must be true or false")
 
 
-def numbers(cfg: DictConfig, *keys: str, positive: Sequence[str] = (),
-            non_negative: Sequence[str] = ()) -> None:
-    """Keys whose default is null but whose value, when given, must be a finite number; those
-    also named in ``positive`` must be > 0, in ``non_negative`` >= 0."""
-    import math
-
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r}: must be a number (finite, or null)")
-        if key in positive and not value > 0:
-            raise ConfigError(f"{key}={value!r}: must be > 0 (or null for the default)")
-        if key in non_negative and value < 0:
-            raise ConfigError(f"{key}={value!r}: must be >= 0 (or null for the default)")
-
-
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse for the flag-style benchmark, failing in the same one-line style (exit 2)."""
 
