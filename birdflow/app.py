@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from birdflow.errors import ConfigError
 
@@ -44,13 +44,13 @@ def compose(config_name: str, overrides: Sequence[str] = (), *,
     from hydra.errors import HydraException
 
     overrides = list(overrides)
-    try:
-        with initialize_config_module(CONF_MODULE, version_base="1.3"):
+    choices = [o for o in overrides if _is_group_choice(o)]
+    with initialize_config_module(CONF_MODULE, version_base="1.3"):
+        try:
+            base = hydra_compose(config_name, choices, return_hydra_config=True)
             cfg = hydra_compose(config_name, overrides, return_hydra_config=True)
-            base = hydra_compose(config_name, [o for o in overrides if _is_group_choice(o)],
-                                 return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_explain(config_name, overrides, e)) from None
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(_explain(config_name, overrides, e, locals().get("base"))) from None
     check_types(cfg, base, [o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o])
     if not hydra_node:
         with _open(cfg):
@@ -79,9 +79,23 @@ def _is_group_choice(override: str) -> bool:
     return "=" in override and is_group(override.split("=", 1)[0])
 
 
-def _explain(config_name: str, overrides: list[str], e: Exception) -> str:
+def _explain(config_name: str, overrides: list[str], e: Exception,
+             base: DictConfig | None = None) -> str:
     text = " ".join(str(e).split())
     cause = e.__cause__ or e.__context__
+    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        key = cause.full_key  # a structured config's type check (birdflow.cli.settings)
+        given = next((o.lstrip("+") for o in overrides if o.lstrip("+").split("=", 1)[0] == key),
+                     key)
+        value = given.split("=", 1)[1] if "=" in given else "?"
+        why = str(cause).splitlines()[0]
+        default = OmegaConf.select(base, key, default=None) if base is not None else None
+        if "Float" in why or "Integer" in why:
+            return (f"{key}={value!r}: must be a number "
+                    + (f"(the default is {default})" if default is not None else "(or null)"))
+        if "bool" in why.lower():
+            return f"{key}={value!r}: must be true or false"
+        return f"{key}={value!r}: {why}"
     if "Could not override" in text or "not in struct" in text or (
             cause is not None and "not in struct" in str(cause)):
         key = text.split("'")[1] if "'" in text else "?"
@@ -113,24 +127,6 @@ def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value!r}: must be a number (the default is {default})")
         if isinstance(default, bool) and value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r}: must be true or false")
-
-
-def numbers(cfg: DictConfig, *keys: str, positive: Sequence[str] = (),
-            non_negative: Sequence[str] = ()) -> None:
-    """Keys whose default is null but whose value, when given, must be a finite number; those
-    also named in ``positive`` must be > 0, in ``non_negative`` >= 0."""
-    import math
-
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r}: must be a number (finite, or null)")
-        if key in positive and not value > 0:
-            raise ConfigError(f"{key}={value!r}: must be > 0 (or null for the default)")
-        if key in non_negative and value < 0:
-            raise ConfigError(f"{key}={value!r}: must be >= 0 (or null for the default)")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

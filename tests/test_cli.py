@@ -141,7 +141,7 @@ def test_null_typed_values_and_plus_keys_reach_the_config():
     cfg = compose("evaluate", ["run=r", "tracks=null", "+note=hello", "min_days=3",
                                "week_range=[10,20]"])
     assert cfg.tracks is None and cfg.note == "hello" and cfg.min_days == 3
-    assert isinstance(cfg.min_days, int) and list(cfg.week_range) == [10, 20]
+    assert isinstance(cfg.min_days, float) and list(cfg.week_range) == [10, 20]  # schema-typed
     cfg = compose("train", ["loss=w2", "optim.steps=50", "loss.w2.epsilon_cells=2.5"])
     assert cfg.loss.location == "w2" and cfg.optim.steps == 50 and "hydra" not in cfg
 

@@ -13,7 +13,8 @@
         Import a BirdFlowR model into a new run directory (model.nc, data.nc, run.json), so
         evaluate, routes and maps can read it.
 
-Also ``python -m birdflow.export``. Prints the path written; options in ``conf/export.yaml``.
+Also ``python -m birdflow.export``. Prints the path written; options:
+:class:`birdflow.cli.settings.ExportSettings`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from birdflow.cli.command import command
+from birdflow.cli.settings import ExportSettings, settings
 from birdflow.errors import ConfigError
 from birdflow.evaluation.flux import flux_dataset, write_flux
 from birdflow.export.gis import export_run_geotiffs
@@ -35,27 +37,28 @@ FORMATS = ("hdf5", "geotiff", "flux")
 
 @command("export", "birdflow export")
 def main(cfg: DictConfig) -> Path:
-    if (cfg.run is None) == (cfg.hdf5 is None):
+    s = settings(cfg, ExportSettings)
+    if (s.run is None) == (s.hdf5 is None):
         raise ConfigError("give exactly one of run=<run dir> (export) or hdf5=<file.hdf5> (import)")
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r}: use hdf5 (BirdFlowR v3), geotiff or flux")
-    if cfg.format in ("geotiff", "flux"):
-        if cfg.run is None:
-            raise ConfigError(f"format={cfg.format} exports a run: give run=<run dir>")
-        if cfg.format == "geotiff":
-            written = export_run_geotiffs(cfg.run, cfg.out)
+    if s.format not in FORMATS:
+        raise ConfigError(f"format={s.format!r}: use hdf5 (BirdFlowR v3), geotiff or flux")
+    if s.format in ("geotiff", "flux"):
+        if s.run is None:
+            raise ConfigError(f"format={s.format} exports a run: give run=<run dir>")
+        if s.format == "geotiff":
+            written = export_run_geotiffs(s.run, s.out)
         else:
-            model = load_model(cfg.run)
-            written = write_flux(flux_dataset(model), model, cfg.out or cfg.run)
+            model = load_model(s.run)
+            written = write_flux(flux_dataset(model), model, s.out or s.run)
         for path in written:
             print(path)
         return written[0]
-    if cfg.run is not None:
-        written = export_birdflowr(load_model(cfg.run), cfg.out or f"{cfg.run}/")
-    elif cfg.out is None:
+    if s.run is not None:
+        written = export_birdflowr(load_model(s.run), s.out or f"{s.run}/")
+    elif s.out is None:
         raise ConfigError("out: missing; hdf5= needs out=<run dir> to write the imported model to")
     else:
-        written = import_to_run_dir(cfg.hdf5, cfg.out)
+        written = import_to_run_dir(s.hdf5, s.out)
     print(written)
     return Path(written)
 

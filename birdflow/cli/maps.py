@@ -12,12 +12,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from birdflow.cli.command import command
+from birdflow.cli.settings import MapsSettings, settings
 from birdflow.evaluation.figures import write_run_figures
 
 
 @command("maps", "birdflow maps")
 def main(cfg: DictConfig) -> list[Path]:
-    out = write_run_figures(cfg.run, n_routes=int(cfg.n_routes), dpi=int(cfg.dpi))
+    s = settings(cfg, MapsSettings)
+    out = write_run_figures(s.run, n_routes=s.n_routes, dpi=s.dpi)
     for p in out:
         print(f"wrote {p}")
     return out

@@ -4,22 +4,21 @@ Also ``python -m birdflow.routes``. Samples flight paths from a fitted model, fo
 backward in time, and writes ``routes.csv`` (BirdFlowR's Routes columns; the tracks reader and
 ``birdflow evaluate tracks=`` read it), ``routes.geojson`` (lines), ``routes_points.geojson``
 (one point per route and week with its ``time``) and ``route_stats.csv`` into the run dir
-(options in ``conf/routes.yaml``; :mod:`birdflow.evaluation.routes` does the work).
+(options: :class:`birdflow.cli.settings.RoutesSettings`; :mod:`birdflow.evaluation.routes`
+does the work).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
-from birdflow.app import numbers
 from birdflow.cli.command import command
+from birdflow.cli.settings import RoutesSettings, settings
 from birdflow.errors import ConfigError
 from birdflow.evaluation.routes import sample_routes, write_run_routes
 from birdflow.model.fitted import load_model
-
-START_FROM = ("model", "st")
 
 
 def _when(value, key: str):
@@ -37,8 +36,8 @@ def _points(lon, lat):
         raise ConfigError("lon/lat: give both lon=<degrees> and lat=<degrees>, or neither")
     if lon is None:
         return None
-    lons = list(lon) if isinstance(lon, ListConfig | list) else [lon]
-    lats = list(lat) if isinstance(lat, ListConfig | list) else [lat]
+    lons = list(lon) if isinstance(lon, list | tuple) else [lon]
+    lats = list(lat) if isinstance(lat, list | tuple) else [lat]
     if len(lons) != len(lats):
         raise ConfigError(f"lon/lat: {len(lons)} longitudes but {len(lats)} latitudes; give "
                           "one latitude per longitude, e.g. lon=[-90,-85] lat=[30,35]")
@@ -51,23 +50,13 @@ def _points(lon, lat):
 
 @command("routes", "birdflow routes")
 def main(cfg: DictConfig) -> dict:
-    numbers(cfg, "start_week", "weeks", "season_buffer", positive=("weeks",),
-            non_negative=("season_buffer",))
-    if int(cfg.n) <= 0:
-        raise ConfigError(f"n={cfg.n}: must be a positive number of routes")
-    if cfg.start_from not in START_FROM:
-        raise ConfigError(f"start_from={cfg.start_from!r}: use model (the model's distribution "
-                          "of the start week) or st (the S&T distribution)")
-    if cfg.start is not None and cfg.start_week is not None:
-        raise ConfigError("start/start_week: give one of them (start takes a date or a week)")
-    run = Path(cfg.run)
+    s = settings(cfg, RoutesSettings)
+    run = Path(s.run)
     model = load_model(run)
-    start = _when(cfg.start if cfg.start is not None else cfg.start_week, "start")
-    df = sample_routes(model, int(cfg.n), start, None if cfg.weeks is None else int(cfg.weeks),
-                       _points(cfg.lon, cfg.lat), int(cfg.seed), end=_when(cfg.end, "end"),
-                       direction=cfg.direction, season=cfg.season,
-                       season_buffer=int(cfg.season_buffer),
-                       from_marginals=cfg.start_from == "model")
+    start = _when(s.start if s.start is not None else s.start_week, "start")
+    df = sample_routes(model, s.n, start, s.weeks, _points(s.lon, s.lat), s.seed,
+                       end=_when(s.end, "end"), direction=s.direction, season=s.season,
+                       season_buffer=s.season_buffer, from_marginals=s.start_from == "model")
     written, summary = write_run_routes(df, run)
     for key, value in summary.items():
         print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")

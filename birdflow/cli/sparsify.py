@@ -5,7 +5,7 @@ sparsify methods at ``p`` (:func:`birdflow.evaluation.sparsity.sparsify_report`)
 the mass lost, the fit to S&T and the mean interval log-likelihood of the tracks (the run's
 own by default). With ``out=`` it writes the model sparsified with ``method`` as a new run
 dir (:func:`birdflow.evaluation.sparsity.write_sparse_run`) that every other command reads; ``birdflow export
-run=<out>`` then gives a sparse BirdFlowR file. Options in ``conf/sparsify.yaml``.
+run=<out>`` then gives a sparse BirdFlowR file. Options: :class:`birdflow.cli.settings.SparsifySettings`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from birdflow.app import numbers
 from birdflow.cli.command import command
+from birdflow.cli.settings import SparsifySettings, settings
 from birdflow.errors import ConfigError
 from birdflow.evaluation.sparsity import sparsify_report, write_sparse_run
 from birdflow.model.fitted import load_model
@@ -26,23 +26,23 @@ from birdflow.runs import run_path
 
 @command("sparsify", "birdflow sparsify")
 def main(cfg: DictConfig) -> pd.DataFrame:
-    numbers(cfg, "p", "p_protected")
-    run = Path(cfg.run)
+    s = settings(cfg, SparsifySettings)
+    run = Path(s.run)
     model = load_model(run)
-    methods = [cfg.method] if cfg.method is not None else list(METHODS)
+    methods = [s.method] if s.method is not None else list(METHODS)
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"method={m!r}: unknown sparsify method; use one of {list(METHODS)}")
-    tracks = cfg.tracks or run_path(run, "tracks")
-    table = sparsify_report(model, tracks if cfg.score else None, methods, float(cfg.p))
+    tracks = s.tracks or run_path(run, "tracks")
+    table = sparsify_report(model, tracks if s.score else None, methods, s.p)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if cfg.out is not None:
-        if cfg.method is None:
+    if s.out is not None:
+        if s.method is None:
             raise ConfigError("out= writes one sparse model: choose it with method=<"
                               + "|".join(METHODS) + ">")
-        out = write_sparse_run(model, run, cfg.out, cfg.method, float(cfg.p), fix=bool(cfg.fix),
-                               p_protected=float(cfg.p_protected))
+        out = write_sparse_run(model, run, s.out, s.method, s.p, fix=s.fix,
+                               p_protected=s.p_protected)
         print(f"wrote {out}")
     return table
 
