@@ -47,7 +47,8 @@ def compose(config_name: str, overrides: Sequence[str] = (), *,
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name, overrides, return_hydra_config=True)
-            base = hydra_compose(config_name, [o for o in overrides if _is_group_choice(o)],
+            base = hydra_compose(config_name, [o for o in overrides if _is_group_choice(o)
+                                               or o.startswith("hydra.searchpath")],
                                  return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_explain(config_name, overrides, e)) from None
