@@ -15,7 +15,7 @@ distributions), ``validation/report.html`` and ``thumbnail.png``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -114,7 +114,7 @@ def is_rerun(batch_dir: Path) -> bool:
     return (Path(batch_dir) / "multirun.yaml").exists()
 
 
-def extra_overrides(args: Sequence[str], drop: Mapping[str, str]) -> list[str]:
+def extra_overrides(args: Sequence[str], drop: Collection[str]) -> list[str]:
     """``args`` without the keys in ``drop`` (the ones the batch sets itself)."""
     return [a for a in args if a.split("=", 1)[0].lstrip("+") not in drop]
 

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a == "-m" or a == "--multirun" for a in args):
         fail(PROG, "-m: a batch is already a multirun (one job per species); leave -m out")
     species_arg = _value(args, "species")
-    extra = extra_overrides(args, {"species": "", "dir": "", "resume": ""})
+    extra = extra_overrides(args, {"species", "dir", "resume"})
     try:
         species = parse_species(species_arg) if species_arg is not None else []
         # the options shared by every species: an unknown key or a word for a number stops here
