@@ -149,3 +149,25 @@ def test_batch_without_species_is_one_line_exit_2(capsys, tmp_path, monkeypatch)
                    "(names of conf/species/*.yaml)")
     assert run_command(main, ["species=[zoo_loop]", "-m"]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_a_rejected_species_is_a_failed_catalog_row_and_the_page_is_written(tmp_path):
+    from birdflow.batch.catalog import write_batch_record, write_catalog
+
+    write_batch_record(tmp_path, ["zoo_dodo", "zoo_loop"], {"zoo_dodo": "species=zoo_dodo: no such species config"})
+    rows = {r["species"]: r for r in write_catalog(tmp_path)}
+    assert rows["zoo_dodo"]["status"] == "failed" and rows["zoo_dodo"]["error"].startswith("species=zoo_dodo")
+    assert rows["zoo_loop"]["status"] == "missing"  # asked for, but no job left a run dir
+    assert (tmp_path / "catalog.csv").is_file() and "zoo_dodo" in (tmp_path / "index.html").read_text()
+
+
+def test_batch_config_runs_on_the_sweep_launchers():
+    from birdflow.app import compose
+
+    cfg = compose("batch", ["species=zoo_loop", "dir=/tmp/b", "hydra/launcher=slurm"], hydra_node=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.sweep.dir == "/tmp/b" and cfg.batch.w2 is False and cfg.progress is False
+    from omegaconf import OmegaConf
+
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    assert subdir == "${hydra:runtime.choices.species}_${hydra:runtime.choices.loss}"
