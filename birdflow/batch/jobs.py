@@ -3,7 +3,7 @@
 :func:`run_species` is the task of every batch job (``conf/batch.yaml`` = ``conf/train.yaml``
 plus the ``batch`` node): :func:`birdflow.training.loop.train` with :func:`finish_species` as
 its ``after`` step, so ``run.json`` says ``finished`` only once every file below exists. A job
-that raises is recorded as failed (:func:`birdflow.sweeps.sweep.job_failure`); with
+that fails is recorded as failed (:func:`birdflow.sweeps.sweep.job_failure`); with
 ``resume=true`` (a rerun) a finished species returns at once and a failed one starts again.
 
 What a finished species' run dir holds besides the run itself (paths relative to it):
@@ -46,18 +46,39 @@ def finish_species(cfg: DictConfig, run_dir: Path, model, history: dict) -> None
     write_thumbnail(model, run_dir / THUMBNAIL)
 
 
-def run_species(cfg: DictConfig) -> RunResult:
-    """Train one species of the batch (the job's task); failures are recorded, then raised."""
+def run_species(cfg: DictConfig) -> RunResult | None:
+    """Train one species of the batch (the job's task).
+
+    A species that fails is recorded as failed in its run dir (the catalog's one-line reason)
+    and printed as one line; the job then ends normally, so the launcher goes on without a
+    traceback and the batch's exit status comes from the catalog. An interruption is raised.
+    """
+    import sys
+
     from birdflow.sweeps.sweep import check_fresh_run_dir, job_failure
 
     try:
         check_fresh_run_dir(cfg)
         return train(cfg, after=finish_species)
+    except Exception as e:  # noqa: BLE001 - every failure is the species', recorded below
+        job_failure(cfg, e)
+        line = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        print(f"birdflow batch: {_species_name(cfg)}: failed: {line}", file=sys.stderr)
+        return None
     except BaseException as e:
         replacement = job_failure(cfg, e)
         if replacement is e:
             raise
         raise replacement from e
+
+
+def _species_name(cfg: DictConfig) -> str:
+    """The job's species as the batch named it (its config file), else its code."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("species", cfg.species.code))
+    return str(cfg.species.code)
 
 
 def parse_species(value: str) -> list[str]:
