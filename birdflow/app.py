@@ -44,7 +44,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), *,
     from hydra.errors import HydraException
 
     overrides = list(overrides)
-    choices = [o for o in overrides if _is_group_choice(o)]
+    choices = [o for o in overrides if _is_group_choice(o) or o.startswith("hydra.searchpath")]
     with initialize_config_module(CONF_MODULE, version_base="1.3"):
         try:
             base = hydra_compose(config_name, choices, return_hydra_config=True)

@@ -36,6 +36,8 @@ TABLE = {
     "sparsify": ("birdflow.cli.sparsify", "p_protected", "p", [f"run={MISSING}"]),
     "tune": ("birdflow.cli.tune", "tune", "tune.steps", [f"tracks={MISSING}.csv"]),
     "validate": ("birdflow.cli.validate", "season", "n_routes", [f"run={MISSING}"]),
+    "batch": ("birdflow.cli.batch", "batch", "optim.steps", None),
+    "catalog": ("birdflow.cli.catalog", "dir", None, [f"dir={MISSING}"]),
 }
 NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify", "validate"}
 

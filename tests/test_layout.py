@@ -22,7 +22,7 @@ from conftest import REPO
 PKG = REPO / "birdflow"
 CORE = {"errors", "io", "types", "app"}  # plumbing every part may use
 RANK = {"core": 0, "runs": 0.5, "data": 1, "model": 2, "synthetic": 3, "losses": 4, "training": 5,
-        "tuning": 6, "evaluation": 7, "export": 7, "sweeps": 8, "bench": 8, "commands": 9, "cli": 9}
+        "tuning": 6, "evaluation": 7, "export": 7, "sweeps": 8, "bench": 8, "batch": 8.5, "commands": 9, "cli": 9}
 
 
 def part_of(module: str) -> str:
@@ -150,8 +150,10 @@ def test_the_run_file_check_sees_a_violation(tmp_path):
 # ``python -m birdflow.<command>`` (the README's commands) and the packages' ``__main__`` stay
 # valid through these modules; each may only import its command from birdflow.cli and run it.
 SHIMS = {f"birdflow/{c}.py" for c in ("train", "tune", "evaluate", "routes", "maps", "compare",
-                                      "sweep", "preprocess", "download", "sparsify", "validate")} | {
-    "birdflow/__main__.py", "birdflow/export/__main__.py", "birdflow/synthetic/__main__.py"}
+                                      "sweep", "preprocess", "download", "sparsify", "validate",
+                                      "catalog")} | {
+    "birdflow/__main__.py", "birdflow/export/__main__.py", "birdflow/synthetic/__main__.py",
+    "birdflow/batch/__main__.py"}
 # the benchmarks are flag-style programs of their own (``python -m birdflow.bench.<name>``),
 # run by ``birdflow bench`` through birdflow/cli/bench.py
 BENCH = "birdflow/bench/"

@@ -16,6 +16,7 @@ COMMANDS = {
     "preprocess": "birdflow.cli.preprocess", "download": "birdflow.cli.download",
     "bench": "birdflow.cli.bench", "synthetic": "birdflow.cli.synthetic",
     "sparsify": "birdflow.cli.sparsify", "validate": "birdflow.cli.validate",
+    "batch": "birdflow.cli.batch", "catalog": "birdflow.cli.catalog",
 }
 
 

@@ -46,7 +46,7 @@ AMERICAS_LAEA = ("+proj=laea +lat_0=30 +lon_0=-95 +x_0=5500000 +y_0=9500000 +dat
                  "+units=m +no_defs")
 DEFAULT_DATA = {"root": "data", "ebirdst_base_url": DEFAULT_BASE_URL, "download": True,
                 "zero_fill": True}
-_NOT_PREPROCESSING = ("tracks", "synthetic", "max_weekly_km")  # species keys that do not change the output
+_NOT_PREPROCESSING = ("tracks", "synthetic", "max_weekly_km", "traits")  # species keys that do not change the output
 
 
 @dataclass

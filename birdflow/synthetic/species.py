@@ -52,8 +52,10 @@ from birdflow.synthetic.flyway import (
     true_season_weeks,
 )
 from birdflow.synthetic.recoveries import describe_banding, ensure_banding
-from birdflow.synthetic.scene import DEFAULT_SCENE, get_scene
+from birdflow.synthetic.scene import DEFAULT_SCENE, SCENES, get_scene
 from birdflow.synthetic.tracks import sample_tracks
+from birdflow.synthetic.zoo import ZOO, is_zoo
+from birdflow.synthetic.zoo_chain import build_zoo_chain
 
 __all__ = ["DEFAULTS", "GENERATOR_VERSION", "NODATA", "SyntheticFiles", "SyntheticSettings",
            "describe", "ensure_synthetic", "sample_tracks", "season_tags", "synthetic_truth"]
@@ -89,7 +91,7 @@ class SyntheticSettings:
                     size=float(node["size"]), n_tracks=int(node["n_tracks"]),
                     code=str(species_cfg.get("code") or "synthetic"),
                     version_year=int(species_cfg.get("version_year") or 2022),
-                    scene=get_scene(node["scene"]).name)
+                    scene=scene_name(node["scene"]))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"species.synthetic: non-numeric value ({e}); seed, n_tracks are "
                               "integers and native_res_km, size numbers") from e
@@ -99,6 +101,9 @@ class SyntheticSettings:
         if not 0.25 <= s.size <= 8:
             raise ConfigError(f"species.synthetic.size={node['size']}: must be in [0.25, 8] "
                               "(1 = ~370 cells at 100 km; cells grow ~ size^2)")
+        if is_zoo(s.scene) and s.size != 1:
+            raise ConfigError(f"species.synthetic.size={node['size']}: zoo scenes ({s.scene}) have "
+                              "one size; set species.synthetic.size=1")
         if s.n_tracks < 0 or s.seed < 0:
             raise ConfigError(f"species.synthetic: seed={s.seed} and n_tracks={s.n_tracks} must be >= 0")
         return s
@@ -126,6 +131,17 @@ class SyntheticFiles:
     truth: Path
 
 
+def scene_name(name) -> str:
+    """A flyway scene's or zoo species' scene name, checked; ConfigError lists both kinds."""
+    if is_zoo(name):
+        return str(name)
+    try:
+        return get_scene(name).name
+    except ConfigError:
+        raise ConfigError(f"species.synthetic.scene={name!r}: unknown scene; choose one of "
+                          f"{sorted(SCENES)} or a zoo species {sorted(ZOO)}") from None
+
+
 def season_tags(version_year: int) -> dict[str, str]:
     """BirdFlowR species fields of the known seasons: week-centre dates, quality 3."""
     dates = week_dates(version_year)
@@ -138,7 +154,10 @@ def season_tags(version_year: int) -> dict[str, str]:
 
 def _truth(s: SyntheticSettings) -> tuple[xr.Dataset, BirdFlowModel, tuple]:
     """Truth data (cropped to cells with data) and chain, plus the full (cube, x, y) grid."""
-    chain = build_flyway(s.seed, s.native_res_km, s.size, get_scene(s.scene))
+    if is_zoo(s.scene):
+        chain = build_zoo_chain(ZOO[s.scene], s.seed, s.native_res_km)
+    else:
+        chain = build_flyway(s.seed, s.native_res_km, s.size, get_scene(s.scene))
     cube = chain.abundance()
     # crop to the cells with data, as preprocessing does, so truth and model share one grid
     static = (np.nan_to_num(cube) > 0).any(axis=0)
@@ -188,8 +207,8 @@ def banding_settings(species_cfg: Mapping) -> BandingSettings | None:
     if node is None:
         return None
     b = BandingSettings.from_node(_data.plain_mapping(node))
-    scene = get_scene(SyntheticSettings.from_species_cfg(species_cfg).scene)
-    if scene.reach_km is not None:
+    name = SyntheticSettings.from_species_cfg(species_cfg).scene
+    if not is_zoo(name) and (scene := get_scene(name)).reach_km is not None:
         raise ConfigError(f"species.synthetic.banding: the {scene.name} scene has a sparse truth; "
                           "banding birds are simulated on the flyway scene (species.synthetic.scene=flyway)")
     return b
@@ -247,8 +266,7 @@ def describe(species_cfg: Mapping, data_cfg: Mapping | None = None) -> Synthetic
     print(f"raster: {files.raster}\ntracks: {files.tracks}\ntruth:  {files.truth}")
     print(f"scene {s.scene}: grid {grid} at {s.native_res_km:g} km, cells {n_cells}, cells per "
           f"week {per_week.min()}-{per_week.max()}, parameters {params:,} (dense)")
-    scene = get_scene(s.scene)
-    if scene.reach_km is not None:
+    if not is_zoo(s.scene) and (scene := get_scene(s.scene)).reach_km is not None:
         nbr = load_model(files.truth).index.nbr
         per_row = (nbr >= 0).sum(axis=2)
         per_row = per_row[per_row > 0]
