@@ -112,8 +112,11 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
         traj = read_csv(tune_dir / TRAJECTORY_CSV)
         theta = np.array(read_run_info(tune_dir)["theta"])
         return TuneResult(tune_dir, tune_dir / MODEL_DIR, theta, traj)
-    ds, data_path = (data, "<in memory>") if data is not None else load_or_preprocess(cfg.species,
-                                                                                     cfg.data)
+    if data is None:  # the grid as train chooses it (res_km null: the sparse model's budget)
+        ds, data_path = load_or_preprocess(cfg.species, cfg.data,
+                                           (cfg.get("model") or {}).get("neighbourhood_km"))
+    else:
+        ds, data_path = data, "<in memory>"
     tracks = load_tracks(tracks_csv, ds)
     split = split_birds(tracks.intervals, int(cfg.seed), ts.tuning_fraction,
                         min_intervals=ts.min_intervals, source=tracks_csv)
