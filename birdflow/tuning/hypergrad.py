@@ -45,7 +45,7 @@ class SolveSettings:
         accept_residual: a solve that hit max_steps still counts at this relative residual.
         max_damping: a failed solve is retried with 10x the damping up to this (0: never).
         max_share: a hypergradient whose ``damping_share`` is above this is recomputed from an
-            inner fit refined to a 10x smaller gtol (down to ``tune.inner.min_gtol``): the share
+            inner fit refined to a 10x smaller gtol (``tune.inner.refits`` times at most): the share
             grows with the fit's distance from stationarity along the Hessian's flat
             directions (measured at BirdFlowPy's weights: 0.24 at gtol 1e-6 with 16-25 %
             hypergradient error, 0.02 at 1e-7 with <= 3.6 %).

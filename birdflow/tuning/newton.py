@@ -43,8 +43,8 @@ class NewtonSettings:
         min_damping: λ never goes below this.
         armijo: sufficient decrease ``L(w + tp) <= L(w) + armijo t ∇Lᵀp``.
         max_backtracks: step halvings before the iteration gives up.
-        min_gtol: the tightest gtol a fit is refined to when its hypergradient's damping share
-            is too large (``tune.solve.max_share``).
+        refits: how many times a fit is refined (gtol / 10 each) when its hypergradient's
+            damping share is too large (``tune.solve.max_share``).
     """
 
     gtol: float = 1e-6
@@ -54,7 +54,7 @@ class NewtonSettings:
     min_damping: float = 1e-10
     armijo: float = 1e-4
     max_backtracks: int = 40
-    min_gtol: float = 1e-8
+    refits: int = 2
 
 
 @dataclass

@@ -64,14 +64,14 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
 
 
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
-    """(fit, hypergradient); the fit is refined (gtol / 10 at a time, down to
-    ``tune.inner.min_gtol``) while the damping's share of the solution is above
+    """(fit, hypergradient); the fit is refined (gtol / 10 at a time, at most
+    ``tune.inner.refits`` times) while the damping's share of the solution is above
     ``tune.solve.max_share``: that share measures how far the inexact fit biases the solve."""
     h = _hypergradient(parts, res, theta, v, damping, ts.solve.max_damping)
-    gtol = ts.inner.gtol
+    gtol, refits = ts.inner.gtol, 0
     while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
-           and gtol / 10 >= ts.inner.min_gtol * (1 - 1e-9)):
-        gtol /= 10
+           and refits < ts.inner.refits):
+        gtol, refits = gtol / 10, refits + 1
         log.info("damping share %.2g > tune.solve.max_share %g: refining the inner fit to "
                  "|grad| %.0e", h.damping_share, ts.solve.max_share, gtol)
         more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
