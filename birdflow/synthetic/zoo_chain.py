@@ -21,6 +21,7 @@ from birdflow.synthetic.flyway import (
     LAEA_AMERICAS,
     N_WEEKS,
     FlywayChain,
+    _transition,
     is_land,
     population_scale,
 )
@@ -92,8 +93,9 @@ def build_zoo_chain(plan: ZooPlan, seed: int = 0, native_res_km: float = 100.0) 
         a, b = np.flatnonzero(dyn[t]), np.flatnonzero(dyn[u])
         k = owner[t, a]
         # per-cell source and destination centres: the owning population's move
-        marg[t, : a.size, : b.size] = _kernel(xy[a], xy[b], centres[t, k], centres[u, k],
-                                              habitat[b], plan)
+        # the flyway scene's kernel, with the zoo plan's pull, floor and width
+        marg[t, : a.size, : b.size] = _transition(xy[a], xy[b], centres[t, k], centres[u, k],
+                                                  habitat[b], plan.sigma_km * 1e3, scene=plan)
     annual = np.eye(counts[0])
     for t in range(N_WEEKS):
         annual = annual @ marg[t, : counts[t], : counts[(t + 1) % N_WEEKS]]
@@ -107,13 +109,3 @@ def build_zoo_chain(plan: ZooPlan, seed: int = 0, native_res_km: float = 100.0) 
                        marginals=marg, population=population_scale())
 
 
-def _kernel(xy_from, xy_to, c_from, c_to, habitat_to, plan: ZooPlan) -> np.ndarray:
-    """(n_from, n_to) row-stochastic P_t with per-row centres c_from, c_to (n_from, 2)."""
-    sigma_m = plan.sigma_km * 1e3
-    target = c_to + plan.pull * (xy_from - c_from)
-    d2 = ((target[:, None, :] - xy_to[None, :, :]) ** 2).sum(-1)
-    logits = -d2 / (2 * sigma_m**2) + habitat_to[None, :]
-    logits -= logits.max(axis=1, keepdims=True)
-    kernel = np.exp(logits)
-    kernel /= kernel.sum(axis=1, keepdims=True)
-    return (1 - plan.floor) * kernel + plan.floor / xy_to.shape[0]
