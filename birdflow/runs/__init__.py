@@ -12,7 +12,7 @@ machine (its inputs are copied in). Training, tuning, evaluation, sweeps, sparsi
 the Python API read and write these files only through this package.
 """
 
-from birdflow.runs.config import read_config, read_job_config, write_config
+from birdflow.runs.config import read_config, read_job_config, resume_config, write_config
 from birdflow.runs.history import read_history_csv, run_log, write_history_csv
 from birdflow.runs.info import (
     find_run_dirs,
@@ -30,7 +30,7 @@ from birdflow.runs.metrics import metrics_file, model_stamp, read_metrics, write
 __all__ = [
     "CONFIG_YAML", "HISTORY_CSV", "METRICS_JSON", "RUN_JSON", "RunDirLocked", "adopt_inputs",
     "check_unlocked", "find_run_dirs", "is_run_dir", "locked", "metrics_file", "model_stamp",
-    "read_config", "read_history_csv", "read_job_config", "read_metrics", "read_run_info",
+    "read_config", "read_history_csv", "resume_config", "read_job_config", "read_metrics", "read_run_info",
     "record_failure", "run_log", "run_path", "write_config", "write_history_csv",
     "write_metrics", "write_run_info",
 ]

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from birdflow.errors import DataError
+from birdflow.errors import ConfigError, DataError
 from birdflow.io import write_text_atomic
 from birdflow.runs.layout import CONFIG_YAML, HYDRA_JOB_CONFIG
 
@@ -55,6 +55,16 @@ def read_config(run_dir: str | os.PathLike) -> DictConfig | None:
     """The run's saved config, or None when the run dir has none (an imported model)."""
     path = Path(run_dir) / CONFIG_YAML
     return _load(path) if path.exists() else None
+
+
+def resume_config(resume, written_by: str) -> tuple[Path, DictConfig]:
+    """``resume=<dir>``: the dir and its saved config (``written_by`` names the command's output
+    in the error, e.g. "run directory written by `birdflow train`")."""
+    run_dir = Path(str(resume))
+    old = read_config(run_dir)
+    if old is None:
+        raise ConfigError(f"resume={run_dir}: no saved config there; pass a {written_by}")
+    return run_dir, old
 
 
 def read_job_config(job_dir: str | os.PathLike) -> DictConfig | None:

@@ -9,12 +9,11 @@ refused in one line naming them otherwise; a value equal to the saved one is no 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from birdflow.errors import ConfigError
-from birdflow.runs import read_config
+from birdflow.runs import resume_config
 
 # keys (and key prefixes) that a resumed run may take from the command line
 SAFE = ("evaluate", "maps", "progress", "tensorboard", "export", "checkpoint_every", "debug",
@@ -43,11 +42,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig
     """
     if not cfg.get("resume") or cfg.resume is True:
         return cfg
-    run_dir = Path(str(cfg.resume))
-    old = read_config(run_dir)
-    if old is None:
-        raise ConfigError(f"resume={run_dir}: no saved config there; pass a run directory "
-                          "written by `birdflow train`")
+    run_dir, old = resume_config(cfg.resume, "run directory written by `birdflow train`")
     refused, changes = [], {}
     for key in dict.fromkeys(_key(o) for o in overrides):
         if key.split(".")[0] in IGNORED or key.split("/")[0] in IGNORED:

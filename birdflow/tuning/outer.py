@@ -22,7 +22,7 @@ from birdflow.data.tracks import load_tracks
 from birdflow.errors import BirdFlowError, ConfigError, DataError
 from birdflow.model import markov
 from birdflow.model.neighbours import summary
-from birdflow.runs import read_config, read_run_info, write_config, write_run_info
+from birdflow.runs import read_run_info, resume_config, write_config, write_run_info
 from birdflow.synthetic import ensure_synthetic, load_or_preprocess
 from birdflow.training.checkpoint import resume_from
 from birdflow.training.loop import AfterTraining, build_index
@@ -82,11 +82,7 @@ def _tracks_path(cfg: DictConfig) -> tuple[str, str | None]:
 def _resumed(cfg: DictConfig) -> DictConfig:
     if not cfg.get("resume") or cfg.resume is True:
         return cfg
-    d = Path(str(cfg.resume))
-    old = read_config(d)
-    if old is None:
-        raise ConfigError(f"resume={d}: no saved config there; pass a tune dir written by "
-                          "`birdflow tune`")
+    d, old = resume_config(cfg.resume, "tune dir written by `birdflow tune`")
     old.run_dir, old.resume = str(d), True
     return old
 
