@@ -97,11 +97,14 @@ class Operator(NamedTuple):
     unravel: object  # flat -> pytree
 
 
-def operator(hvp, params, theta, state, index, mask, damping, precondition=True) -> Operator:
-    """The damped, gauge-projected logit Hessian at ``params`` (traceable); its preconditioner
-    is ``((1 + λ)D)^-1`` (the identity with ``precondition=False``)."""
+def operator(hvp, params, theta, state, space, damping, precondition=True) -> Operator:
+    """The damped, gauge-projected Hessian at ``params`` (traceable); its preconditioner is
+    ``((1 + λ)D)^-1`` (the identity with ``precondition=False``). ``space``: where the fit runs
+    (:class:`birdflow.tuning.inner.Inner`, the logits, or
+    :class:`birdflow.tuning.kernel_form.KernelForm`): its ``mask`` and ``diagonal``."""
+    mask = space.mask
     flat_mask, unravel = ravel_pytree(mask)
-    diag = ravel_pytree(mass_diagonal(params, index))[0]
+    diag = ravel_pytree(space.diagonal(params, theta))[0]
     d = diag + DIAG_FLOOR * jnp.max(diag)
 
     def ravel(tree):
@@ -180,9 +183,10 @@ def pcg(op: Operator, b: jax.Array, x0: jax.Array, rtol, max_steps: int,
     return CGResult(x, k, jnp.linalg.norm(b - op.matvec(x)) / bnorm, neg, W.T @ x, change, p)
 
 
-def scaled_norm(g: dict, params: dict, index) -> jax.Array:
-    """``||D^-½ g||₂`` with D the floored mass diagonal at ``params`` (g gauge-projected)."""
-    d = mass_diagonal(params, index)
+def scaled_norm(g: dict, params: dict, theta, space) -> jax.Array:
+    """``||D^-½ g||₂`` with D the floored mass diagonal of ``space`` at ``params`` (g
+    gauge-projected)."""
+    d = space.diagonal(params, theta)
     top = jnp.max(jnp.stack([jnp.max(x) for x in d.values()]))
     return jnp.sqrt(sum(jnp.sum(g[k] ** 2 / (d[k] + DIAG_FLOOR * top)) for k in g))
 

@@ -44,6 +44,8 @@ class SolveSettings:
         precondition: CG preconditioned by the mass diagonal.
         accept_residual: a solve that hit max_steps still counts at this relative residual.
         max_damping: a failed solve is retried with 10x the damping up to this (0: never).
+        min_damping: a solve with too large a damping share is redone at 100x less damping,
+            down to this.
         max_share: a hypergradient whose ``damping_share`` is above this is recomputed from an
             inner fit refined to a 10x smaller gtol (``tune.inner.refits`` times at most): the share
             grows with the fit's distance from stationarity along the Hessian's flat
@@ -61,6 +63,7 @@ class SolveSettings:
     accept_residual: float = 1e-6
     max_damping: float = 1e-4
     max_share: float = 0.05
+    min_damping: float = 1e-12
 
 
 @dataclass
@@ -80,12 +83,14 @@ class Hypergradient:
 def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
     """``implicit(params, theta, state, v0=None, damping=None) -> Hypergradient``.
 
-    ``outer_loss(params) -> scalar`` is the tuning loss (it does not depend on θ). ``damping``
+    ``outer_loss(logits) -> scalar`` is the tuning loss of the chain's logits. ``inner`` is
+    where the fit runs (:class:`Inner`, or :class:`birdflow.tuning.kernel_form.KernelForm`,
+    whose logits also depend on θ directly: that partial derivative is added). ``damping``
     (default ``settings.damping``) is traced, so changing it does not recompile.
     """
-    mask = curvature.gauge_mask(inner.index)
     hvp = curvature.make_hvp(inner.loss, settings.hvp, settings.fd_step)
     grad_w = jax.grad(inner.loss)
+    outer = lambda params, theta: outer_loss(inner.logits(params, theta))  # noqa: E731
 
     def cross(op, params, theta, state):
         """(n, 4) ∂θ ∇_w L_in, gauge-projected: forward mode, or centred differences (fd)."""
@@ -97,16 +102,15 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
                          axis=1)
 
     def run(params, theta, state, v0, damping):
-        value, g_out = jax.value_and_grad(outer_loss)(params)
-        op = curvature.operator(hvp, params, theta, state, inner.index, mask, damping,
-                                settings.precondition)
+        value, (g_out, g_theta) = jax.value_and_grad(outer, argnums=(0, 1))(params, theta)
+        op = curvature.operator(hvp, params, theta, state, inner, damping, settings.precondition)
         J = cross(op, params, theta, state)
         b = op.ravel(g_out)
         sol = curvature.pcg(op, b, op.ravel(v0), settings.rtol, settings.max_steps,
                             watch=J, wtol=settings.wtol)
         share = (jnp.linalg.norm(damping * op.scale * sol.x)
                  / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny))
-        hyper = -sol.watched
+        hyper = g_theta - sol.watched
         solved = ((sol.residual <= settings.accept_residual) | (sol.change <= settings.wtol))
         ok = solved & ~sol.negative & jnp.all(jnp.isfinite(hyper))
         return (hyper, value, op.unravel(sol.x), sol.steps, sol.residual, ok, share,
@@ -152,13 +156,13 @@ def make_unrolled(inner: Inner, outer_loss, k: int, lr: float, precondition: boo
     implicit hypergradient; the preconditioner makes that happen in far fewer steps.
     """
     grad_w = jax.grad(inner.loss)
-    mask = curvature.gauge_mask(inner.index)
+    mask = inner.mask
 
     def through(theta, params, state):
         start = jax.lax.stop_gradient(params)
         if precondition:
-            diag = curvature.mass_diagonal(start, inner.index)
-            floor = 1e-6 * jnp.max(diag["Z"])
+            diag = inner.diagonal(start, jax.lax.stop_gradient(theta))
+            floor = 1e-6 * jnp.max(diag["Z" if "Z" in diag else "G"])  # the transitions
             inv = {key: mask[key] / (diag[key] + floor) for key in diag}
         else:
             inv = mask
@@ -168,7 +172,7 @@ def make_unrolled(inner: Inner, outer_loss, k: int, lr: float, precondition: boo
             return {key: p[key] - lr * inv[key] * g[key] for key in p}, None
 
         p, _ = jax.lax.scan(step, start, None, length=k)
-        return outer_loss(p)
+        return outer_loss(inner.logits(p, theta))
 
     grad_theta = jax.jit(jax.grad(through))
 

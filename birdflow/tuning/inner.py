@@ -19,6 +19,7 @@ import xarray as xr
 from birdflow.losses.objective import LossConfig, init_loss_state, make_problem, objective
 from birdflow.model import markov
 from birdflow.model.markov import st_init  # noqa: F401  (re-exported: tuning starts from it)
+from birdflow.tuning import curvature
 
 THETA_NAMES = ("log_dist_weight", "log_ent_weight", "dist_pow", "log_w2_scale")
 FINAL_STEP = 2**30  # the objective's step argument: any epsilon schedule has ended
@@ -76,3 +77,18 @@ class Inner:
 
     def loss(self, params: dict, theta: jax.Array, state: Any) -> jax.Array:
         return self.value(params, theta, state)[0]
+
+    # The fit space's interface (shared with :class:`birdflow.tuning.kernel_form.KernelForm`):
+    # here the parameters are the logits themselves.
+    @property
+    def mask(self) -> dict:
+        return curvature.gauge_mask(self.index)
+
+    def diagonal(self, params: dict, theta) -> dict:
+        return curvature.mass_diagonal(params, self.index)
+
+    def logits(self, params: dict, theta) -> dict:
+        return params
+
+    def warm(self, params: dict, theta_from, theta_to) -> dict:
+        return params

@@ -12,8 +12,12 @@ holds — or after ``max_steps`` Newton iterations (not converged). The scaled n
 plain one, because a row's gradient carries its mass: a row with little mass can sit far from
 its optimum at a plain gradient far below any tolerance, and its Hessian is then indefinite.
 
-On the synthetic species L-BFGS needed 400–2,000 steps and often stopped short of gtol 1e-4;
-Newton reaches 1e-8 in tens of iterations (``python -m birdflow.bench.tuning``).
+The fit runs in the logits (:class:`birdflow.tuning.inner.Inner`) or, by default, in the kernel
+form (:class:`birdflow.tuning.kernel_form.KernelForm`: one potential per cell and week), which
+has no slowly converging far-transition logits. On the synthetic species L-BFGS needed
+400–2,000 steps and often stopped short of gtol 1e-4; Newton in the kernel form reaches 1e-8 in
+about ten iterations from the S&T bridge (``python -m birdflow.bench.tuning``). A fit whose
+gradient has not fallen 10 % in ``STALL`` iterations is at round-off and stops (not converged).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 from birdflow.tuning import curvature
 
 log = logging.getLogger("birdflow.tuning.newton")
+STALL = 40  # Newton iterations without a 10 % smaller gradient: at round-off, stop (not converged)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class NewtonSettings:
         max_backtracks: step halvings before the iteration gives up.
         refits: how many times a fit is refined (gtol / 10 each) when its hypergradient's
             damping share is too large (``tune.solve.max_share``).
+        form: where the fit runs: "kernel" (:mod:`birdflow.tuning.kernel_form`, one potential
+            per cell and week) or "logits" (every transition logit).
     """
 
     gtol: float = 1e-6
@@ -55,6 +62,7 @@ class NewtonSettings:
     armijo: float = 1e-4
     max_backtracks: int = 40
     refits: int = 2
+    form: str = "kernel"
 
 
 @dataclass
@@ -71,9 +79,11 @@ class FitResult:
 def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step: float = 1e-4):
     """``fit(params, theta, state, max_steps=None, gtol=None) -> FitResult`` by truncated Newton.
 
-    ``inner`` is a :class:`birdflow.tuning.inner.Inner` (``value``, ``loss``, ``index``).
+    ``inner`` is where the fit runs: a :class:`birdflow.tuning.inner.Inner` (the logits) or a
+    :class:`birdflow.tuning.kernel_form.KernelForm` (``value``, ``loss``, ``mask``,
+    ``diagonal``).
     """
-    mask = curvature.gauge_mask(inner.index)
+    mask = inner.mask
     hvp = curvature.make_hvp(inner.loss, hvp_mode, fd_step)
 
     @jax.jit
@@ -81,11 +91,11 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
         (value, (_, new_state)), g = jax.value_and_grad(inner.value, has_aux=True)(
             params, theta, state)
         g = curvature.project_gauge(g, mask)
-        return value, g, curvature.scaled_norm(g, params, inner.index), new_state
+        return value, g, curvature.scaled_norm(g, params, theta, inner), new_state
 
     @jax.jit
     def direction(params, theta, state, g, damping, rtol):
-        op = curvature.operator(hvp, params, theta, state, inner.index, mask, damping)
+        op = curvature.operator(hvp, params, theta, state, inner, damping)
         b = -op.ravel(g)
         res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps)
         # a direction of negative curvature p: add it, pointing downhill and as long (in the
@@ -112,7 +122,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
         theta = jnp.asarray(theta)
         value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
         damping, steps, hvps = settings.damping, 0, 0
-        while gnorm > gtol and steps < max_steps and np.isfinite(value):
+        best, stalled = gnorm, 0
+        while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
             p, k, slope = direction(params, theta, state, g, damping, rtol)
             hvps += int(k) + 1
@@ -144,6 +155,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
             damping = max(damping / 4, settings.min_damping) if t == 1.0 else damping * 4
             params = accepted
             value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
+            best, stalled = (gnorm, 0) if gnorm < 0.9 * best else (best, stalled + 1)
         value, gnorm = float(value), float(gnorm)
         ok = bool(np.isfinite(value) and gnorm <= gtol)
         return FitResult(params, state, steps, gnorm, value, ok, hvps)

@@ -28,6 +28,7 @@ from birdflow.training.checkpoint import resume_from
 from birdflow.training.loop import AfterTraining, build_index
 from birdflow.training.settings import validate_train_config
 from birdflow.tuning import hypergrad, inner, likelihood, newton, penalty, search
+from birdflow.tuning.kernel_form import KernelForm
 from birdflow.tuning.settings import TuneSettings, tune_settings
 from birdflow.tuning.split import split_birds, write_tracks_subset
 from birdflow.tuning.tunedir import (  # noqa: F401  (MODEL_DIR, TRAJECTORY_CSV re-exported)
@@ -149,6 +150,11 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
         params = inner.st_init(ds, index, dtype)
     else:
         params = markov.init_params(jax.random.PRNGKey(int(cfg.seed)), index, dtype)
+    space = prob
+    if ts.inner.form == "kernel":  # fit one potential per cell and week (tuning.kernel_form)
+        space = KernelForm(prob)
+        params = space.start(prob.problem.targets if ts.init == "st"
+                             else markov.marginals(params, index)[0], params["z0"], theta0)
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     state = {"theta": f(theta0), "params": params, "loss_state": prob.init_state(),
              "v": jax.tree_util.tree_map(jnp.zeros_like, params),
@@ -161,16 +167,17 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
         log.info("resuming %s from outer step %d", tune_dir, start)
     min_cor = jax.jit(lambda p: jnp.min(fit_penalty(p)[1]))
     parts = search.Parts(
-        fit=newton.make_newton(prob, ts.inner, ts.solve.hvp, ts.solve.fd_step),
-        implicit=hypergrad.make_implicit(prob, outer_loss, ts.solve), outer=jax.jit(outer_loss),
-        monitors=(val_ll, min_cor),
-        unrolled=(hypergrad.make_unrolled(prob, outer_loss, ts.unroll_steps, ts.unroll_lr)
+        fit=newton.make_newton(space, ts.inner, ts.solve.hvp, ts.solve.fd_step),
+        implicit=hypergrad.make_implicit(space, outer_loss, ts.solve), outer=jax.jit(outer_loss),
+        monitors=(val_ll, min_cor), space=space,
+        unrolled=(hypergrad.make_unrolled(space, outer_loss, ts.unroll_steps, ts.unroll_lr)
                   if ts.hypergradient == "unrolled" else None))
     log.info("tune %s/%s: %d tuning birds (%d intervals), %d validation birds (%d) -> %s",
              cfg.species.code, loss_cfg.location, len(split.tuning_birds), len(split.tuning),
              len(split.validation_birds), len(split.validation), tune_dir)
     stopped, ended = _run(cfg, ts, parts, state, traj, start, free, lo, hi, tune_dir)
     best = state_best = load_best(tune_dir, state)
+    state_best = {**best, "params": space.logits(best["params"], jnp.asarray(best["theta"]))}
     if not np.isfinite(float(best["loss"])):
         write_run_info(tune_dir, status="failed", message=stopped)
         raise TuningStopped(f"{tune_dir}: {stopped}; no hyperparameters were evaluated")

@@ -30,13 +30,22 @@ log = logging.getLogger("birdflow.tuning.search")
 @dataclass
 class Parts:
     """What the loop calls: ``fit``, ``implicit``, ``outer`` (jitted L_out of the logits),
-    ``monitors`` (validation mean ll, weakest weekly correlation) and ``unrolled`` (or None)."""
+    ``monitors`` (validation mean ll, weakest weekly correlation, of the logits), ``unrolled``
+    (or None) and ``space``, where the fit runs (:class:`birdflow.tuning.inner.Inner` or
+    :class:`birdflow.tuning.kernel_form.KernelForm`; None: the logits)."""
 
     fit: object
     implicit: object
     outer: object
     monitors: tuple
     unrolled: object = None
+    space: object = None
+
+    def logits(self, params, theta):
+        return params if self.space is None else self.space.logits(params, jnp.asarray(theta))
+
+    def warm(self, params, theta_from, theta_to):
+        return params if self.space is None else self.space.warm(params, theta_from, theta_to)
 
 
 def _stationary_fit(parts: Parts, params, theta, state, max_steps: int):
@@ -64,36 +73,47 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
 
 
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
-    """(fit, hypergradient); the fit is refined (gtol / 10 at a time, at most
-    ``tune.inner.refits`` times) while the damping's share of the solution is above
-    ``tune.solve.max_share``: that share measures how far the inexact fit biases the solve."""
+    """(fit, hypergradient); while the damping's share of the solution is above
+    ``tune.solve.max_share`` (at most ``tune.inner.refits`` times), the fit is refined to a 10x
+    smaller gtol and the damping lowered 100x (not below ``tune.solve.min_damping``), and the
+    system solved again: the share measures how far the damping and an inexact fit bias the
+    solve along the Hessian's flattest directions."""
     h = _hypergradient(parts, res, theta, v, damping, ts.solve.max_damping)
     gtol, refits = ts.inner.gtol, 0
     while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
            and refits < ts.inner.refits):
         gtol, refits = gtol / 10, refits + 1
+        lower = max(float(h.damping) / 100, ts.solve.min_damping)
         log.info("damping share %.2g > tune.solve.max_share %g: refining the inner fit to "
-                 "|grad| %.0e", h.damping_share, ts.solve.max_share, gtol)
+                 "|grad| %.0e, damping %.0e", h.damping_share, ts.solve.max_share, gtol, lower)
         more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
-        if not more.converged:
-            log.warning("the refined fit stopped at |grad| %.2g > %.0e; keeping the "
-                        "hypergradient at damping share %.2g", more.grad_norm, gtol,
+        if more.converged:
+            more.steps += res.steps
+            more.hvps += res.hvps
+            res = more
+        else:
+            log.info("the refined fit stopped at |grad| %.2g > %.0e (round-off); solving "
+                     "at the lower damping from the fit at |grad| %.2g", more.grad_norm, gtol,
+                     res.grad_norm)
+        if lower >= float(h.damping) and not more.converged:
+            break
+        better = _hypergradient(parts, res, theta, h.v, lower, ts.solve.max_damping)
+        if not better.ok:
+            log.warning("%s; keeping the hypergradient at damping share %.2g", better.message,
                         h.damping_share)
             break
-        more.steps += res.steps
-        more.hvps += res.hvps
-        res = more
-        h = _hypergradient(parts, res, theta, h.v, float(h.damping), ts.solve.max_damping)
+        h = better
     return res, h
 
 
 def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) -> dict:
     val_ll, min_cor = parts.monitors
+    logits = parts.logits(res.params, theta)
     g = h.grad if h is not None else np.full(len(THETA_NAMES), np.nan)
     return {"step": step, "trial": trial, "accepted": int(accepted),
             **{n: float(x) for n, x in zip(THETA_NAMES, np.asarray(theta), strict=True)},
-            "outer_loss": loss, "validation_ll": float(val_ll(res.params)),
-            "min_distr_cor": float(min_cor(res.params)),
+            "outer_loss": loss, "validation_ll": float(val_ll(logits)),
+            "min_distr_cor": float(min_cor(logits)),
             "hypergrad_norm": float(np.linalg.norm(g)),
             **{f"grad_{n}": float(x) for n, x in zip(THETA_NAMES, g, strict=True)},
             "inner_steps": res.steps, "inner_hvps": res.hvps, "inner_grad_norm": res.grad_norm,
@@ -153,9 +173,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             d = descent.direction(B, g, theta, free, lo, hi, radius)
             new = np.clip(theta + d, lo, hi)
             s = new - theta
-            res = _stationary_fit(parts, state["params"], new, state["loss_state"],
-                                  ts.inner.max_steps)
-            new_loss = float(parts.outer(res.params)) if res.converged else np.nan
+            res = _stationary_fit(parts, parts.warm(state["params"], theta, new), new,
+                                  state["loss_state"], ts.inner.max_steps)
+            new_loss = float(parts.outer(parts.logits(res.params, new))) if res.converged else np.nan
             ok = res.converged and descent.accept(new_loss, loss, g, s, d_set.armijo)
             progress(step, trial, new_loss, new, ok)
             if ok:

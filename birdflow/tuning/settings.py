@@ -17,6 +17,9 @@ INITS = ("st", "random")
 DESCENT_KEYS = tuple(f.name for f in fields(DescentSettings))
 
 
+W2_START_ENT_WEIGHT = 3e-3  # where a W2 tune starts unless tune.start.ent_weight says otherwise
+
+
 @dataclass(frozen=True)
 class TuneSettings:
     """Outer-loop settings (``tune`` in ``conf/tune.yaml``; see the comments there)."""
@@ -63,6 +66,8 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
         if key in m:
             raise ConfigError(f"tune.{key}: the outer loop no longer takes Adam steps; it takes "
                               "downhill quasi-Newton steps in a trust radius (tune.radius)")
+    if inner.get("form", "kernel") not in ("kernel", "logits"):
+        raise ConfigError(f"tune.inner.form: {inner['form']!r}; choose kernel or logits")
     if "solver" in inner:
         raise ConfigError("tune.inner.solver: inner fits are Newton-CG now; remove the key")
     for key in ("atol",):
@@ -77,6 +82,10 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
     if bad:
         raise ConfigError(f"tune.start.{bad[0]}: unknown key; valid keys are dist_weight, "
                           "ent_weight, dist_pow, w2_scale")
+    if location == "w2":  # W2's loss defaults are BirdFlowPy's nearly deterministic ent_weight
+        # 1e-4, where no inner fit became stationary (|grad| 0.01-0.035 after 600 Newton steps on
+        # 26 cells a week, in either fit space); at 3e-3 the first fit takes 4 Newton steps
+        start.setdefault("ent_weight", W2_START_ENT_WEIGHT)
     m["start"] = start
     b = dict(TuneSettings().bounds)
     if m.get("bounds") is not None:
