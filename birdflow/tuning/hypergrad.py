@@ -78,6 +78,7 @@ class Hypergradient:
     damping: float = 0.0  # the λ this solve used
     damping_share: float = 0.0  # ||λDv|| / ||b||: how much of b the damping, not H, explains
     change: float = float("inf")  # relative change of the hypergradient over the last 10 CG steps
+    negative: bool = False  # CG met negative curvature: the fit is not at a minimum
 
 
 def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
@@ -141,7 +142,8 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
                    "tune.solve.max_steps or tune.solve.damping, or fit the inner problem more "
                    "tightly")
         return Hypergradient(np.asarray(hyper, float), float(value), v, int(steps),
-                             float(residual), bool(ok), msg, damping, float(share), float(change))
+                             float(residual), bool(ok), msg, damping, float(share), float(change),
+                             bool(negative))
 
     implicit.jitted = run  # (params, theta, state, v0, damping) -> ...; for the benchmark
     return implicit

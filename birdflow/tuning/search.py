@@ -80,6 +80,14 @@ def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
     solve along the Hessian's flattest directions."""
     h = _hypergradient(parts, res, theta, v, damping, ts.solve.max_damping)
     gtol, refits = ts.inner.gtol, 0
+    while not h.ok and h.negative and refits < ts.inner.refits:  # not at a minimum: fit closer
+        gtol, refits = gtol / 10, refits + 1
+        log.info("%s; refining the inner fit to |grad| %.0e", h.message.split(";")[0], gtol)
+        more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
+        more.steps += res.steps
+        more.hvps += res.hvps
+        res = more
+        h = _hypergradient(parts, res, theta, None, damping, ts.solve.max_damping)
     while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
            and refits < ts.inner.refits):
         gtol, refits = gtol / 10, refits + 1
