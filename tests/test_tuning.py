@@ -295,6 +295,26 @@ def test_failed_linear_solve_stops_with_a_message(tmp_path):
     assert "damping 1e-04" in info["message"]  # retried from 1e-8 up to tune.solve.max_damping
 
 
+@pytest.mark.slow
+def test_flat_loss_for_three_steps_ends_the_tune(tmp_path):
+    """θ sliding along a flat valley (here: every step counts as flat, tune.ftol 1 and an
+    unreachable tune.xtol) ends the loop after three accepted steps, named in run.json."""
+    import json
+
+    import pandas as pd
+
+    from birdflow.tuning.outer import tune
+
+    tune(_tune_cfg(tmp_path, "tune.steps=10", "tune.ftol=1.0", "tune.xtol=1e-300",
+                   "evaluate=false"))
+    info = json.loads((tmp_path / "tune" / "run.json").read_text())
+    assert info["ended"].startswith("converged: tuning loss changed by less than tune.ftol")
+    traj = pd.read_csv(tmp_path / "tune" / "trajectory.csv")
+    assert int(traj["accepted"].sum()) == 4  # step 0 and three flat steps
+    losses = traj.loc[traj["accepted"] == 1, "outer_loss"].to_numpy()
+    assert np.all(np.diff(losses) <= 0)  # accepted steps never raise the tuning loss
+
+
 def test_failed_solve_is_retried_with_ten_times_the_damping_up_to_the_cap():
     from types import SimpleNamespace
 

@@ -25,6 +25,7 @@ from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.tunedir import TRAJECTORY_CSV
 
 log = logging.getLogger("birdflow.tuning.search")
+FLAT_STEPS = 3  # converged after this many accepted steps in a row with |ΔL| <= tune.ftol (relative)
 
 
 @dataclass
@@ -171,6 +172,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
         save_checkpoint(tune_dir, 1, state, traj)
         start = 1
+    flat = 0  # accepted steps in a row whose loss change was below ftol
     for step in range(start, ts.steps + 1):
         theta, loss = np.asarray(state["theta"], float), float(state["loss"])
         g = np.where(free, np.asarray(state["grad"], float), 0.0)
@@ -213,4 +215,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         if descent.converged(h.outer_loss, loss, s, d_set):
             return "", (f"converged: tuning loss changed by {abs(loss - h.outer_loss):.2g} and θ "
                         f"by {np.max(np.abs(s)):.2g} in outer step {step}")
+        # a flat valley: θ keeps sliding (beyond xtol) while the loss no longer changes
+        flat = flat + 1 if abs(loss - h.outer_loss) <= d_set.ftol * max(abs(loss), 1e-12) else 0
+        if flat >= FLAT_STEPS:
+            return "", (f"converged: tuning loss changed by less than tune.ftol {d_set.ftol:g} "
+                        f"(relative) in {FLAT_STEPS} accepted steps in a row, to outer step {step}")
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
