@@ -79,7 +79,9 @@ class KernelForm:
                 "G": jnp.asarray(self._next_valid(), float)}
 
     def _cost(self, theta) -> jax.Array:
-        return distance.repowered_cost(self.inner.problem.dist_cost, 1.0, weights(theta)["dist_pow"])
+        # as the objective repowers it: problem.dist_cost is built at the Inner's base dist_pow
+        return distance.repowered_cost(self.inner.problem.dist_cost, self.inner.cfg.dist_pow,
+                                       weights(theta)["dist_pow"])
 
     def _gather(self, G: jax.Array) -> jax.Array:
         """``G`` at each logit's destination: (T, 1, n_max) dense, (T, n_max, K) sparse."""

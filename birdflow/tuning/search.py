@@ -73,6 +73,15 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
     return h
 
 
+def _refine(parts: Parts, ts, res, theta, gtol: float):
+    """The fit ``res`` continued to ``gtol`` (3x the refit's Newton iterations); its step and
+    HVP counts include those of ``res``."""
+    more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
+    more.steps += res.steps
+    more.hvps += res.hvps
+    return more
+
+
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
     """(fit, hypergradient); while the damping's share of the solution is above
     ``tune.solve.max_share`` (at most ``tune.inner.refits`` times), the fit is refined to a 10x
@@ -84,10 +93,7 @@ def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
     while not h.ok and h.negative and refits < ts.inner.refits:  # not at a minimum: fit closer
         gtol, refits = gtol / 10, refits + 1
         log.info("%s; refining the inner fit to |grad| %.0e", h.message.split(";")[0], gtol)
-        more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
-        more.steps += res.steps
-        more.hvps += res.hvps
-        res = more
+        res = _refine(parts, ts, res, theta, gtol)
         h = _hypergradient(parts, res, theta, None, damping, ts.solve.max_damping)
     while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
            and refits < ts.inner.refits):
@@ -95,17 +101,15 @@ def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
         lower = max(float(h.damping) / 100, ts.solve.min_damping)
         log.info("damping share %.2g > tune.solve.max_share %g: refining the inner fit to "
                  "|grad| %.0e, damping %.0e", h.damping_share, ts.solve.max_share, gtol, lower)
-        more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
-        if more.converged:
-            more.steps += res.steps
-            more.hvps += res.hvps
-            res = more
-        else:
+        more = _refine(parts, ts, res, theta, gtol)
+        if not more.converged:
             log.info("the refined fit stopped at |grad| %.2g > %.0e (round-off); solving "
                      "at the lower damping from the fit at |grad| %.2g", more.grad_norm, gtol,
                      res.grad_norm)
-        if lower >= float(h.damping) and not more.converged:
-            break
+            if lower >= float(h.damping):
+                break
+        else:
+            res = more
         better = _hypergradient(parts, res, theta, h.v, lower, ts.solve.max_damping)
         if not better.ok:
             log.warning("%s; keeping the hypergradient at damping share %.2g", better.message,
