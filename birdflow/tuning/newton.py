@@ -61,7 +61,7 @@ class NewtonSettings:
     min_damping: float = 1e-10
     armijo: float = 1e-4
     max_backtracks: int = 40
-    refits: int = 2
+    refits: int = 3
     form: str = "kernel"
 
 

@@ -83,37 +83,49 @@ def _refine(parts: Parts, ts, res, theta, gtol: float):
 
 
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
-    """(fit, hypergradient); while the damping's share of the solution is above
-    ``tune.solve.max_share`` (at most ``tune.inner.refits`` times), the fit is refined to a 10x
-    smaller gtol and the damping lowered 100x (not below ``tune.solve.min_damping``), and the
-    system solved again: the share measures how far the damping and an inexact fit bias the
-    solve along the Hessian's flattest directions."""
+    """(fit, hypergradient), refined until both accuracy signals hold (at most
+    ``tune.inner.refits`` refinements): the fit is continued to a 10x smaller gradient than it
+    reached, and the system solved again from the last solution. Two signals, each measured
+    along the Hessian's flattest directions, where a small gradient norm says little:
+
+    - ``fit_change`` (``|vᵀ∇_w L_in|``, the first-order change of L_out from finishing the
+      fit) above ``tune.solve.max_fit_change · max(1, |L_out|)``: the fit is refined;
+    - ``damping_share`` above ``tune.solve.max_share``: the fit is refined *and* the damping
+      lowered 100x (not below ``tune.solve.min_damping``).
+
+    A solve that meets negative curvature (the fit is not at a minimum) is refined the same way.
+    """
     h = _hypergradient(parts, res, theta, v, damping, ts.solve.max_damping)
-    gtol, refits = ts.inner.gtol, 0
+    refits = 0
     while not h.ok and h.negative and refits < ts.inner.refits:  # not at a minimum: fit closer
-        gtol, refits = gtol / 10, refits + 1
+        gtol, refits = min(ts.inner.gtol, res.grad_norm) / 10, refits + 1
         log.info("%s; refining the inner fit to |grad| %.0e", h.message.split(";")[0], gtol)
         res = _refine(parts, ts, res, theta, gtol)
         h = _hypergradient(parts, res, theta, None, damping, ts.solve.max_damping)
-    while (h.ok and parts.unrolled is None and h.damping_share > ts.solve.max_share
-           and refits < ts.inner.refits):
-        gtol, refits = gtol / 10, refits + 1
-        lower = max(float(h.damping) / 100, ts.solve.min_damping)
-        log.info("damping share %.2g > tune.solve.max_share %g: refining the inner fit to "
-                 "|grad| %.0e, damping %.0e", h.damping_share, ts.solve.max_share, gtol, lower)
+    while h.ok and parts.unrolled is None and refits < ts.inner.refits:
+        wide = h.damping_share > ts.solve.max_share
+        loose = h.fit_too_loose(ts.solve.max_fit_change)
+        if not (wide or loose):
+            break
+        gtol, refits = min(ts.inner.gtol, res.grad_norm) / 10, refits + 1
+        lower = max(float(h.damping) / 100, ts.solve.min_damping) if wide else float(h.damping)
+        log.info("fit_change %.2g (tune.solve.max_fit_change %g), damping share %.2g "
+                 "(tune.solve.max_share %g): refining the inner fit to |grad| %.0e, damping "
+                 "%.0e", h.fit_change, ts.solve.max_fit_change, h.damping_share,
+                 ts.solve.max_share, gtol, lower)
         more = _refine(parts, ts, res, theta, gtol)
-        if not more.converged:
+        if more.converged or more.grad_norm < res.grad_norm:
+            more.converged = more.converged or more.grad_norm <= ts.inner.gtol
+            res = more
+        else:
             log.info("the refined fit stopped at |grad| %.2g > %.0e (round-off); solving "
-                     "at the lower damping from the fit at |grad| %.2g", more.grad_norm, gtol,
-                     res.grad_norm)
+                     "from the fit at |grad| %.2g", more.grad_norm, gtol, res.grad_norm)
             if lower >= float(h.damping):
                 break
-        else:
-            res = more
         better = _hypergradient(parts, res, theta, h.v, lower, ts.solve.max_damping)
         if not better.ok:
-            log.warning("%s; keeping the hypergradient at damping share %.2g", better.message,
-                        h.damping_share)
+            log.warning("%s; keeping the hypergradient at damping share %.2g, fit_change %.2g",
+                        better.message, h.damping_share, h.fit_change)
             break
         h = better
     return res, h
@@ -133,7 +145,8 @@ def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) 
             "inner_converged": int(res.converged), "inner_loss": res.loss,
             "cg_steps": h.cg_steps if h else 0, "cg_residual": h.residual if h else np.nan,
             "cg_change": h.change if h else np.nan, "damping": h.damping if h else np.nan,
-            "damping_share": h.damping_share if h else np.nan, "radius": radius}
+            "damping_share": h.damping_share if h else np.nan,
+            "fit_change": h.fit_change if h else np.nan, "radius": radius}
 
 
 def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tune_dir,
@@ -145,8 +158,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
     def log_row(row):
         row["best_outer_loss"] = float(state["best"]["loss"])
         row["time_s"] = time.perf_counter() - t0
+        n = len(traj.get("step", []))  # a column new since a resumed tune began: NaN before
         for k, v in row.items():
-            traj.setdefault(k, []).append(v)
+            traj.setdefault(k, [np.nan] * n).append(v)
         write_history_csv(tune_dir, traj)
         (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
 
