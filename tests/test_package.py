@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+# one worker runs this file's tests (they share a module fixture): CI's slow run
+# distributes by test with --dist loadgroup
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

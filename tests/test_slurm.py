@@ -22,7 +22,9 @@ from birdflow.sweeps.sweep import summarize
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 GRID = ["loss.ent_weight=1e-4,1e-3", "loss.dist_pow=0.4,0.8"]  # 4 jobs, L2 (W2 compiles slowly)
 
-pytestmark = pytest.mark.slow
+# one worker runs this file's tests (they share a module fixture): CI's slow run
+# distributes by test with --dist loadgroup
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def _free_port_pair() -> int:

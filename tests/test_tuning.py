@@ -297,18 +297,21 @@ def test_failed_linear_solve_stops_with_a_message(tmp_path):
 
 @pytest.mark.slow
 def test_flat_loss_for_three_steps_ends_the_tune(tmp_path):
-    """θ sliding along a flat valley (here: every step counts as flat, tune.ftol 1 and an
-    unreachable tune.xtol) ends the loop after three accepted steps, named in run.json."""
+    """θ sliding along a flat valley (here: every step counts as flat, changes below 100
+    standard errors of the tuning loss, and an unreachable tune.xtol) ends the loop after three
+    accepted steps, named in run.json with the standard error it used."""
     import json
 
     import pandas as pd
 
     from birdflow.tuning.outer import tune
 
-    tune(_tune_cfg(tmp_path, "tune.steps=10", "tune.ftol=1.0", "tune.xtol=1e-300",
-                   "evaluate=false"))
+    tune(_tune_cfg(tmp_path, "tune.steps=10", "tune.ftol=0", "tune.se_tol=100",
+                   "tune.xtol=1e-300", "evaluate=false"))
     info = json.loads((tmp_path / "tune" / "run.json").read_text())
-    assert info["ended"].startswith("converged: tuning loss changed by less than tune.ftol")
+    se = info["tuning_loss_se"]
+    assert 0 < se < 1  # nats; the standard deviation of interval lls over √(intervals)
+    assert info["ended"].startswith(f"converged: tuning loss changed by less than {100 * se:.2g}")
     traj = pd.read_csv(tmp_path / "tune" / "trajectory.csv")
     assert int(traj["accepted"].sum()) == 4  # step 0 and three flat steps
     losses = traj.loc[traj["accepted"] == 1, "outer_loss"].to_numpy()

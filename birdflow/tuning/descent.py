@@ -5,11 +5,16 @@ direction ``d = −B g`` (B the inverse-Hessian estimate of the free components;
 bound that d would push outwards are frozen for the step), cut to the trust radius
 ``max_i |d_i| <= r``. The trial costs one warm-started inner refit and one outer loss; it is
 accepted when the loss fell by Armijo's sufficient decrease ``L' <= L + c gᵀ(θ' − θ)``
-(so never rises), and then the radius grows after a full-length step. A rejected trial shrinks
-the radius to a quarter of its step and tries again. The loop stops on convergence — the
+(so never rises). The radius then follows the ratio ρ of the actual to the quadratic model's
+predicted decrease (Nocedal & Wright, Algorithm 4.1): it doubles after a full-length step with
+ρ > 3/4 and halves to the step's length with ρ < 1/4. A rejected trial shrinks the radius to
+the minimiser of the quadratic through L, gᵀs and L' along the step, between a tenth and half
+of the step (a quarter when the trial failed), and tries again. The loop stops on convergence — the
 loss changed by less than ``ftol`` (relative) *and* θ by less than ``xtol`` in one accepted
-step, the projected hypergradient vanished, or the radius fell below ``min_radius`` (no
-descent left at this resolution) — or after ``steps`` accepted steps.
+step, three accepted steps in a row each changed the loss by less than ``se_tol`` times its
+standard error over the tuning intervals (or ``ftol``), the projected hypergradient vanished,
+or the radius fell below ``min_radius`` (no descent left at this resolution) — or after
+``steps`` accepted steps.
 
 A fixed-step Adam moved dist_pow from 0.4 to its bound in two steps on a real species and the
 tuning loss rose for four steps in a row; this rule cannot do that.
@@ -32,6 +37,7 @@ class DescentSettings:
     max_radius: float = 2.0
     armijo: float = 1e-4
     ftol: float = 1e-5
+    se_tol: float = 0.01
     xtol: float = 1e-3
     gtol: float = 1e-6
     max_trials: int = 8
@@ -73,6 +79,38 @@ def bfgs_update(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
     rho = 1.0 / sy
     V = np.eye(len(B)) - rho * np.outer(s, y)
     return V @ B @ V.T + rho * np.outer(s, s)
+
+
+def predicted_decrease(B: np.ndarray, g: np.ndarray, s: np.ndarray) -> float:
+    """``−(gᵀs + ½ sᵀB⁻¹s)`` on the components s moves: the BFGS model's decrease for step s."""
+    moved = s != 0
+    if not moved.any():
+        return 0.0
+    sub, ss = B[np.ix_(moved, moved)], s[moved]
+    try:
+        curv = float(ss @ np.linalg.solve(sub, ss))
+    except np.linalg.LinAlgError:
+        curv = 0.0
+    return -(float(g @ s) + 0.5 * max(curv, 0.0))
+
+
+def radius_after(radius: float, step: np.ndarray, full: bool, rho: float, max_radius: float) -> float:
+    """The trust radius after an accepted step of ratio ``rho`` (actual / predicted decrease)."""
+    if rho > 0.75 and full:
+        return min(2 * radius, max_radius)
+    if rho < 0.25:
+        return 0.5 * float(np.max(np.abs(step)))
+    return radius
+
+
+def backtrack(loss: float, loss_new: float, g: np.ndarray, step: np.ndarray) -> float:
+    """The factor for the next trial after a rejected step: the minimiser of the quadratic
+    with value L, slope gᵀs at 0 and value L' at 1, in [0.1, 0.5] (0.25 when L' is not finite)."""
+    slope = float(g @ step)
+    if not np.isfinite(loss_new) or slope >= 0:
+        return 0.25
+    curv = loss_new - loss - slope
+    return float(np.clip(-slope / (2 * curv), 0.1, 0.5)) if curv > 0 else 0.5
 
 
 def accept(loss_new: float, loss: float, g: np.ndarray, step: np.ndarray, armijo: float) -> bool:

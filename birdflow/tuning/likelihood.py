@@ -130,3 +130,14 @@ def mean_log_likelihood(params: dict, index: markov.WeekIndex, batch: IntervalBa
     """Mean interval log-likelihood over the batch's intervals (a scalar, nats)."""
     ll = interval_log_likelihoods(params, index, batch, max_lag)
     return (ll * batch.weight).sum() / batch.weight.sum()
+
+
+def mean_standard_error(params: dict, index: markov.WeekIndex, batch: IntervalBatch,
+                        max_lag: int) -> jax.Array:
+    """The standard error of :func:`mean_log_likelihood` over the batch's intervals (nats):
+    the weighted standard deviation of the interval log-likelihoods over √(intervals)."""
+    ll = interval_log_likelihoods(params, index, batch, max_lag)
+    w = batch.weight
+    n = w.sum()
+    mean = (ll * w).sum() / n
+    return jnp.sqrt(((ll - mean) ** 2 * w).sum() / n / n)

@@ -34,6 +34,10 @@ from birdflow.tuning import curvature
 
 log = logging.getLogger("birdflow.tuning.newton")
 STALL = 40  # Newton iterations without a 10 % smaller gradient: at round-off, stop (not converged)
+# A direction of negative curvature is taken at least this long (mass-scaled 2-norm; about the
+# RMS logit change it makes, weighted by mass) before backtracking: near a saddle the Newton
+# part is tiny, and an escape as short as it slid ~1e-9 per iteration for 30 iterations.
+ESCAPE = 0.1
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class NewtonSettings:
     gtol: float = 1e-6
     max_steps: int = 50
     cg_max_steps: int = 200
-    damping: float = 1e-3
+    damping: float = 1e-6
     min_damping: float = 1e-10
     armijo: float = 1e-4
     max_backtracks: int = 40
@@ -106,7 +110,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
         p = res.direction
         sign = jnp.where(jnp.vdot(gf, p) > 0, -1.0, 1.0)
         size = lambda v: jnp.sqrt(jnp.vdot(v, op.scale * v))  # noqa: E731
-        base = jnp.where(size(x) > 0, size(x), size(op.precond(b)))
+        base = jnp.maximum(jnp.where(size(x) > 0, size(x), size(op.precond(b))), ESCAPE)
         escape = sign * p * base / jnp.maximum(size(p), jnp.finfo(b.dtype).tiny)
         x = jnp.where(res.negative & jnp.all(jnp.isfinite(p)), x + escape, x)
         x = jnp.where(jnp.vdot(gf, x) < 0, x, op.precond(b))  # never uphill: steepest descent

@@ -166,10 +166,13 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     if start:
         log.info("resuming %s from outer step %d", tune_dir, start)
     min_cor = jax.jit(lambda p: jnp.min(fit_penalty(p)[1]))
+    loss_se = float(likelihood.mean_standard_error(  # at the start: what the birds can resolve
+        space.logits(params, jnp.asarray(theta0, dtype)), index, batch, k_lag))
+    write_run_info(tune_dir, tuning_loss_se=loss_se)
     parts = search.Parts(
         fit=newton.make_newton(space, ts.inner, ts.solve.hvp, ts.solve.fd_step),
         implicit=hypergrad.make_implicit(space, outer_loss, ts.solve), outer=jax.jit(outer_loss),
-        monitors=(val_ll, min_cor), space=space,
+        monitors=(val_ll, min_cor), space=space, loss_se=loss_se,
         unrolled=(hypergrad.make_unrolled(space, outer_loss, ts.unroll_steps, ts.unroll_lr)
                   if ts.hypergradient == "unrolled" else None))
     log.info("tune %s/%s: %d tuning birds (%d intervals), %d validation birds (%d) -> %s",

@@ -25,14 +25,14 @@ from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.tunedir import TRAJECTORY_CSV
 
 log = logging.getLogger("birdflow.tuning.search")
-FLAT_STEPS = 3  # converged after this many accepted steps in a row with |ΔL| <= tune.ftol (relative)
+FLAT_STEPS = 3  # converged after this many accepted steps in a row with a negligible |ΔL|
 
 
 @dataclass
 class Parts:
     """What the loop calls: ``fit``, ``implicit``, ``outer`` (jitted L_out of the logits),
     ``monitors`` (validation mean ll, weakest weekly correlation, of the logits), ``unrolled``
-    (or None) and ``space``, where the fit runs (:class:`birdflow.tuning.inner.Inner` or
+    (or None), ``loss_se`` (the tuning loss's standard error) and ``space``, where the fit runs (:class:`birdflow.tuning.inner.Inner` or
     :class:`birdflow.tuning.kernel_form.KernelForm`; None: the logits)."""
 
     fit: object
@@ -41,6 +41,7 @@ class Parts:
     monitors: tuple
     unrolled: object = None
     space: object = None
+    loss_se: float = 0.0  # the tuning loss's standard error over the tuning intervals (nats)
 
     def logits(self, params, theta):
         return params if self.space is None else self.space.logits(params, jnp.asarray(theta))
@@ -211,9 +212,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             log.info("outer step %d trial %d rejected: L_out %.6g vs %.6g (inner %s); radius "
                      "%.3g -> %.3g", step, trial, new_loss, loss,
                      "stationary" if res.converged else f"|grad| {res.grad_norm:.2g}", radius,
-                     np.max(np.abs(s)) / 4)
+                     np.max(np.abs(s)) * descent.backtrack(loss, new_loss, g, s))
             log_row(_row(step, trial, new, res, new_loss, parts, False, radius=radius))
-            radius = float(np.max(np.abs(s))) / 4
+            radius = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
             if radius < d_set.min_radius:
                 state["radius"] = jnp.asarray(radius)
                 return "", (f"converged: no downhill step longer than tune.min_radius "
@@ -226,16 +227,22 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         g_new = np.where(free, h.grad, 0.0)
         state["B"] = jnp.asarray(descent.bfgs_update(B, s, g_new - g))
         full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
-        state["radius"] = jnp.asarray(min(2 * radius, d_set.max_radius) if full else radius)
+        pred = descent.predicted_decrease(B, g, s)
+        rho = (loss - h.outer_loss) / pred if pred > 0 else 1.0
+        state["radius"] = jnp.asarray(descent.radius_after(radius, s, full, rho, d_set.max_radius))
         keep(new, res, h)
         log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
         if descent.converged(h.outer_loss, loss, s, d_set):
             return "", (f"converged: tuning loss changed by {abs(loss - h.outer_loss):.2g} and θ "
                         f"by {np.max(np.abs(s)):.2g} in outer step {step}")
-        # a flat valley: θ keeps sliding (beyond xtol) while the loss no longer changes
-        flat = flat + 1 if abs(loss - h.outer_loss) <= d_set.ftol * max(abs(loss), 1e-12) else 0
+        # a flat valley: θ keeps sliding (beyond xtol) while the loss changes by less than the
+        # birds can tell apart (a small share of its standard error) or than ftol
+        tol = max(d_set.ftol * max(abs(loss), 1e-12), d_set.se_tol * parts.loss_se)
+        flat = flat + 1 if abs(loss - h.outer_loss) <= tol else 0
         if flat >= FLAT_STEPS:
-            return "", (f"converged: tuning loss changed by less than tune.ftol {d_set.ftol:g} "
-                        f"(relative) in {FLAT_STEPS} accepted steps in a row, to outer step {step}")
+            return "", (f"converged: tuning loss changed by less than {tol:.2g} (tune.se_tol "
+                        f"{d_set.se_tol:g} of its standard error {parts.loss_se:.2g}, or tune.ftol "
+                        f"{d_set.ftol:g} relative) in {FLAT_STEPS} accepted steps in a row, to "
+                        f"outer step {step}")
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
