@@ -34,10 +34,11 @@ from birdflow.tuning import curvature
 
 log = logging.getLogger("birdflow.tuning.newton")
 STALL = 40  # Newton iterations without a 10 % smaller gradient: at round-off, stop (not converged)
-# A direction of negative curvature is taken at least this long (mass-scaled 2-norm; about the
+# A direction of clearly negative curvature is taken at least this long (mass-scaled 2-norm; about the
 # RMS logit change it makes, weighted by mass) before backtracking: near a saddle the Newton
 # part is tiny, and an escape as short as it slid ~1e-9 per iteration for 30 iterations.
 ESCAPE = 0.1
+NEGATIVE = 1e-6  # ... when its curvature is clearly negative: the mass-scaled Hessian's diagonal is ~1
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,13 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
         p = res.direction
         sign = jnp.where(jnp.vdot(gf, p) > 0, -1.0, 1.0)
         size = lambda v: jnp.sqrt(jnp.vdot(v, op.scale * v))  # noqa: E731
-        base = jnp.maximum(jnp.where(size(x) > 0, size(x), size(op.precond(b))), ESCAPE)
+        base = jnp.where(size(x) > 0, size(x), size(op.precond(b)))
+        # clearly negative curvature (mass-scaled Rayleigh quotient below -NEGATIVE; at
+        # round-off a direction can test non-positive by noise alone): at least ESCAPE long
+        clear = jax.lax.cond(
+            res.negative, lambda: jnp.vdot(p, op.matvec(p)) < -NEGATIVE * size(p) ** 2,
+            lambda: jnp.asarray(False))
+        base = jnp.where(clear, jnp.maximum(base, ESCAPE), base)
         escape = sign * p * base / jnp.maximum(size(p), jnp.finfo(b.dtype).tiny)
         x = jnp.where(res.negative & jnp.all(jnp.isfinite(p)), x + escape, x)
         x = jnp.where(jnp.vdot(gf, x) < 0, x, op.precond(b))  # never uphill: steepest descent
