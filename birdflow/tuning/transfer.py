@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from birdflow.io import write_text_atomic
-from birdflow.tuning import joint, problem, search, traits
+from birdflow.tuning import joint, problem, traits
 from birdflow.tuning.settings import TuneSettings
 
 log = logging.getLogger("birdflow.tuning.transfer")
@@ -88,11 +88,12 @@ def _member(sp_: Species) -> joint.Member:
                         sp_.sp.n_tuning)
 
 
-def gain(s: Species, theta, ts: TuneSettings) -> float:
-    """Validation gain over the null of species s fitted at θ (from its first fit, warm)."""
+def gain(s: Species, theta, ts: TuneSettings, fit=None) -> float:
+    """Validation gain over the null of species s fitted at θ (``tune.first_max_steps`` Newton
+    steps from its first fit, warm; or the given ``fit``)."""
     p, theta = s.sp.parts, np.asarray(theta, float)
-    res = search._stationary_fit(p, p.warm(s.first.params, s.sp.theta0, theta), theta,
-                                 s.first.state, ts.first_max_steps)
+    res = fit or p.fit(p.warm(s.first.params, s.sp.theta0, theta), theta, s.first.state,
+                       ts.first_max_steps)
     if not res.converged:
         log.warning("%s: the scoring fit at θ %s stopped at |grad| %.2g", s.name,
                     np.round(theta, 3).tolist(), res.grad_norm)
@@ -129,6 +130,8 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
             if f"gain_{m}" in table and "gain_own" in table:
                 table[f"recovered_{m}"] = ((table[f"gain_{m}"] - table["gain_default"])
                                            / (table["gain_own"] - table["gain_default"]))
+        if "note" in table:
+            table["note"] = table["note"].fillna("")
         table.to_csv(out_dir / "transfer.csv", index=False)
         write_text_atomic(out_dir / "transfer.md", markdown(table))
         plot(table, out_dir / "transfer.png")
@@ -136,8 +139,15 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
 
     for s in species:  # own tunes; their first rows are the defaults
         t = time.perf_counter()
-        s.first = search._stationary_fit(s.sp.parts, s.sp.params, s.sp.theta0,
-                                         s.sp.prob.init_state(), ts.first_max_steps)
+        s.first = s.sp.parts.fit(s.sp.params, s.sp.theta0, s.sp.prob.init_state(),
+                                 ts.first_max_steps)
+        if not s.first.converged:  # no hypergradient: scored, but nothing is learned from it
+            rows[s.name].update(gain_default=gain(s, s.sp.theta0, ts, s.first), note=(
+                f"no stationary fit at the defaults (|grad| {s.first.grad_norm:.1e} after "
+                f"{s.first.steps} Newton steps): not tuned, left out of the joint tunes"))
+            log.warning("%s: %s", s.name, rows[s.name]["note"])
+            write()
+            continue
         res = _tune([s], traits.pooled(s.sp.theta0, s.sp.free, s.sp.lo, s.sp.hi, 1), ts_own,
                     f"own_{s.name}", out_dir)
         traj = res.trajectory
@@ -152,8 +162,8 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
     for k, s in enumerate(species):  # species by species: a stopped run leaves whole rows
         for model in ("pooled", "traits"):
             t = time.perf_counter()
-            others = [m for m in species if m is not s]
-            rest = [j for j in range(len(species)) if j != k]
+            rest = [j for j in range(len(species)) if j != k and species[j].first.converged]
+            others = [species[j] for j in rest]
             x = (traits.standardize(feats, rest) if model == "traits"
                  else np.zeros((len(species), 0)))
             tmap = traits.ThetaMap(base.theta0, base.free, base.lo, base.hi, x[rest],
@@ -176,7 +186,8 @@ def _theta_text(theta_free) -> str:
 
 
 COLUMNS = ["species", "gain_default", "gain_own", "gain_pooled", "gain_traits",
-           "recovered_pooled", "recovered_traits", "theta_own", "theta_pooled", "theta_traits"]
+           "recovered_pooled", "recovered_traits", "theta_own", "theta_pooled", "theta_traits",
+           "note"]
 
 
 def markdown(table: pd.DataFrame) -> str:
