@@ -200,23 +200,29 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    """Grouped bars: each species' validation gain over the null by where its θ came from."""
+    """Grouped bars per species: the validation gain over the null by where θ came from (top)
+    and its change from the defaults' gain (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = [m for m in METHODS if f"gain_{m}" in table]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     width = 0.8 / max(len(methods), 1)
     pos = np.arange(len(table))
     for i, m in enumerate(methods):
-        ax.bar(pos + (i - (len(methods) - 1) / 2) * width, table[f"gain_{m}"], width, label=m)
-    ax.set_xticks(pos, [str(s).removeprefix("zoo_") for s in table["species"]])
-    ax.set_ylabel("validation gain over the S&T null\n(nats per interval)")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.legend(title="θ from", ncols=len(methods), fontsize=8)
-    ax.set_title("Leave-one-out: weights from the other species vs own-tuned and defaults")
+        x = pos + (i - (len(methods) - 1) / 2) * width
+        axes[0].bar(x, table[f"gain_{m}"], width, label=m, color=f"C{i}")
+        if m != "default":
+            axes[1].bar(x, table[f"gain_{m}"] - table["gain_default"], width, color=f"C{i}")
+    axes[1].set_xticks(pos, [str(s).removeprefix("zoo_") for s in table["species"]])
+    axes[0].set_ylabel("validation gain over the\nS&T null (nats / interval)")
+    axes[1].set_ylabel("gain − the defaults' gain\n(nats / interval)")
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.5)
+    axes[0].legend(title="θ from", ncols=len(methods), fontsize=8)
+    axes[0].set_title("Leave-one-out: weights from the other species vs own-tuned and defaults")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
