@@ -38,6 +38,8 @@ TABLE = {
     "validate": ("birdflow.cli.validate", "season", "n_routes", [f"run={MISSING}"]),
     "batch": ("birdflow.cli.batch", "batch", "optim.steps", None),
     "catalog": ("birdflow.cli.catalog", "dir", None, [f"dir={MISSING}"]),
+    "transfer": ("birdflow.cli.transfer", "transfer", "transfer.ridge",
+                 [f"transfer.species=[{MISSING},b,c]"]),
 }
 NEEDS_RUN = {"evaluate", "routes", "maps", "sparsify", "validate"}
 

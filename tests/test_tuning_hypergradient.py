@@ -28,7 +28,9 @@ TIGHT = {("l2", "tune_start"): 2e-9}
 TIGHT_DEFAULT = 3e-8
 
 
-def _problem(location: str, weights: str):
+def _problem(location: str, weights: str, data_seed: int = 1, tracks_seed: int = 0,
+             n_intervals: int = 60):
+    """A tiny float64 problem (another species: other ``data_seed``/``tracks_seed``)."""
     import jax.numpy as jnp
 
     from birdflow.losses.config import LossConfig, W2Config
@@ -36,7 +38,7 @@ def _problem(location: str, weights: str):
     from birdflow.tuning.outer import _w2_for_tuning
     from birdflow.tuning.settings import tune_settings
 
-    ds = make_tiny_bfdata(3, 4, n_weeks=6, seed=1)
+    ds = make_tiny_bfdata(3, 4, n_weeks=6, seed=data_seed)
     dw, ew, dp = WEIGHTS[weights]
     ts = tune_settings({}, location)
     cfg = LossConfig(location=location, dist_weight=dw, ent_weight=ew, dist_pow=dp,
@@ -44,7 +46,7 @@ def _problem(location: str, weights: str):
     if location == "w2":
         cfg = _w2_for_tuning(cfg, ts)
     prob = inner.Inner.build(ds, cfg, jnp.float64)
-    batch = likelihood.make_batch(_intervals(ds, n=60, seed=0), prob.index)
+    batch = likelihood.make_batch(_intervals(ds, n=n_intervals, seed=tracks_seed), prob.index)
 
     def outer(p):
         return -likelihood.mean_log_likelihood(p, prob.index, batch, batch.max_lag)

@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "birdflow.cli.bench", "synthetic": "birdflow.cli.synthetic",
     "sparsify": "birdflow.cli.sparsify", "validate": "birdflow.cli.validate",
     "batch": "birdflow.cli.batch", "catalog": "birdflow.cli.catalog",
+    "transfer": "birdflow.cli.transfer",
 }
 
 
