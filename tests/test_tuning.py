@@ -252,7 +252,8 @@ def test_no_tracks_names_the_keys():
 @pytest.mark.slow
 def test_tune_writes_an_ordinary_run_dir_and_resumes(tmp_path):
     """End to end on a coarse synthetic species: trajectory, split files, a model run dir that
-    evaluate accepts (scored on the validation birds), resume of a finished tune is a no-op."""
+    evaluate accepts (scored on the validation birds), resume of a finished tune is a no-op, and
+    one that stopped at tune.steps goes on when resumed with a higher cap."""
     import json
 
     from birdflow.evaluation.evaluate import evaluate_run
@@ -279,6 +280,11 @@ def test_tune_writes_an_ordinary_run_dir_and_resumes(tmp_path):
     assert {r.split(",")[0] for r in tune_birds}.isdisjoint({r.split(",")[0] for r in val_birds})
     again = tune(_tune_cfg(tmp_path, f"resume={res.tune_dir}"))
     np.testing.assert_array_equal(again.theta, res.theta)
+    # a tune that stopped at its step cap goes on when resumed with a higher cap
+    more = tune(_tune_cfg(tmp_path, "resume=true", "tune.steps=3"))
+    steps = [s for s, a in zip(more.trajectory["step"], more.trajectory["accepted"], strict=True) if a]
+    assert steps[:3] == [0, 1, 2] and steps[-1] == 3
+    assert more.trajectory["outer_loss"][-1] <= losses[-1]
 
 
 @pytest.mark.slow

@@ -88,10 +88,14 @@ def tune(cfg: DictConfig, data=None, after: AfterTraining | None = None) -> Tune
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     tune_dir = _tune_dir(cfg)
     if cfg.get("resume") and read_run_info(tune_dir).get("status") == "finished":
-        log.info("%s already finished; nothing to do", tune_dir)
-        traj = read_csv(tune_dir / TRAJECTORY_CSV)
-        theta = np.array(read_run_info(tune_dir)["theta"])
-        return TuneResult(tune_dir, tune_dir / MODEL_DIR, theta, traj)
+        info, traj = read_run_info(tune_dir), read_csv(tune_dir / TRAJECTORY_CSV)
+        done = int(np.sum(traj["accepted"])) - 1  # accepted outer steps (step 0 is the start)
+        if not (str(info.get("ended", "")).startswith("stopped after tune.steps")
+                and ts.steps > done):
+            log.info("%s already finished; nothing to do", tune_dir)
+            return TuneResult(tune_dir, tune_dir / MODEL_DIR, np.array(info["theta"]), traj)
+        log.info("%s stopped at its step cap (%d); going on to tune.steps = %d", tune_dir, done,
+                 ts.steps)
     ds, data_path, tracks, split = problem.load_split(cfg, ts, tracks_csv, data)
     tune_dir.mkdir(parents=True, exist_ok=True)
     write_config(tune_dir, cfg)
