@@ -242,11 +242,11 @@ def _tune_cfg(tmp_path, *overrides):
 def test_no_tracks_names_the_keys():
     from omegaconf import OmegaConf
 
-    from birdflow.tuning.outer import _tracks_path
+    from birdflow.tuning.problem import tracks_path
 
     cfg = OmegaConf.create({"species": {"code": "amewoo", "tracks": None}, "tracks": None})
     with pytest.raises(ConfigError, match=r"species.tracks.*tracks=<csv"):
-        _tracks_path(cfg)
+        tracks_path(cfg)
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def _problem(location: str, weights: str, data_seed: int = 1, tracks_seed: int =
 
     from birdflow.losses.config import LossConfig, W2Config
     from birdflow.tuning import inner, likelihood
-    from birdflow.tuning.outer import _w2_for_tuning
+    from birdflow.tuning.problem import w2_for_tuning
     from birdflow.tuning.settings import tune_settings
 
     ds = make_tiny_bfdata(3, 4, n_weeks=6, seed=data_seed)
@@ -44,7 +44,7 @@ def _problem(location: str, weights: str, data_seed: int = 1, tracks_seed: int =
     cfg = LossConfig(location=location, dist_weight=dw, ent_weight=ew, dist_pow=dp,
                      w2=W2Config())  # the default blur (2 one-cell costs)
     if location == "w2":
-        cfg = _w2_for_tuning(cfg, ts)
+        cfg = w2_for_tuning(cfg, ts)
     prob = inner.Inner.build(ds, cfg, jnp.float64)
     batch = likelihood.make_batch(_intervals(ds, n=n_intervals, seed=tracks_seed), prob.index)
 

@@ -103,6 +103,28 @@ def radius_after(radius: float, step: np.ndarray, full: bool, rho: float, max_ra
     return radius
 
 
+def next_radius(radius: float, B: np.ndarray, g: np.ndarray, d: np.ndarray, step: np.ndarray,
+                loss: float, loss_new: float, max_radius: float) -> float:
+    """The trust radius after accepting ``step`` (direction ``d`` cut to ``radius``) from the
+    point with loss ``loss`` and gradient ``g`` to ``loss_new``; ``B`` the model before it."""
+    full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
+    pred = predicted_decrease(B, g, step)
+    rho = (loss - loss_new) / pred if pred > 0 else 1.0
+    return radius_after(radius, step, full, rho, max_radius)
+
+
+def flat_tolerance(loss: float, loss_se: float, s: DescentSettings) -> float:
+    """A loss change below this is flat: ``ftol`` relative, or ``se_tol`` standard errors."""
+    return max(s.ftol * max(abs(loss), 1e-12), s.se_tol * loss_se)
+
+
+def flat_message(what: str, tol: float, loss_se: float, s: DescentSettings, steps: int,
+                 step: int) -> str:
+    return (f"converged: {what} changed by less than {tol:.2g} (tune.se_tol {s.se_tol:g} of its "
+            f"standard error {loss_se:.2g}, or tune.ftol {s.ftol:g} relative) in {steps} "
+            f"accepted steps in a row, to outer step {step}")
+
+
 def backtrack(loss: float, loss_new: float, g: np.ndarray, step: np.ndarray) -> float:
     """The factor for the next trial after a rejected step: the minimiser of the quadratic
     with value L, slope gᵀs at 0 and value L' at 1, in [0.1, 0.5] (0.25 when L' is not finite)."""

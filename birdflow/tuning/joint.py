@@ -156,11 +156,11 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
                                 else (np.nan, np.full(len(members), np.nan)))
             if trial_fits and descent.accept(new_loss, loss, g, s, d_set.armijo):
                 break
-            shrink = descent.backtrack(loss, new_loss, g, s)
+            shrunk = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
             log.info("joint step %d trial %d rejected: L %.6g vs %.6g; radius %.3g -> %.3g",
-                     step, trial, new_loss, loss, radius, np.max(np.abs(s)) * shrink)
+                     step, trial, new_loss, loss, radius, shrunk)
             record(step, trial, new, new_loss, losses, False)
-            radius = float(np.max(np.abs(s))) * shrink
+            radius = shrunk
             if radius < d_set.min_radius:
                 return result(f"converged: no downhill step longer than tune.min_radius "
                               f"{d_set.min_radius:g}")
@@ -169,10 +169,7 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, new, trial_fits, ts)
         if msg:
             return result("", f"outer step {step}: {msg}")
-        full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
-        pred = descent.predicted_decrease(B, g, s)
-        rho = (loss - new_loss) / pred if pred > 0 else 1.0
-        radius = descent.radius_after(radius, s, full, rho, d_set.max_radius)
+        radius = descent.next_radius(radius, B, g, d, s, loss, new_loss, d_set.max_radius)
         B = descent.bfgs_update(B, s, g_new - g)
         old, phi, g, loss, fits = loss, new, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
@@ -181,11 +178,9 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         if descent.converged(loss, old, s, d_set):
             return result(f"converged: joint loss changed by {abs(old - loss):.2g} and φ by "
                           f"{np.max(np.abs(s)):.2g} in outer step {step}")
-        tol = max(d_set.ftol * max(abs(old), 1e-12), d_set.se_tol * loss_se)
+        tol = descent.flat_tolerance(old, loss_se, d_set)
         flat = flat + 1 if abs(old - loss) <= tol else 0
         if flat >= search.FLAT_STEPS:
-            return result(f"converged: joint loss changed by less than {tol:.2g} (tune.se_tol "
-                          f"{d_set.se_tol:g} of its standard error {loss_se:.2g}, or tune.ftol "
-                          f"{d_set.ftol:g} relative) in {search.FLAT_STEPS} accepted steps in a "
-                          f"row, to outer step {step}")
+            return result(descent.flat_message("joint loss", tol, loss_se, d_set,
+                                               search.FLAT_STEPS, step))
     return result(f"stopped after tune.steps = {ts.steps} accepted outer steps")

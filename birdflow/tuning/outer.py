@@ -24,10 +24,7 @@ from birdflow.training.checkpoint import resume_from
 from birdflow.training.loop import AfterTraining
 from birdflow.training.settings import validate_train_config
 from birdflow.tuning import problem, search
-from birdflow.tuning.problem import start_theta as _start_theta  # noqa: F401  (older name)
 from birdflow.tuning.problem import tracks_path, w2_for_tuning
-from birdflow.tuning.problem import tracks_path as _tracks_path  # noqa: F401  (older name)
-from birdflow.tuning.problem import w2_for_tuning as _w2_for_tuning  # noqa: F401  (older name)
 from birdflow.tuning.settings import tune_settings
 from birdflow.tuning.split import write_tracks_subset
 from birdflow.tuning.tunedir import (  # noqa: F401  (MODEL_DIR, TRAJECTORY_CSV re-exported)

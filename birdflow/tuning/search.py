@@ -32,7 +32,8 @@ FLAT_STEPS = 3  # converged after this many accepted steps in a row with a negli
 class Parts:
     """What the loop calls: ``fit``, ``implicit``, ``outer`` (jitted L_out of the logits),
     ``monitors`` (validation mean ll, weakest weekly correlation, of the logits), ``unrolled``
-    (or None), ``loss_se`` (the tuning loss's standard error) and ``space``, where the fit runs (:class:`birdflow.tuning.inner.Inner` or
+    (or None), ``loss_se`` (the tuning loss's standard error) and ``space``, where the fit
+    runs (:class:`birdflow.tuning.inner.Inner` or
     :class:`birdflow.tuning.kernel_form.KernelForm`; None: the logits)."""
 
     fit: object
@@ -191,7 +192,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
         save_checkpoint(tune_dir, 1, state, traj)
         start = 1
-    flat = 0  # accepted steps in a row whose loss change was below ftol
+    flat = 0  # accepted steps in a row whose loss change was flat (descent.flat_tolerance)
     for step in range(start, ts.steps + 1):
         theta, loss = np.asarray(state["theta"], float), float(state["loss"])
         g = np.where(free, np.asarray(state["grad"], float), 0.0)
@@ -209,12 +210,13 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             progress(step, trial, new_loss, new, ok)
             if ok:
                 break
+            shrunk = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
             log.info("outer step %d trial %d rejected: L_out %.6g vs %.6g (inner %s); radius "
                      "%.3g -> %.3g", step, trial, new_loss, loss,
                      "stationary" if res.converged else f"|grad| {res.grad_norm:.2g}", radius,
-                     np.max(np.abs(s)) * descent.backtrack(loss, new_loss, g, s))
+                     shrunk)
             log_row(_row(step, trial, new, res, new_loss, parts, False, radius=radius))
-            radius = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
+            radius = shrunk
             if radius < d_set.min_radius:
                 state["radius"] = jnp.asarray(radius)
                 return "", (f"converged: no downhill step longer than tune.min_radius "
@@ -226,10 +228,8 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             return fail(step, h.message, new)
         g_new = np.where(free, h.grad, 0.0)
         state["B"] = jnp.asarray(descent.bfgs_update(B, s, g_new - g))
-        full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
-        pred = descent.predicted_decrease(B, g, s)
-        rho = (loss - h.outer_loss) / pred if pred > 0 else 1.0
-        state["radius"] = jnp.asarray(descent.radius_after(radius, s, full, rho, d_set.max_radius))
+        state["radius"] = jnp.asarray(descent.next_radius(radius, B, g, d, s, loss, h.outer_loss,
+                                                          d_set.max_radius))
         keep(new, res, h)
         log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
@@ -238,11 +238,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
                         f"by {np.max(np.abs(s)):.2g} in outer step {step}")
         # a flat valley: θ keeps sliding (beyond xtol) while the loss changes by less than the
         # birds can tell apart (a small share of its standard error) or than ftol
-        tol = max(d_set.ftol * max(abs(loss), 1e-12), d_set.se_tol * parts.loss_se)
+        tol = descent.flat_tolerance(loss, parts.loss_se, d_set)
         flat = flat + 1 if abs(loss - h.outer_loss) <= tol else 0
         if flat >= FLAT_STEPS:
-            return "", (f"converged: tuning loss changed by less than {tol:.2g} (tune.se_tol "
-                        f"{d_set.se_tol:g} of its standard error {parts.loss_se:.2g}, or tune.ftol "
-                        f"{d_set.ftol:g} relative) in {FLAT_STEPS} accepted steps in a row, to "
-                        f"outer step {step}")
+            return "", descent.flat_message("tuning loss", tol, parts.loss_se, d_set, FLAT_STEPS,
+                                            step)
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
