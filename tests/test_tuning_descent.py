@@ -48,6 +48,35 @@ def test_radius_grows_only_on_a_full_step_the_model_predicted():
     assert descent.radius_after(0.5, s, True, 0.1, 2.0) == 0.25  # poor model: half the step
 
 
+def test_model_stretches_interior_steps_where_the_loss_curves_down():
+    """sᵀy <= 0 (no BFGS update possible): an interior step doubles B, a radius-cut one keeps it;
+    with positive curvature the update is BFGS's (secant condition B y = s)."""
+    B = 0.01 * np.eye(2)
+    s, y_down, y_up = np.array([0.02, -0.01]), np.array([-0.1, 0.05]), np.array([0.3, 0.1])
+    assert np.allclose(descent.model_after(B, s, y_down, full=False), 2 * B)
+    assert np.allclose(descent.model_after(B, s, y_down, full=True), B)
+    B_up = descent.model_after(B, s, y_up, full=False)
+    assert np.allclose(B_up @ y_up, s) and np.allclose(B_up, descent.bfgs_update(B, s, y_up))
+    assert descent.is_full(np.array([0.5, -0.1]), 0.5) and not descent.is_full(np.array([0.2]), 0.5)
+
+
+def test_steps_lengthen_on_a_concave_stretch_until_the_radius():
+    """The banding birds' L2 trajectory in one dimension: the loss L(x) = -x - x²/2 curves down,
+    the model's first curvature estimate (B = 0.02) is stale. With the old rule every step stayed
+    0.02 * |g| long; now the step doubles each time until the radius (0.5) caps it."""
+    grad = lambda x: -1.0 - x  # noqa: E731
+    x, B, radius, lengths = 0.0, np.array([[0.02]]), 0.5, []
+    for _ in range(8):
+        g = np.array([grad(x)])
+        d = descent.direction(B, g, np.array([x]), np.array([True]), np.array([-10.0]),
+                              np.array([10.0]), radius)
+        B = descent.model_after(B, d, np.array([grad(x + d[0])]) - g, descent.is_full(d, radius))
+        x, lengths = x + d[0], lengths + [d[0]]
+    assert np.all(np.diff(lengths) > -1e-12) and np.all(np.diff(lengths[:5]) > 0)
+    assert np.isclose(lengths[-1], radius)
+    assert x > 5 * 8 * 0.02 * 1.0  # the stale model alone would have gone 0.16-0.2
+
+
 def test_mean_standard_error_is_the_weighted_sd_over_root_n():
     """Against numpy on the interval log-likelihoods of a tiny chain (padding has weight 0)."""
     import jax.numpy as jnp

@@ -9,7 +9,9 @@ accepted when the loss fell by Armijo's sufficient decrease ``L' <= L + c gᵀ(�
 predicted decrease (Nocedal & Wright, Algorithm 4.1): it doubles after a full-length step with
 ρ > 3/4 and halves to the step's length with ρ < 1/4. A rejected trial shrinks the radius to
 the minimiser of the quadratic through L, gᵀs and L' along the step, between a tenth and half
-of the step (a quarter when the trial failed), and tries again. The loop stops on convergence — the
+of the step (a quarter when the trial failed), and tries again. Where the loss does not curve
+up along an accepted step (``sᵀy <= 0``, no BFGS update possible) and the step was inside the
+radius, B doubles, so that steps lengthen while the loss keeps falling faster than modelled. The loop stops on convergence — the
 loss changed by less than ``ftol`` (relative) *and* θ by less than ``xtol`` in one accepted
 step, three accepted steps in a row each changed the loss by less than ``se_tol`` times its
 standard error over the tuning intervals (or ``ftol``), the projected hypergradient vanished,
@@ -25,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+STRETCH = 2.0  # an interior step along which the loss did not curve up: the next is this much longer
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,25 @@ def bfgs_update(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return V @ B @ V.T + rho * np.outer(s, s)
 
 
+def is_full(d: np.ndarray, radius: float) -> bool:
+    """Whether direction ``d`` was cut to (or reaches) the trust radius."""
+    return bool(np.max(np.abs(d), initial=0.0) >= radius * (1 - 1e-9))
+
+
+def model_after(B: np.ndarray, s: np.ndarray, y: np.ndarray, full: bool) -> np.ndarray:
+    """The inverse-Hessian model after an accepted step ``s`` whose gradient changed by ``y``.
+
+    BFGS when the loss curved up along the step (``sᵀy > 0``). When it did not, BFGS has
+    nothing to learn and the old model, fitted to curvature the loss no longer has, keeps the
+    steps short while the hypergradient grows: on the banding birds ten accepted L2 steps in a
+    row were 0.02 long inside a radius of 0.115, each with ``sᵀy < 0``. Such an interior step
+    doubles B instead (the trust radius still caps the next step, and a rejected trial shrinks it).
+    """
+    if float(s @ y) <= 0 and not full:
+        return STRETCH * B
+    return bfgs_update(B, s, y)
+
+
 def predicted_decrease(B: np.ndarray, g: np.ndarray, s: np.ndarray) -> float:
     """``−(gᵀs + ½ sᵀB⁻¹s)`` on the components s moves: the BFGS model's decrease for step s."""
     moved = s != 0
@@ -107,7 +130,7 @@ def next_radius(radius: float, B: np.ndarray, g: np.ndarray, d: np.ndarray, step
                 loss: float, loss_new: float, max_radius: float) -> float:
     """The trust radius after accepting ``step`` (direction ``d`` cut to ``radius``) from the
     point with loss ``loss`` and gradient ``g`` to ``loss_new``; ``B`` the model before it."""
-    full = np.max(np.abs(d)) >= radius * (1 - 1e-9)
+    full = is_full(d, radius)
     pred = predicted_decrease(B, g, step)
     rho = (loss - loss_new) / pred if pred > 0 else 1.0
     return radius_after(radius, step, full, rho, max_radius)

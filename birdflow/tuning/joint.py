@@ -169,8 +169,9 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, new, trial_fits, ts)
         if msg:
             return result("", f"outer step {step}: {msg}")
+        B_new = descent.model_after(B, s, g_new - g, descent.is_full(d, radius))
         radius = descent.next_radius(radius, B, g, d, s, loss, new_loss, d_set.max_radius)
-        B = descent.bfgs_update(B, s, g_new - g)
+        B = B_new
         old, phi, g, loss, fits = loss, new, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
         record(step, trial, phi, loss, losses, True, fits)

@@ -227,7 +227,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         if not h.ok:
             return fail(step, h.message, new)
         g_new = np.where(free, h.grad, 0.0)
-        state["B"] = jnp.asarray(descent.bfgs_update(B, s, g_new - g))
+        state["B"] = jnp.asarray(descent.model_after(B, s, g_new - g, descent.is_full(d, radius)))
         state["radius"] = jnp.asarray(descent.next_radius(radius, B, g, d, s, loss, h.outer_loss,
                                                           d_set.max_radius))
         keep(new, res, h)
