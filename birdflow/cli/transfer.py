@@ -4,7 +4,8 @@ Leave-one-out transfer of tuned loss weights (:mod:`birdflow.tuning.transfer`): 
 species, θ tuned on the others (one pooled θ, and a linear trait model) against its own tuned
 θ and the defaults, scored on its validation birds. Composes ``conf/transfer.yaml`` (the tune
 config plus ``transfer.*``) once per species; writes ``transfer.csv``, ``transfer.md``,
-``transfer.png`` and every run's trajectory into the run dir, and prints the table.
+``transfer.png`` and every run's trajectory into the run dir, and prints the table. Rerun with
+the same ``run_dir`` and settings, a stopped run does only what it had not finished.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from birdflow.cli.command import command
 from birdflow.errors import ConfigError
-from birdflow.runs import write_config
+from birdflow.runs import read_config, write_config
 from birdflow.tuning.transfer import TransferSettings, leave_one_out, markdown, setup
 
 
@@ -54,6 +55,22 @@ def species_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return out
 
 
+SETTINGS = ("species", "loss", "tune", "transfer", "data", "model", "seed", "precision")
+
+
+def _check_resumable(out_dir: Path, cfg: DictConfig) -> None:
+    """A run dir with a (partial) table is resumed only with the settings that made it."""
+    if not (out_dir / "transfer.csv").exists():
+        return
+    old = read_config(out_dir)
+    pick = lambda c: {k: OmegaConf.to_container(c, resolve=True).get(k) for k in SETTINGS}  # noqa: E731
+    if old is None or pick(old) != pick(cfg):
+        differ = sorted(k for k in SETTINGS if old is None or pick(old)[k] != pick(cfg)[k])
+        raise ConfigError(f"run_dir={out_dir}: its transfer.csv was made with other settings "
+                          f"({', '.join(differ)} differ from its config.yaml); rerun with the "
+                          "same settings to finish it, or give a new run_dir")
+
+
 @command("transfer", "birdflow transfer")
 def main(cfg: DictConfig):
     t = cfg.transfer
@@ -61,6 +78,7 @@ def main(cfg: DictConfig):
                           t.own_steps, t.joint_steps)
     cfgs = species_configs(cfg)  # a wrong name fails before anything is written
     out_dir = _out_dir(cfg)
+    _check_resumable(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, cfg)
     t0 = time.perf_counter()

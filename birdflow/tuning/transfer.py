@@ -13,7 +13,9 @@ interval, :meth:`birdflow.tuning.problem.SpeciesProblem.null_log_likelihood`):
 Every species is set up once (``birdflow tune``'s set-up, :mod:`problem`) and its first fit at
 the start is shared by all runs, so compilation and the cold fit are paid once a species.
 ``recovered_*`` is the share of the own-tuned gain over the default that a transfer keeps:
-``(gain_x − gain_default) / (gain_own − gain_default)``.
+``(gain_x − gain_default) / (gain_own − gain_default)``. The table is written after every part
+(an own tune, a pooled or a trait fold); a stopped run rerun with the same run dir does only
+the parts it lacks.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
     t0 = time.perf_counter()
     rows = {s.name: {"species": s.name, "n_validation_intervals": len(s.sp.split.validation),
                      "null_ll": s.sp.null_log_likelihood()} for s in species}
+    done = _finished(out_dir / "transfer.csv", rows)
     base = species[0].sp
     names = [s.name for s in species]
     feats = np.stack([traits.features(s.traits, tr.traits, s.name) for s in species])
@@ -141,6 +144,9 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
         t = time.perf_counter()
         s.first = s.sp.parts.fit(s.sp.params, s.sp.theta0, s.sp.prob.init_state(),
                                  ts.first_max_steps)
+        if done.get((s.name, "own")):
+            log.info("%s: own tune already in %s", s.name, out_dir / "transfer.csv")
+            continue
         if not s.first.converged:  # no hypergradient: scored, but nothing is learned from it
             rows[s.name].update(gain_default=gain(s, s.sp.theta0, ts, s.first), note=(
                 f"no stationary fit at the defaults (|grad| {s.first.grad_norm:.1e} after "
@@ -161,6 +167,9 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
         write()
     for k, s in enumerate(species):  # species by species: a stopped run leaves whole rows
         for model in ("pooled", "traits"):
+            if done.get((s.name, model)):
+                log.info("%s: %s transfer already in %s", s.name, model, out_dir / "transfer.csv")
+                continue
             t = time.perf_counter()
             rest = [j for j in range(len(species)) if j != k and species[j].first.converged]
             others = [species[j] for j in rest]
@@ -177,6 +186,32 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
             write()
     log.info("leave-one-out over %s: %.0f s", names, time.perf_counter() - t0)
     return write()
+
+
+def _finished(table_csv: Path, rows: dict) -> dict:
+    """What a stopped run with this run dir finished (``transfer.csv`` grows row by row):
+    its values go into ``rows``; returns ``{(species, "own" | "pooled" | "traits"): True}``.
+    Each species' first fit is redone (the joint tunes start from it); nothing else is."""
+    if not table_csv.exists():
+        return {}
+    old = pd.read_csv(table_csv, keep_default_na=True)
+    done = {}
+    for rec in old.to_dict("records"):
+        name = rec.get("species")
+        if name not in rows:
+            continue
+        rec = {k: v for k, v in rec.items() if not k.startswith("recovered_")}
+        rows[name].update({k: v for k, v in rec.items() if not _missing(v)})
+        done[(name, "own")] = not _missing(rec.get("gain_own")) or not _missing(rec.get("note"))
+        for model in ("pooled", "traits"):
+            done[(name, model)] = not _missing(rec.get(f"gain_{model}"))
+    log.info("resuming %s: %d of %d parts finished", table_csv, sum(done.values()),
+             3 * len(rows))
+    return done
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and not np.isfinite(v)) or v == ""
 
 
 def _theta_text(theta_free) -> str:
