@@ -58,14 +58,20 @@ def species_configs(cfg: DictConfig) -> dict[str, DictConfig]:
 SETTINGS = ("species", "loss", "tune", "transfer", "data", "model", "seed", "precision")
 
 
+def _settings(cfg: DictConfig) -> dict:
+    """The keys of ``cfg`` that decide a transfer table's values (:data:`SETTINGS`)."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return {k: full.get(k) for k in SETTINGS}
+
+
 def _check_resumable(out_dir: Path, cfg: DictConfig) -> None:
     """A run dir with a (partial) table is resumed only with the settings that made it."""
     if not (out_dir / "transfer.csv").exists():
         return
-    old = read_config(out_dir)
-    pick = lambda c: {k: OmegaConf.to_container(c, resolve=True).get(k) for k in SETTINGS}  # noqa: E731
-    if old is None or pick(old) != pick(cfg):
-        differ = sorted(k for k in SETTINGS if old is None or pick(old)[k] != pick(cfg)[k])
+    old, new = read_config(out_dir), _settings(cfg)
+    made = _settings(old) if old is not None else {}
+    differ = sorted(k for k in SETTINGS if made.get(k, object()) != new[k])
+    if differ:
         raise ConfigError(f"run_dir={out_dir}: its transfer.csv was made with other settings "
                           f"({', '.join(differ)} differ from its config.yaml); rerun with the "
                           "same settings to finish it, or give a new run_dir")

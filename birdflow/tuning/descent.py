@@ -11,8 +11,10 @@ predicted decrease (Nocedal & Wright, Algorithm 4.1): it doubles after a full-le
 the minimiser of the quadratic through L, gᵀs and L' along the step, between a tenth and half
 of the step (a quarter when the trial failed), and tries again. Where the loss does not curve
 up along an accepted step (``sᵀy <= 0``, no BFGS update possible) and the step was inside the
-radius, B doubles, so that steps lengthen while the loss keeps falling faster than modelled. The loop stops on convergence — the
-loss changed by less than ``ftol`` (relative) *and* θ by less than ``xtol`` in one accepted
+radius, B doubles, so that steps lengthen while the loss keeps falling faster than modelled.
+:func:`after_accept` and :func:`radius_after_rejection` are these rules for the loops
+(``birdflow tune``'s :mod:`search` and the joint tunes' :mod:`joint`). The loop stops on
+convergence — the loss changed by less than ``ftol`` (relative) *and* θ by less than ``xtol`` in one accepted
 step, three accepted steps in a row each changed the loss by less than ``se_tol`` times its
 standard error over the tuning intervals (or ``ftol``), the projected hypergradient vanished,
 or the radius fell below ``min_radius`` (no descent left at this resolution) — or after
@@ -134,6 +136,22 @@ def next_radius(radius: float, B: np.ndarray, g: np.ndarray, d: np.ndarray, step
     pred = predicted_decrease(B, g, step)
     rho = (loss - loss_new) / pred if pred > 0 else 1.0
     return radius_after(radius, step, full, rho, max_radius)
+
+
+def after_accept(B: np.ndarray, radius: float, g: np.ndarray, g_new: np.ndarray, d: np.ndarray,
+                 step: np.ndarray, loss: float, loss_new: float,
+                 max_radius: float) -> tuple[np.ndarray, float]:
+    """(model, trust radius) after accepting ``step`` (direction ``d`` cut to ``radius``) from
+    the point with loss ``loss`` and gradient ``g`` to ``loss_new`` and ``g_new``. The radius
+    is judged by the model *before* the step, which predicted it."""
+    full = is_full(d, radius)
+    return (model_after(B, step, g_new - g, full),
+            next_radius(radius, B, g, d, step, loss, loss_new, max_radius))
+
+
+def radius_after_rejection(loss: float, loss_new: float, g: np.ndarray, step: np.ndarray) -> float:
+    """The trust radius for the next trial after rejecting ``step`` (:func:`backtrack`)."""
+    return float(np.max(np.abs(step))) * backtrack(loss, loss_new, g, step)
 
 
 def flat_tolerance(loss: float, loss_se: float, s: DescentSettings) -> float:

@@ -156,7 +156,7 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
                                 else (np.nan, np.full(len(members), np.nan)))
             if trial_fits and descent.accept(new_loss, loss, g, s, d_set.armijo):
                 break
-            shrunk = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
+            shrunk = descent.radius_after_rejection(loss, new_loss, g, s)
             log.info("joint step %d trial %d rejected: L %.6g vs %.6g; radius %.3g -> %.3g",
                      step, trial, new_loss, loss, radius, shrunk)
             record(step, trial, new, new_loss, losses, False)
@@ -169,9 +169,8 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, new, trial_fits, ts)
         if msg:
             return result("", f"outer step {step}: {msg}")
-        B_new = descent.model_after(B, s, g_new - g, descent.is_full(d, radius))
-        radius = descent.next_radius(radius, B, g, d, s, loss, new_loss, d_set.max_radius)
-        B = B_new
+        B, radius = descent.after_accept(B, radius, g, g_new, d, s, loss, new_loss,
+                                         d_set.max_radius)
         old, phi, g, loss, fits = loss, new, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
         record(step, trial, phi, loss, losses, True, fits)

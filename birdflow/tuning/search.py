@@ -210,7 +210,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             progress(step, trial, new_loss, new, ok)
             if ok:
                 break
-            shrunk = float(np.max(np.abs(s))) * descent.backtrack(loss, new_loss, g, s)
+            shrunk = descent.radius_after_rejection(loss, new_loss, g, s)
             log.info("outer step %d trial %d rejected: L_out %.6g vs %.6g (inner %s); radius "
                      "%.3g -> %.3g", step, trial, new_loss, loss,
                      "stationary" if res.converged else f"|grad| {res.grad_norm:.2g}", radius,
@@ -227,9 +227,9 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         if not h.ok:
             return fail(step, h.message, new)
         g_new = np.where(free, h.grad, 0.0)
-        state["B"] = jnp.asarray(descent.model_after(B, s, g_new - g, descent.is_full(d, radius)))
-        state["radius"] = jnp.asarray(descent.next_radius(radius, B, g, d, s, loss, h.outer_loss,
-                                                          d_set.max_radius))
+        B_new, radius_new = descent.after_accept(B, radius, g, g_new, d, s, loss, h.outer_loss,
+                                                 d_set.max_radius)
+        state["B"], state["radius"] = jnp.asarray(B_new), jnp.asarray(radius_new)
         keep(new, res, h)
         log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
         save_checkpoint(tune_dir, step + 1, state, traj)

@@ -133,7 +133,8 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
     for key, v in (("solve.damping", s.solve.damping), ("solve.max_damping", s.solve.max_damping),
                    ("solve.max_share", s.solve.max_share),
                    ("solve.max_fit_change", s.solve.max_fit_change),
-                   ("ftol", s.descent.ftol), ("se_tol", s.descent.se_tol), ("xtol", s.descent.xtol), ("gtol", s.descent.gtol)):
+                   ("ftol", s.descent.ftol), ("se_tol", s.descent.se_tol),
+                   ("xtol", s.descent.xtol), ("gtol", s.descent.gtol)):
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ConfigError(f"tune.{key}: must be a number >= 0, got {v!r}")
     if s.solve.hvp not in ("jvp", "fd"):
