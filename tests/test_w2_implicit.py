@@ -75,7 +75,9 @@ def test_implicit_gradient_equals_otts_implicit_diff_before_convergence(debiased
 
 
 def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
-    """jax.jvp of jax.grad of the debiased W2 (all weeks in one vmap) vs centred FD."""
+    """jax.jvp of jax.grad of the debiased W2 (all weeks in one vmap) vs centred FD; and the
+    same product from jax.linearize (the tuner's Hessian: the implicit rules partially
+    evaluated once, the linear part reused)."""
     index, mu, tg, cost = _toy(seed=2)
     valid = np.asarray(mu) > 0
     v = jnp.asarray(np.where(valid, np.random.default_rng(3).normal(size=mu.shape), 0.0))
@@ -88,6 +90,10 @@ def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
     fd = (grad(mu + h * v) - grad(mu - h * v)) / (2 * h)
     scale = np.abs(np.asarray(fd)[valid]).max()
     np.testing.assert_allclose(np.asarray(hvp)[valid], np.asarray(fd)[valid], atol=1e-5 * scale)
+    lin = jax.linearize(grad, mu)[1]
+    np.testing.assert_allclose(np.asarray(lin(v)), np.asarray(hvp), rtol=1e-10, atol=1e-12 * scale)
+    np.testing.assert_allclose(np.asarray(lin(2 * v)), 2 * np.asarray(hvp), rtol=1e-10,
+                               atol=1e-12 * scale)
 
 
 def test_failed_linear_solve_falls_back_to_the_envelope_gradient_and_says_so():

@@ -45,7 +45,8 @@ class SolveSettings:
         rtol: CG stops at ``||b − Av|| <= rtol ||b||``...
         wtol: ...or when the hypergradient changed by at most this (relative) over 10 CG steps.
         max_steps: CG steps.
-        hvp: "jvp" (forward-over-reverse) or "fd" (centred differences of the gradient).
+        hvp: "linearize" or "jvp" (forward-over-reverse, exact; see
+            :func:`curvature.make_hvp`) or "fd" (centred differences of the gradient).
         fd_step: the finite-difference step (hvp "fd").
         precondition: CG preconditioned by the mass diagonal.
         accept_residual: a solve that hit max_steps still counts at this relative residual.
@@ -65,7 +66,7 @@ class SolveSettings:
     rtol: float = 1e-8
     wtol: float = 1e-5
     max_steps: int = 5000
-    hvp: str = "jvp"
+    hvp: str = "linearize"
     fd_step: float = 1e-4
     precondition: bool = True
     accept_residual: float = 1e-6
@@ -103,14 +104,14 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
     whose logits also depend on θ directly: that partial derivative is added). ``damping``
     (default ``settings.damping``) is traced, so changing it does not recompile.
     """
-    hvp = curvature.make_hvp(inner.loss, settings.hvp, settings.fd_step)
+    hessian = curvature.make_hvp(inner.loss, settings.hvp, settings.fd_step)
     grad_w = jax.grad(inner.loss)
     outer = lambda params, theta: outer_loss(inner.logits(params, theta))  # noqa: E731
 
     def cross(op, params, theta, state):
         """(n, 4) ∂θ ∇_w L_in, gauge-projected: forward mode, or centred differences (fd)."""
         g = lambda th: op.ravel(grad_w(params, th, state))  # noqa: E731
-        if settings.hvp == "jvp":
+        if settings.hvp != "fd":
             return jax.jacfwd(g)(theta)
         eye = jnp.eye(theta.size, dtype=theta.dtype) * settings.fd_step
         return jnp.stack([(g(theta + e) - g(theta - e)) / (2 * settings.fd_step) for e in eye],
@@ -118,7 +119,8 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
 
     def run(params, theta, state, v0, damping):
         value, (g_out, g_theta) = jax.value_and_grad(outer, argnums=(0, 1))(params, theta)
-        op = curvature.operator(hvp, params, theta, state, inner, damping, settings.precondition)
+        op = curvature.operator(hessian, params, theta, state, inner, damping,
+                                settings.precondition)
         J = cross(op, params, theta, state)
         b = op.ravel(g_out)
         sol = curvature.pcg(op, b, op.ravel(v0), settings.rtol, settings.max_steps,

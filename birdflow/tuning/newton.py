@@ -57,6 +57,10 @@ class NewtonSettings:
             damping share is too large (``tune.solve.max_share``).
         form: where the fit runs: "kernel" (:mod:`birdflow.tuning.kernel_form`, one potential
             per cell and week) or "logits" (every transition logit).
+        resolution: the relative change of L_in its evaluation resolves (float64 round-off;
+            more for W2, whose value comes from Sinkhorn solves to a threshold). A step that
+            promises less, ``|∇Lᵀp| < resolution |L_in|``, is judged by the gradient: taken
+            whole when the scaled gradient norm falls, the line search otherwise.
     """
 
     gtol: float = 1e-6
@@ -68,6 +72,7 @@ class NewtonSettings:
     max_backtracks: int = 40
     refits: int = 3
     form: str = "kernel"
+    resolution: float = 1e-12
 
 
 @dataclass
@@ -81,7 +86,8 @@ class FitResult:
     hvps: int = 0  # Hessian-vector products (CG steps) spent
 
 
-def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step: float = 1e-4):
+def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
+                fd_step: float = 1e-4):
     """``fit(params, theta, state, max_steps=None, gtol=None) -> FitResult`` by truncated Newton.
 
     ``inner`` is where the fit runs: a :class:`birdflow.tuning.inner.Inner` (the logits) or a
@@ -89,7 +95,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
     ``diagonal``).
     """
     mask = inner.mask
-    hvp = curvature.make_hvp(inner.loss, hvp_mode, fd_step)
+    hessian = curvature.make_hvp(inner.loss, hvp_mode, fd_step)
 
     @jax.jit
     def value_grad(params, theta, state):
@@ -100,7 +106,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
 
     @jax.jit
     def direction(params, theta, state, g, damping, rtol):
-        op = curvature.operator(hvp, params, theta, state, inner, damping)
+        op = curvature.operator(hessian, params, theta, state, inner, damping)
         b = -op.ravel(g)
         res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps)
         # a direction of negative curvature p: add it, pointing downhill and as long (in the
@@ -143,6 +149,15 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
                       steps, value, gnorm, int(k), slope, damping)
             if not slope < 0:  # not a descent direction (round-off at the floor): stop
                 break
+            if -slope < settings.resolution * max(abs(value), 1e-30):
+                # the decrease is below what L_in resolves: judge the full step by the gradient
+                trial = step_to(params, p, 1.0)
+                out = jax.device_get(value_grad(trial, theta, state))
+                if np.isfinite(out[2]) and out[2] < gnorm:
+                    steps, damping = steps + 1, max(damping / 4, settings.min_damping)
+                    params, (value, g, gnorm, state) = trial, out
+                    best, stalled = (gnorm, 0) if gnorm < 0.9 * best else (best, stalled + 1)
+                    continue
             t, accepted = 1.0, None
             for _ in range(settings.max_backtracks):
                 trial = step_to(params, p, t)
@@ -152,13 +167,6 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "jvp", fd_step:
                     break
                 t *= 0.5
             steps += 1
-            if accepted is None and -slope < 1e-12 * max(abs(value), 1e-30):
-                # the decrease is below L_in's round-off: judge the full step by the gradient
-                trial = step_to(params, p, 1.0)
-                out = jax.device_get(value_grad(trial, theta, state))
-                if np.isfinite(out[2]) and out[2] < gnorm:
-                    params, (value, g, gnorm, state) = trial, out
-                    continue
             if accepted is None:
                 damping = min(damping * 100, 1e6)
                 log.debug("newton: no decrease along p; damping -> %.1e", damping)
