@@ -149,17 +149,14 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
                       steps, value, gnorm, int(k), slope, damping)
             if not slope < 0:  # not a descent direction (round-off at the floor): stop
                 break
+            t, accepted, out = 1.0, None, None
             if -slope < settings.resolution * max(abs(value), 1e-30):
                 # the decrease is below what L_in resolves: judge the full step by the gradient
                 trial = step_to(params, p, 1.0)
-                out = jax.device_get(value_grad(trial, theta, state))
-                if np.isfinite(out[2]) and out[2] < gnorm:
-                    steps, damping = steps + 1, max(damping / 4, settings.min_damping)
-                    params, (value, g, gnorm, state) = trial, out
-                    best, stalled = (gnorm, 0) if gnorm < 0.9 * best else (best, stalled + 1)
-                    continue
-            t, accepted = 1.0, None
-            for _ in range(settings.max_backtracks):
+                judged = jax.device_get(value_grad(trial, theta, state))
+                if np.isfinite(judged[2]) and judged[2] < gnorm:
+                    accepted, out = trial, judged
+            for _ in range(0 if accepted is not None else settings.max_backtracks):
                 trial = step_to(params, p, t)
                 v = float(loss(trial, theta, state))
                 if np.isfinite(v) and v <= value + settings.armijo * t * slope:
@@ -173,7 +170,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
                 continue
             damping = max(damping / 4, settings.min_damping) if t == 1.0 else damping * 4
             params = accepted
-            value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
+            value, g, gnorm, state = (out if out is not None
+                                      else jax.device_get(value_grad(params, theta, state)))
             best, stalled = (gnorm, 0) if gnorm < 0.9 * best else (best, stalled + 1)
         value, gnorm = float(value), float(gnorm)
         ok = bool(np.isfinite(value) and gnorm <= gtol)

@@ -77,7 +77,7 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
     for key in ("atol",):
         solve.pop(key, None)  # older configs: CG tolerances are relative (tune.solve.rtol)
     if inner.get("resolution", "auto") == "auto":  # W2's value comes from Sinkhorn solves
-        inner["resolution"] = W2_RESOLUTION if location == "w2" else 1e-12
+        inner["resolution"] = W2_RESOLUTION if location == "w2" else NewtonSettings.resolution
     if solve.get("hvp", "auto") == "auto":
         solve["hvp"] = "linearize"  # exact (W2 through its implicit Sinkhorn derivatives)
     if m.get("free") is None:
