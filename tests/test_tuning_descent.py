@@ -96,3 +96,51 @@ def test_mean_standard_error_is_the_weighted_sd_over_root_n():
     assert np.all(w[w > 0] == 1) and len(x) > 10
     se = float(likelihood.mean_standard_error(params, index, batch, batch.max_lag))
     assert se == pytest.approx(x.std() / np.sqrt(len(x)), rel=1e-5)
+
+
+def test_trials_reject_uphill_and_failed_steps_then_accept_downhill():
+    """One outer step of the shared loop on the quadratic: a failed trial (NaN) and an overshoot
+    are rejected and shrink the radius; the accepted trial lowers the loss (Armijo)."""
+    s = descent.DescentSettings(radius=40.0, min_radius=1e-3, max_trials=8)
+    x0, loss0 = np.zeros(3), quadratic(np.zeros(3))
+    lo, hi, free = np.full(3, -100.0), np.full(3, 100.0), np.ones(3, bool)
+    seen = []
+
+    def evaluate(index, x):
+        return (np.nan if index == 0 else quadratic(x)), {"index": index}
+
+    def rejected(index, x, loss, fit, radius, shrunk):
+        seen.append((index, loss, radius, shrunk))
+
+    B = 100 * np.eye(3)  # a model that overshoots: the first finite trial goes uphill
+    t, radius, why = descent.trials(B, g0, x0, loss0, s.radius, free, lo, hi, s, evaluate,
+                                    rejected)
+    assert why == "" and t is not None and t.index == len(seen) >= 2
+    assert np.isnan(seen[0][1]) and seen[0][3] == 0.25 * seen[0][2]  # failed: a quarter
+    assert all(shrunk < r for _, _, r, shrunk in seen)
+    assert t.loss == quadratic(t.x) < loss0 + s.armijo * g0 @ t.s
+    assert np.allclose(t.s, t.x - x0) and t.fit == {"index": t.index} and t.radius == radius
+
+
+def test_trials_end_when_no_downhill_step_is_left_and_stop_counts_flat_steps():
+    s = descent.DescentSettings(radius=1.0, min_radius=1e-3, max_trials=50, se_tol=0.01)
+    lo, hi, free = np.full(3, -10.0), np.full(3, 10.0), np.ones(3, bool)
+    uphill = lambda index, x: (quadratic(np.zeros(3)) + 1.0, None)  # noqa: E731
+    t, radius, why = descent.trials(np.eye(3), g0, np.zeros(3), 0.0, s.radius, free, lo, hi, s,
+                                    uphill, lambda *a: None)
+    assert t is None and radius < s.min_radius and why.startswith("converged: no downhill")
+    few = descent.DescentSettings(radius=1.0, max_trials=2)
+    t, _, why = descent.trials(np.eye(3), g0, np.zeros(3), 0.0, 1.0, free, lo, hi, few, uphill,
+                               lambda *a: None)
+    assert t is None and why == "stopped: 2 rejected trials"
+
+    stop = descent.Stop(s, loss_se=0.1)  # flat: |ΔL| <= 0.01 * 0.1 = 1e-3
+    long_step = np.full(3, 0.1)  # beyond xtol, so only the flat rule can end it
+    assert stop.after(1.0, 0.9995, long_step, 1) == ""
+    assert stop.after(0.9995, 0.9, long_step, 2) == ""  # a real decrease resets the count
+    assert [stop.after(0.9, 0.9 - 1e-4 * k, long_step, 2 + k) == "" for k in (1, 2)] == [True] * 2
+    assert stop.after(0.9998, 0.9997, long_step, 5).startswith("converged: tuning loss changed "
+                                                               "by less than 0.001")
+    tiny = descent.Stop(s, loss_se=0.1)
+    assert tiny.after(1.0, 1.0 - 1e-7, np.full(3, 1e-4), 7) == (
+        "converged: tuning loss changed by 1e-07 and θ by 0.0001 in outer step 7")

@@ -12,8 +12,10 @@ the minimiser of the quadratic through L, gᵀs and L' along the step, between a
 of the step (a quarter when the trial failed), and tries again. Where the loss does not curve
 up along an accepted step (``sᵀy <= 0``, no BFGS update possible) and the step was inside the
 radius, B doubles, so that steps lengthen while the loss keeps falling faster than modelled.
-:func:`after_accept` and :func:`radius_after_rejection` are these rules for the loops
-(``birdflow tune``'s :mod:`search` and the joint tunes' :mod:`joint`). The loop stops on
+:func:`trials` (one outer step: trials until one is accepted), :func:`after_accept` and
+:class:`Stop` (the convergence tests) are these rules for the loops, which differ only in what
+a trial fits: ``birdflow tune``'s :mod:`search` (one species, checkpointed) and the joint
+tunes' :mod:`joint` (one fit per species). The loop stops on
 convergence — the loss changed by less than ``ftol`` (relative) *and* θ by less than ``xtol`` in one accepted
 step, three accepted steps in a row each changed the loss by less than ``se_tol`` times its
 standard error over the tuning intervals (or ``ftol``), the projected hypergradient vanished,
@@ -26,11 +28,13 @@ tuning loss rose for four steps in a row; this rule cannot do that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 STRETCH = 2.0  # an interior step along which the loss did not curve up: the next is this much longer
+FLAT_STEPS = 3  # accepted steps in a row whose loss change is flat (flat_tolerance) end the loop
 
 
 @dataclass(frozen=True)
@@ -186,3 +190,69 @@ def converged(loss_new: float, loss: float, step: np.ndarray, s: DescentSettings
     """Relative change of the loss below ftol and of θ (max norm) below xtol."""
     return (abs(loss - loss_new) <= s.ftol * max(abs(loss), 1e-12)
             and float(np.max(np.abs(step), initial=0.0)) <= s.xtol)
+
+
+@dataclass
+class Trial:
+    """The trial :func:`trials` accepted: its index in the outer step, the point ``x``, the
+    model step ``d`` (before clipping to the bounds), the step taken ``s``, its loss, what the
+    caller's evaluation returned with it (``fit``) and the trust radius it was drawn in."""
+
+    index: int
+    x: np.ndarray
+    d: np.ndarray
+    s: np.ndarray
+    loss: float
+    fit: object
+    radius: float
+
+
+def trials(B: np.ndarray, g: np.ndarray, x: np.ndarray, loss: float, radius: float, free, lo, hi,
+           s: DescentSettings, evaluate: Callable, rejected: Callable
+           ) -> tuple[Trial | None, float, str]:
+    """One outer step: trials in the trust radius until one is accepted (:func:`accept`).
+
+    ``evaluate(index, x_new) -> (loss, fit)``, the loss NaN where the trial failed (an inner
+    fit that did not become stationary). ``rejected(index, x_new, loss_new, fit, radius,
+    shrunk)`` hears of each rejected trial before the radius shrinks to ``shrunk``.
+
+    Returns ``(trial, radius, why)``: the accepted :class:`Trial` and ``""``, or ``None`` and
+    why the loop ends (no downhill step longer than ``min_radius``: converged; ``max_trials``
+    rejected trials: stopped), with the radius it reached.
+    """
+    for index in range(s.max_trials):
+        d = direction(B, g, x, free, lo, hi, radius)
+        new = np.clip(x + d, lo, hi)
+        step = new - x
+        new_loss, fit = evaluate(index, new)
+        if accept(new_loss, loss, g, step, s.armijo):
+            return Trial(index, new, d, step, float(new_loss), fit, radius), radius, ""
+        shrunk = radius_after_rejection(loss, new_loss, g, step)
+        rejected(index, new, new_loss, fit, radius, shrunk)
+        radius = shrunk
+        if radius < s.min_radius:
+            return None, radius, (f"converged: no downhill step longer than tune.min_radius "
+                                  f"{s.min_radius:g}")
+    return None, radius, f"stopped: {s.max_trials} rejected trials"
+
+
+class Stop:
+    """The convergence tests after each accepted step (module doc), with the count of flat
+    steps in a row they keep. ``what`` names the loss and ``name`` the point in messages."""
+
+    def __init__(self, s: DescentSettings, loss_se: float, what: str = "tuning loss",
+                 name: str = "θ"):
+        self.s, self.loss_se, self.what, self.name, self.flat = s, loss_se, what, name, 0
+
+    def after(self, loss: float, loss_new: float, step: np.ndarray, index: int) -> str:
+        """Why the loop ends after outer step ``index`` took ``step`` (``""``: it goes on)."""
+        if converged(loss_new, loss, step, self.s):
+            return (f"converged: {self.what} changed by {abs(loss - loss_new):.2g} and "
+                    f"{self.name} by {np.max(np.abs(step)):.2g} in outer step {index}")
+        # a flat valley: the point keeps sliding (beyond xtol) while the loss changes by less
+        # than the birds can tell apart (a small share of its standard error) or than ftol
+        tol = flat_tolerance(loss, self.loss_se, self.s)
+        self.flat = self.flat + 1 if abs(loss - loss_new) <= tol else 0
+        if self.flat >= FLAT_STEPS:
+            return flat_message(self.what, tol, self.loss_se, self.s, FLAT_STEPS, index)
+        return ""

@@ -141,46 +141,40 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         return result("", f"outer step 0: {msg}")
     _keep(members, tmap, phi, fits)
     record(0, 0, phi, loss, losses, True, fits)
-    B, radius, flat = np.eye(tmap.size), d_set.radius, 0
+    B, radius = np.eye(tmap.size), d_set.radius
     # the joint loss's standard error: the intervals-weighted mean of independent species' losses
     loss_se = float(np.sqrt(np.sum((weights(members) * [m.parts.loss_se for m in members]) ** 2)))
+    stop = descent.Stop(d_set, loss_se, "joint loss", "φ")
     for step in range(1, ts.steps + 1):
         if np.linalg.norm(descent.projected(g, phi, free, lo, hi)) <= d_set.gtol:
             return result(f"converged: projected hypergradient below {d_set.gtol:g}")
-        for trial in range(d_set.max_trials):
-            d = descent.direction(B, g, phi, free, lo, hi, radius)
-            new = np.clip(phi + d, lo, hi)
-            s = new - phi
+
+        def evaluate(trial, new):
             trial_fits = fit_all(members, tmap, new, ts, ts.inner.max_steps)
-            new_loss, losses = (joint_loss(members, tmap, new, trial_fits) if trial_fits
-                                else (np.nan, np.full(len(members), np.nan)))
-            if trial_fits and descent.accept(new_loss, loss, g, s, d_set.armijo):
-                break
-            shrunk = descent.radius_after_rejection(loss, new_loss, g, s)
+            if not trial_fits:
+                return np.nan, (None, np.full(len(members), np.nan))
+            new_loss, losses = joint_loss(members, tmap, new, trial_fits)
+            return new_loss, (trial_fits, losses)
+
+        def rejected(trial, new, new_loss, fit, radius, shrunk, step=step, loss=loss):
             log.info("joint step %d trial %d rejected: L %.6g vs %.6g; radius %.3g -> %.3g",
                      step, trial, new_loss, loss, radius, shrunk)
-            record(step, trial, new, new_loss, losses, False)
-            radius = shrunk
-            if radius < d_set.min_radius:
-                return result(f"converged: no downhill step longer than tune.min_radius "
-                              f"{d_set.min_radius:g}")
-        else:
-            return result(f"stopped: {d_set.max_trials} rejected trials in outer step {step}")
-        trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, new, trial_fits, ts)
+            record(step, trial, new, new_loss, fit[1], False)
+
+        t, radius, why = descent.trials(B, g, phi, loss, radius, free, lo, hi, d_set, evaluate,
+                                        rejected)
+        if t is None:
+            return result(why if why.startswith("conv") else f"{why} in outer step {step}")
+        trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, t.x, t.fit[0], ts)
         if msg:
             return result("", f"outer step {step}: {msg}")
-        B, radius = descent.after_accept(B, radius, g, g_new, d, s, loss, new_loss,
+        B, radius = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss, new_loss,
                                          d_set.max_radius)
-        old, phi, g, loss, fits = loss, new, g_new, new_loss, trial_fits
+        old, phi, g, loss, fits = loss, t.x, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
-        record(step, trial, phi, loss, losses, True, fits)
+        record(step, t.index, phi, loss, losses, True, fits)
         log.info("joint step %d: L %.6g, φ %s", step, loss, np.round(phi, 3).tolist())
-        if descent.converged(loss, old, s, d_set):
-            return result(f"converged: joint loss changed by {abs(old - loss):.2g} and φ by "
-                          f"{np.max(np.abs(s)):.2g} in outer step {step}")
-        tol = descent.flat_tolerance(old, loss_se, d_set)
-        flat = flat + 1 if abs(old - loss) <= tol else 0
-        if flat >= search.FLAT_STEPS:
-            return result(descent.flat_message("joint loss", tol, loss_se, d_set,
-                                               search.FLAT_STEPS, step))
+        why = stop.after(old, loss, t.s, step)
+        if why:
+            return result(why)
     return result(f"stopped after tune.steps = {ts.steps} accepted outer steps")

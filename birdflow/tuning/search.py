@@ -25,7 +25,6 @@ from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.tunedir import TRAJECTORY_CSV
 
 log = logging.getLogger("birdflow.tuning.search")
-FLAT_STEPS = 3  # converged after this many accepted steps in a row with a negligible |ΔL|
 
 
 @dataclass
@@ -192,55 +191,46 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
         save_checkpoint(tune_dir, 1, state, traj)
         start = 1
-    flat = 0  # accepted steps in a row whose loss change was flat (descent.flat_tolerance)
+    stop = descent.Stop(d_set, parts.loss_se)
     for step in range(start, ts.steps + 1):
         theta, loss = np.asarray(state["theta"], float), float(state["loss"])
         g = np.where(free, np.asarray(state["grad"], float), 0.0)
         if np.linalg.norm(descent.projected(g, theta, free, lo, hi)) <= d_set.gtol:
             return "", f"converged: projected hypergradient below {d_set.gtol:g}"
         radius, B = float(state["radius"]), np.asarray(state["B"], float)
-        for trial in range(d_set.max_trials):
-            d = descent.direction(B, g, theta, free, lo, hi, radius)
-            new = np.clip(theta + d, lo, hi)
-            s = new - theta
+
+        def evaluate(trial, new, theta=theta):
             res = _stationary_fit(parts, parts.warm(state["params"], theta, new), new,
                                   state["loss_state"], ts.inner.max_steps)
-            new_loss = float(parts.outer(parts.logits(res.params, new))) if res.converged else np.nan
-            ok = res.converged and descent.accept(new_loss, loss, g, s, d_set.armijo)
-            progress(step, trial, new_loss, new, ok)
-            if ok:
-                break
-            shrunk = descent.radius_after_rejection(loss, new_loss, g, s)
+            return (float(parts.outer(parts.logits(res.params, new))) if res.converged
+                    else np.nan), res
+
+        def rejected(trial, new, new_loss, res, radius, shrunk, step=step, loss=loss):
+            progress(step, trial, new_loss, new, False)
             log.info("outer step %d trial %d rejected: L_out %.6g vs %.6g (inner %s); radius "
                      "%.3g -> %.3g", step, trial, new_loss, loss,
                      "stationary" if res.converged else f"|grad| {res.grad_norm:.2g}", radius,
                      shrunk)
             log_row(_row(step, trial, new, res, new_loss, parts, False, radius=radius))
-            radius = shrunk
-            if radius < d_set.min_radius:
-                state["radius"] = jnp.asarray(radius)
-                return "", (f"converged: no downhill step longer than tune.min_radius "
-                            f"{d_set.min_radius:g} from θ = {theta.round(4).tolist()}")
-        else:
-            return "", f"stopped: {d_set.max_trials} rejected trials in outer step {step}"
-        res, h = _accurate_hypergradient(parts, ts, res, new, state["v"], float(state["damping"]))
+
+        t, radius, why = descent.trials(B, g, theta, loss, radius, free, lo, hi, d_set,
+                                        evaluate, rejected)
+        if t is None:
+            state["radius"] = jnp.asarray(radius)
+            return "", (f"{why} from θ = {theta.round(4).tolist()}" if why.startswith("conv")
+                        else f"{why} in outer step {step}")
+        progress(step, t.index, t.loss, t.x, True)
+        res, h = _accurate_hypergradient(parts, ts, t.fit, t.x, state["v"], float(state["damping"]))
         if not h.ok:
-            return fail(step, h.message, new)
+            return fail(step, h.message, t.x)
         g_new = np.where(free, h.grad, 0.0)
-        B_new, radius_new = descent.after_accept(B, radius, g, g_new, d, s, loss, h.outer_loss,
-                                                 d_set.max_radius)
+        B_new, radius_new = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss,
+                                                 h.outer_loss, d_set.max_radius)
         state["B"], state["radius"] = jnp.asarray(B_new), jnp.asarray(radius_new)
-        keep(new, res, h)
-        log_row(_row(step, trial, new, res, h.outer_loss, parts, True, h, radius))
+        keep(t.x, res, h)
+        log_row(_row(step, t.index, t.x, res, h.outer_loss, parts, True, h, t.radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
-        if descent.converged(h.outer_loss, loss, s, d_set):
-            return "", (f"converged: tuning loss changed by {abs(loss - h.outer_loss):.2g} and θ "
-                        f"by {np.max(np.abs(s)):.2g} in outer step {step}")
-        # a flat valley: θ keeps sliding (beyond xtol) while the loss changes by less than the
-        # birds can tell apart (a small share of its standard error) or than ftol
-        tol = descent.flat_tolerance(loss, parts.loss_se, d_set)
-        flat = flat + 1 if abs(loss - h.outer_loss) <= tol else 0
-        if flat >= FLAT_STEPS:
-            return "", descent.flat_message("tuning loss", tol, parts.loss_se, d_set, FLAT_STEPS,
-                                            step)
+        why = stop.after(loss, h.outer_loss, t.s, step)
+        if why:
+            return "", why
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
