@@ -255,6 +255,38 @@ def test_hvp_modes_agree_and_cg_matches_a_dense_solve():
             plain_steps = h.cg_steps
 
 
+def test_cg_stops_on_the_residual_norm_it_is_asked_for():
+    """pcg's two stop rules on a badly scaled SPD system: plain ``||r||₂ <= rtol ||b||₂``, or
+    ``scaled`` in the preconditioner's norm ``sqrt(rᵀM⁻¹r)`` (a Newton fit's mass-scaled
+    gradient norm); each reports the residual in its own norm, recomputed from ``b − Ax``."""
+    import jax
+    import jax.numpy as jnp
+
+    from birdflow.tuning import curvature
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        n = 60
+        d = 10.0 ** rng.uniform(-5, 0, n)  # masses over five decades, like the rows' mu P (1 - P)
+        Q = rng.normal(size=(n, n)) / np.sqrt(n)
+        A = np.sqrt(d)[:, None] * (np.eye(n) + 0.5 * Q @ Q.T) * np.sqrt(d)[None, :]
+        b = jnp.asarray(A @ rng.normal(size=n))
+        ident = lambda x: x  # noqa: E731
+        op = curvature.Operator(lambda x: jnp.asarray(A) @ x, lambda x: x / jnp.asarray(d),
+                                jnp.asarray(d), ident, ident)
+        for scaled in (False, True):
+            res = curvature.pcg(op, b, jnp.zeros_like(b), 1e-6, 500, scaled=scaled)
+            r = np.asarray(b - jnp.asarray(A) @ res.x)
+            if scaled:
+                size = np.sqrt(r @ (r / d)) / np.sqrt(np.asarray(b) @ (np.asarray(b) / d))
+            else:
+                size = np.linalg.norm(r) / np.linalg.norm(np.asarray(b))
+            assert size <= 1e-6 and int(res.steps) < 500, (scaled, size, int(res.steps))
+            np.testing.assert_allclose(float(res.residual), size, rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(res.x), np.linalg.solve(A, np.asarray(b)),
+                                       rtol=1e-3)
+
+
 def test_settings_reject_bad_values():
     from birdflow.tuning.settings import tune_settings
 
@@ -270,8 +302,26 @@ def test_settings_reject_bad_values():
         tune_settings({"radius": 5.0}, "l2")
     with pytest.raises(ConfigError, match="tune.inner.gtol"):
         tune_settings({"inner": {"gtol": 0}}, "l2")
+    with pytest.raises(ConfigError, match="tune.inner.cg_norm: 'l1'; choose scaled or plain"):
+        tune_settings({"inner": {"cg_norm": "l1"}}, "l2")
     s = tune_settings({}, "w2")
     assert s.solve.hvp == "linearize" and "log_w2_scale" in s.free and s.steps == 30
+    assert s.inner.cg_norm == "scaled"
+
+
+def test_w2_tunes_with_direct_solves_and_training_keeps_cg():
+    """birdflow tune solves W2's optimality system directly (its products solve at one plan
+    many times); a training config keeps CG, and an unknown solve is refused by name."""
+    from birdflow.losses.config import LossConfig, W2Config
+    from birdflow.tuning.problem import w2_for_tuning
+    from birdflow.tuning.settings import tune_settings
+
+    cfg = LossConfig(location="w2", w2=W2Config())
+    assert cfg.w2.linear_solve == "cg"
+    tuned = w2_for_tuning(cfg, tune_settings({}, "w2"))
+    assert tuned.w2.linear_solve == "direct" and tuned.w2.grad_mode == "implicit"
+    with pytest.raises(ConfigError, match="loss.w2.linear_solve"):
+        LossConfig.from_mapping({"location": "w2", "w2": {"linear_solve": "lu"}})
 
 
 def _tune_cfg(tmp_path, *overrides):

@@ -27,11 +27,11 @@ def _x64():
         yield
 
 
-def _ours(mu, tg, cost, mode, debiased, threshold, week_batch=0):
+def _ours(mu, tg, cost, mode, debiased, threshold, week_batch=0, linear_solve="cg"):
     k = 3 if debiased else 1
     init = (jnp.zeros((k * mu.shape[0], mu.shape[1])),) * 2
     return w2(mu, tg, cost, EPS, init, threshold=threshold, max_iterations=3000, grad_mode=mode,
-              debiased=debiased, week_batch=week_batch)[0].sum()
+              debiased=debiased, week_batch=week_batch, linear_solve=linear_solve)[0].sum()
 
 
 def _ott_implicit(mu, tg, cost, debiased, threshold):
@@ -58,13 +58,15 @@ def _centred(g, valid):
     return np.where(valid, g - mean, 0.0)
 
 
+@pytest.mark.parametrize("linear_solve", ["cg", "direct"])
 @pytest.mark.parametrize("debiased", [False, True], ids=["regularised", "debiased"])
-def test_implicit_gradient_equals_otts_implicit_diff_before_convergence(debiased):
+def test_implicit_gradient_equals_otts_implicit_diff_before_convergence(debiased, linear_solve):
     """At threshold 0.1 the implicit gradient (W(mu, mu) included) is OTT's IFT gradient,
-    and measurably not the envelope gradient."""
+    and measurably not the envelope gradient; with either linear solve."""
     index, mu, tg, cost = _toy(seed=1)
     valid = np.asarray(mu) > 0
-    ours = jax.grad(lambda m: _ours(m, tg, cost, "implicit", debiased, LOOSE))(mu)
+    ours = jax.grad(lambda m: _ours(m, tg, cost, "implicit", debiased, LOOSE,
+                                    linear_solve=linear_solve))(mu)
     danskin = jax.grad(lambda m: _ours(m, tg, cost, "danskin", debiased, LOOSE))(mu)
     ref = jax.grad(lambda m: _ott_implicit(m, tg, cost, debiased, LOOSE))(mu)
     np.testing.assert_allclose(_ours(mu, tg, cost, "implicit", debiased, LOOSE),
@@ -74,16 +76,18 @@ def test_implicit_gradient_equals_otts_implicit_diff_before_convergence(debiased
     assert np.abs(_centred(danskin, valid) - _centred(ref, valid)).max() > 1e-3
 
 
-def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
+@pytest.mark.parametrize("linear_solve", ["cg", "direct"])
+def test_hessian_vector_product_matches_finite_differences_of_the_gradient(linear_solve):
     """jax.jvp of jax.grad of the debiased W2 (all weeks in one vmap) vs centred FD; and the
     same product from jax.linearize (the tuner's Hessian: the implicit rules partially
-    evaluated once, the linear part reused)."""
+    evaluated once, the linear part reused); with either linear solve."""
     index, mu, tg, cost = _toy(seed=2)
     valid = np.asarray(mu) > 0
     v = jnp.asarray(np.where(valid, np.random.default_rng(3).normal(size=mu.shape), 0.0))
 
     def grad(m):
-        return jax.grad(lambda x: _ours(x, tg, cost, "implicit", True, 1e-12))(m)
+        return jax.grad(lambda x: _ours(x, tg, cost, "implicit", True, 1e-12,
+                                        linear_solve=linear_solve))(m)
 
     hvp = jax.jvp(grad, (mu,), (v,))[1]
     h = 1e-5

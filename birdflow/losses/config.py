@@ -100,6 +100,7 @@ class W2Config:
     threshold: float = 1e-3
     max_iterations: int = 2000
     grad_mode: str = "danskin"
+    linear_solve: str = "cg"
     warm_start: bool = True
     debiased: bool = True
     scale: float = 1.0
@@ -153,6 +154,7 @@ class LossConfig:
         c = cfg.w2
         _check_choice("loss.w2.cost", c.cost, location.COSTS)
         _check_choice("loss.w2.grad_mode", c.grad_mode, location.GRAD_MODES)
+        _check_choice("loss.w2.linear_solve", c.linear_solve, location.LINEAR_SOLVES)
         _check_choice("loss.w2.on_unconverged", c.on_unconverged, ON_UNCONVERGED)
         _check("loss.w2.momentum", c.momentum, lambda v: 0 < v < 2, "in (0, 2)")
         for key in ("epsilon_cells", "threshold", "error_tolerance", "scale", "cost_pow"):

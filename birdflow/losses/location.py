@@ -46,6 +46,7 @@ from birdflow.types import WeeklyDistr
 PerWeek = Float[Array, "week"]  # one value per one-way marginal
 
 GRAD_MODES = ("implicit", "danskin", "unroll")
+LINEAR_SOLVES = ("cg", "direct")  # grad_mode implicit: sinkhorn_implicit.SolveSettings.method
 
 
 def l2(mu: WeeklyDistr, targets: WeeklyDistr) -> PerWeek:
@@ -55,8 +56,10 @@ def l2(mu: WeeklyDistr, targets: WeeklyDistr) -> PerWeek:
 
 def _solver(threshold: float, max_iterations: int, grad_mode: str,
             symmetric: bool = False, inner_iterations: int = 10, momentum: float = 1.0,
-            fixed_iterations: int | None = None, tolerance: float | None = None):
-    """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one.
+            fixed_iterations: int | None = None, tolerance: float | None = None,
+            linear_solve: str = "cg"):
+    """An OTT Sinkhorn for ``danskin``/``unroll``; implicit: :class:`SolveSettings` around one
+    (its linear solves by ``linear_solve``: "cg" or "direct").
 
     ``fixed_iterations`` k (amortised solves): k iterations, then the marginal error is
     checked every k iterations against ``tolerance`` (``threshold`` if None) up to
@@ -79,7 +82,8 @@ def _solver(threshold: float, max_iterations: int, grad_mode: str,
     if grad_mode == "implicit":  # our IFT derivatives (sinkhorn_implicit); OTT only solves
         inner = sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
                                   use_danskin=True, **kw)
-        return sinkhorn_implicit.SolveSettings(inner, max_error=max(tolerance, threshold))
+        return sinkhorn_implicit.SolveSettings(inner, max_error=max(tolerance, threshold),
+                                               method=linear_solve)
     if grad_mode == "danskin":  # envelope theorem: potentials treated as constants
         return sinkhorn.Sinkhorn(implicit_diff=implicit_differentiation.ImplicitDiff(),
                                  use_danskin=True, **kw)
@@ -232,7 +236,8 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
        max_iterations: int = 2000, grad_mode: str = "implicit", debiased: bool = False,
        target_self=None, symmetric: bool = False, inner_iterations: int = 10,
        week_batch: int = 0, momentum: float = 1.0,
-       fixed_iterations: int | None = None, tolerance: float | None = None) -> W2Result:
+       fixed_iterations: int | None = None, tolerance: float | None = None,
+       linear_solve: str = "cg") -> W2Result:
     """Entropic OT cost per marginal-week, all weeks in one batched solve (3 when debiased).
 
     Args:
@@ -263,10 +268,13 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
         tolerance: the amortised solves' largest L1 marginal error (None = ``threshold``);
             implicit mode: a week-solve whose error is above it (and above ``threshold``)
             falls back to the envelope gradient.
+        linear_solve: implicit mode: the optimality system's solves by "cg" or "direct"
+            (:class:`sinkhorn_implicit.SolveSettings`).
     """
     a, b = _to_solve(mu, cost), jax.lax.stop_gradient(_to_solve(targets, cost))
     solver = _solver(threshold, max_iterations, grad_mode, inner_iterations=inner_iterations,
-                     momentum=momentum, fixed_iterations=fixed_iterations, tolerance=tolerance)
+                     momentum=momentum, fixed_iterations=fixed_iterations, tolerance=tolerance,
+                     linear_solve=linear_solve)
     f0, g0 = (jax.lax.stop_gradient(p) for p in init)
     w = mu.shape[0]
     if isinstance(cost, grid_kernel.GridCost):  # every box cell carries (floor) mass
@@ -282,7 +290,7 @@ def w2(mu: WeeklyDistr, targets: WeeklyDistr,
     else:  # W(s, s) has no gradient: solved (or cached) without any derivative
         sym = _solver(threshold, max_iterations, grad_mode, symmetric=symmetric,
                       inner_iterations=inner_iterations, fixed_iterations=fixed_iterations,
-                      tolerance=tolerance)
+                      tolerance=tolerance, linear_solve=linear_solve)
         main = solve(solver, a, b, cost, f0=f0[:w], g0=g0[:w])
         auto = solve(sym, a, a, cost, f0=f0[w:2 * w], g0=g0[w:2 * w])
         if target_self is None:

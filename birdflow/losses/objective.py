@@ -240,7 +240,8 @@ def _w2_term(mu, problem: Problem, index: WeekIndex, c: W2Config, state: dict, e
     def solve(fixed):
         return location.w2(mu, problem.targets, cost, eps, init, grad_mode=c.grad_mode,
                            debiased=c.debiased, target_self=ref, momentum=c.momentum,
-                           fixed_iterations=fixed, tolerance=c.error_tolerance, **solve_kw)
+                           fixed_iterations=fixed, tolerance=c.error_tolerance,
+                           linear_solve=c.linear_solve, **solve_kw)
 
     n_mu = 2 * w if c.debiased else w  # the solves that depend on mu
     extended = jnp.zeros((), jnp.int32)

@@ -61,6 +61,9 @@ class SolveSettings(NamedTuple):
         None picks :data:`FLOAT32_DEFAULTS` or :data:`FLOAT64_DEFAULTS` by dtype.
         max_error: the largest L1 marginal error at which the correction is used; above it
             the week falls back to the envelope gradient (None: no bound).
+        method: "cg" (conjugate gradients, every solve) or "direct" (the Schur complement
+            inverted once per plan by :func:`spd_inverse`, every solve a matrix-vector
+            product; for Hessian-vector products, which solve at one plan many times).
     """
 
     solver: object
@@ -69,6 +72,7 @@ class SolveSettings(NamedTuple):
     max_steps: int = CG_MAX_STEPS
     ridge: float | None = None
     max_error: float | None = None
+    method: str = "cg"
 
     def resolved(self, dtype) -> tuple[float, float, float]:
         """(rtol, atol, ridge) for ``dtype``: None picks the float32 / float64 defaults."""
@@ -81,6 +85,24 @@ class SolveSettings(NamedTuple):
 def _plan(make_geom, cost_args, eps, f, g):
     geom = make_geom(*cost_args, epsilon=eps)
     return geom.transport_from_potentials(f, g)
+
+
+def spd_inverse(S: jax.Array) -> jax.Array:
+    """The inverse of a symmetric positive definite (n, n) matrix by Gauss-Jordan elimination.
+
+    Without pivoting, which is stable for SPD matrices; plain XLA operations, no LAPACK call:
+    two LAPACK factorisations that XLA's CPU runtime runs concurrently deadlocked on the
+    2-core CPU (jaxlib 0.10.2; ``docs/benchmarks/tuning.md``, Speed), and the debiased loss
+    has several per evaluation. n steps of a rank-one update: at n = 205, 104 matrices take
+    about 1.2 s on one core.
+    """
+    def step(j, M):
+        pivot = M[j, j]
+        row, col = M[j] / pivot, M[:, j]
+        M = (M - col[:, None] * row[None, :]).at[j].set(row).at[:, j].set(-col / pivot)
+        return M.at[j, j].set(1.0 / pivot)
+
+    return jax.lax.fori_loop(0, S.shape[-1], step, S)
 
 
 def kkt_solve(P: jax.Array, valid: jax.Array, eps, u: jax.Array, v: jax.Array,
@@ -124,7 +146,15 @@ def kkt_solve(P: jax.Array, valid: jax.Array, eps, u: jax.Array, v: jax.Array,
     # their smallest eigenvalue was ~1e-5 (tiny grids), so convergence is checked here.
     scale = jnp.linalg.norm(rhs)
     unit = rhs / jnp.where(scale > 0, scale, 1.0)
-    sol, _ = cg(matvec, unit, tol=rtol, atol=atol, maxiter=settings.max_steps)
+    if settings.method == "direct":  # the same operator as a matrix, inverted once per plan;
+        # custom_linear_solve differentiates matvec (the plan), the inverse only applies
+        S = (jnp.eye(m.size, dtype=dtype) - m[:, None] * (A @ A.T) + jnp.diag(ridge * m)
+             + q[:, None] * q[None, :])
+        inverse = jax.lax.stop_gradient(spd_inverse(S))
+        sol = jax.lax.custom_linear_solve(matvec, unit, lambda _, b: inverse @ b,
+                                          symmetric=True)
+    else:
+        sol, _ = cg(matvec, unit, tol=rtol, atol=atol, maxiter=settings.max_steps)
     converged = jnp.linalg.norm(matvec(sol) - unit) <= 10 * rtol + atol
     sol = sol * scale
     xt = sol - q * (q @ sol)

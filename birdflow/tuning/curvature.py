@@ -152,10 +152,13 @@ class CGResult(NamedTuple):
 
 
 def pcg(op: Operator, b: jax.Array, x0: jax.Array, rtol, max_steps: int,
-        watch: jax.Array | None = None, wtol: float = 0.0, every: int = 10) -> CGResult:
+        watch: jax.Array | None = None, wtol: float = 0.0, every: int = 10,
+        scaled: bool = False) -> CGResult:
     """Preconditioned CG for ``A x = b``.
 
-    Stops at ``||b − A x|| <= rtol ||b||``; or, given ``watch`` (n, m) and ``wtol > 0``, when the
+    Stops at ``||b − A x|| <= rtol ||b||`` (``scaled``: in the preconditioner's norm,
+    ``||r||_{M⁻¹} = sqrt(rᵀ M⁻¹ r)``, which for the mass-diagonal preconditioner is the
+    mass-scaled norm a Newton fit's stationarity is judged in); or, given ``watch`` (n, m) and ``wtol > 0``, when the
     quantity of interest ``Wᵀx`` changed by at most ``wtol`` (relative) over the last ``every``
     steps — CG minimises the A-norm error, and on an ill-conditioned A the directions that keep
     the residual large can carry nothing of ``Wᵀx``. Also stops (``negative``) at the first
@@ -168,10 +171,15 @@ def pcg(op: Operator, b: jax.Array, x0: jax.Array, rtol, max_steps: int,
     r = b - op.matvec(x0)
     z = op.precond(r)
     q0 = W.T @ x0
+    if scaled:  # ||r||_{M^-1}, from the rᵀz CG computes anyway
+        bnorm = jnp.sqrt(jnp.maximum(jnp.vdot(b, op.precond(b)), tiny))
+        size = lambda r, rz: jnp.sqrt(jnp.maximum(rz, 0.0))  # noqa: E731
+    else:
+        size = lambda r, rz: jnp.linalg.norm(r)  # noqa: E731
 
     def cond(c):
-        _, r, _, _, _, k, neg, _, change, _ = c
-        go = (k < max_steps) & (jnp.linalg.norm(r) > rtol * bnorm) & ~neg
+        _, r, _, _, rz, k, neg, _, change, _ = c
+        go = (k < max_steps) & (size(r, rz) > rtol * bnorm) & ~neg
         if watch is not None and wtol > 0:
             go = go & ~((k > 0) & (k % every == 0) & (change <= wtol))
         return go
@@ -199,7 +207,8 @@ def pcg(op: Operator, b: jax.Array, x0: jax.Array, rtol, max_steps: int,
     init = (x0, r, z, z, jnp.vdot(r, z), jnp.asarray(0), jnp.asarray(False), q0,
             jnp.asarray(jnp.inf, b.dtype), z)
     x, r, _, _, _, k, neg, _, change, p = jax.lax.while_loop(cond, body, init)
-    return CGResult(x, k, jnp.linalg.norm(b - op.matvec(x)) / bnorm, neg, W.T @ x, change, p)
+    r = b - op.matvec(x)
+    return CGResult(x, k, size(r, jnp.vdot(r, op.precond(r))) / bnorm, neg, W.T @ x, change, p)
 
 
 def scaled_norm(g: dict, params: dict, theta, space) -> jax.Array:

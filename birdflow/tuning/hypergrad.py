@@ -64,7 +64,7 @@ class SolveSettings:
 
     damping: float = 1e-8
     rtol: float = 1e-8
-    wtol: float = 1e-5
+    wtol: float = 1e-3
     max_steps: int = 5000
     hvp: str = "linearize"
     fd_step: float = 1e-4

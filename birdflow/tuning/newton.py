@@ -2,7 +2,9 @@
 
 Each iteration solves ``(H + λD) p = −∇L_in`` by preconditioned CG (:mod:`curvature`: the
 same Hessian-vector products, gauge and mass-diagonal scale as the hypergradient) to a relative
-residual ``min(0.5, sqrt(|∇L_in|))`` (superlinear convergence near the minimum), stops CG at a
+residual ``min(0.5, sqrt(|∇L_in|))`` (superlinear convergence near the minimum), measured in
+the mass-scaled norm the fit's stationarity is judged in and no tighter than ``gtol / (2|∇|)``
+(the last step need only reach gtol), stops CG at a
 direction of negative curvature and adds that direction, pointing downhill (so a saddle is
 left, not converged to), and backtracks along ``p`` until the Armijo condition holds.
 The relative damping λ (Levenberg–Marquardt style) shrinks after a full step and grows after a
@@ -55,6 +57,8 @@ class NewtonSettings:
         max_backtracks: step halvings before the iteration gives up.
         refits: how many times a fit is refined (gtol / 10 each) when its hypergradient's
             damping share is too large (``tune.solve.max_share``).
+        cg_norm: "scaled": CG's residual in the preconditioner's norm (the mass-scaled norm
+            of ``gtol``), to at most what reaching gtol/2 needs; "plain": the 2-norm.
         form: where the fit runs: "kernel" (:mod:`birdflow.tuning.kernel_form`, one potential
             per cell and week) or "logits" (every transition logit).
         resolution: the relative change of L_in its evaluation resolves (float64 round-off;
@@ -73,6 +77,7 @@ class NewtonSettings:
     refits: int = 3
     form: str = "kernel"
     resolution: float = 1e-12
+    cg_norm: str = "scaled"
 
 
 @dataclass
@@ -108,7 +113,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
     def direction(params, theta, state, g, damping, rtol):
         op = curvature.operator(hessian, params, theta, state, inner, damping)
         b = -op.ravel(g)
-        res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps)
+        res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps,
+                            scaled=settings.cg_norm == "scaled")
         # a direction of negative curvature p: add it, pointing downhill and as long (in the
         # mass-scaled metric) as the Newton part (or as the preconditioned gradient when CG
         # stopped at once), so that a saddle is left instead of converged to
@@ -142,6 +148,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         best, stalled = gnorm, 0
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
+            if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs
+                rtol = max(rtol, min(0.5, 0.5 * gtol / gnorm))
             p, k, slope = direction(params, theta, state, g, damping, rtol)
             hvps += int(k) + 1
             slope = float(slope)

@@ -58,7 +58,8 @@ def w2_for_tuning(loss_cfg, ts: TuneSettings):
     iteration, 0.41 s a gradient became 0.17 s at 205 cells, but tight fits of the tiny test
     problem then stalled at |∇| 5e-8 to 1e-4 instead of reaching 3e-8 in 19 Newton steps.)
     """
-    w2 = replace(loss_cfg.w2, iterations_per_step=None, grad_mode="implicit", week_batch=0)
+    w2 = replace(loss_cfg.w2, iterations_per_step=None, grad_mode="implicit", week_batch=0,
+                 linear_solve="direct")
     if ts.w2_threshold:
         w2 = replace(w2, threshold=min(w2.threshold, ts.w2_threshold))
     return replace(loss_cfg, w2=w2)

@@ -72,6 +72,8 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
                               "downhill quasi-Newton steps in a trust radius (tune.radius)")
     if inner.get("form", "kernel") not in ("kernel", "logits"):
         raise ConfigError(f"tune.inner.form: {inner['form']!r}; choose kernel or logits")
+    if inner.get("cg_norm", "scaled") not in ("scaled", "plain"):
+        raise ConfigError(f"tune.inner.cg_norm: {inner['cg_norm']!r}; choose scaled or plain")
     if "solver" in inner:
         raise ConfigError("tune.inner.solver: inner fits are Newton-CG now; remove the key")
     for key in ("atol",):
