@@ -148,8 +148,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         best, stalled = gnorm, 0
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
-            if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs
-                rtol = max(rtol, min(0.5, 0.5 * gtol / gnorm))
+            if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs (< 0.5
+                rtol = max(rtol, 0.5 * gtol / gnorm)  # here: the loop runs while gnorm > gtol)
             p, k, slope = direction(params, theta, state, g, damping, rtol)
             hvps += int(k) + 1
             slope = float(slope)
