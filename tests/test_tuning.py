@@ -191,6 +191,10 @@ class _Coarse:
     def loss(self, params, theta, state):
         return self.value(params, theta, state)[0]
 
+    @property
+    def first_order(self):  # its gradients come from the coarse value too
+        return self
+
 
 def test_newton_judges_steps_below_the_loss_resolution_by_the_gradient():
     """With a loss resolved only to 1e-8, the line search cannot see the last steps' decrease:
@@ -324,6 +328,31 @@ def test_w2_tunes_with_direct_solves_and_training_keeps_cg():
         LossConfig.from_mapping({"location": "w2", "w2": {"linear_solve": "lu"}})
 
 
+def test_newton_gradients_solve_by_cg_and_agree_with_the_direct_solve():
+    """A tune's gradients alone (Newton's value_grad) solve W2's implicit derivatives by CG:
+    the direct solve's per-plan inversions pay off only over many products at one point. Both
+    give the same gradient; an L2 problem is its own first-order problem."""
+    import jax
+    from test_tuning_hypergradient import _problem
+
+    from birdflow.tuning.kernel_form import KernelForm
+
+    with jax.enable_x64(True):
+        prob, _, theta, p0, _ = _problem("w2", "tune_start")
+        first = prob.first_order
+        assert prob.cfg.w2.linear_solve == "direct" and first.cfg.w2.linear_solve == "cg"
+        assert first.first_order is first
+        assert KernelForm(prob).first_order.inner.cfg.w2.linear_solve == "cg"
+        state = prob.init_state()
+        g_direct = jax.grad(prob.loss)(p0, theta, state)
+        g_cg = jax.grad(first.loss)(p0, theta, state)
+        for key in g_direct:
+            scale = float(np.max(np.abs(g_direct[key])))
+            np.testing.assert_allclose(g_cg[key], g_direct[key], rtol=0, atol=1e-7 * scale)
+        l2 = _problem("l2", "tune_start")[0]
+        assert l2.first_order is l2
+
+
 def _tune_cfg(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
     from test_train import REPO
@@ -401,23 +430,39 @@ def test_failed_linear_solve_stops_with_a_message(tmp_path):
 def test_flat_loss_for_three_steps_ends_the_tune(tmp_path):
     """θ sliding along a flat valley (here: every step counts as flat, changes below 100
     standard errors of the tuning loss, and an unreachable tune.xtol) ends the loop after three
-    accepted steps, named in run.json with the standard error it used."""
+    accepted steps, named in run.json with the standard error it used. The last step solves no
+    hypergradient (it would go unused); a tune killed after that step's checkpoint, before it
+    finished, solves it first when resumed and goes on downhill."""
     import json
 
     import pandas as pd
 
     from birdflow.tuning.outer import tune
 
-    tune(_tune_cfg(tmp_path, "tune.steps=10", "tune.ftol=0", "tune.se_tol=100",
-                   "tune.xtol=1e-300", "evaluate=false"))
-    info = json.loads((tmp_path / "tune" / "run.json").read_text())
+    overrides = ("tune.steps=10", "tune.ftol=0", "tune.se_tol=100", "tune.xtol=1e-300",
+                 "evaluate=false")
+    tune(_tune_cfg(tmp_path, *overrides))
+    info_path = tmp_path / "tune" / "run.json"
+    info = json.loads(info_path.read_text())
     se = info["tuning_loss_se"]
     assert 0 < se < 1  # nats; the standard deviation of interval lls over √(intervals)
     assert info["ended"].startswith(f"converged: tuning loss changed by less than {100 * se:.2g}")
     traj = pd.read_csv(tmp_path / "tune" / "trajectory.csv")
-    assert int(traj["accepted"].sum()) == 4  # step 0 and three flat steps
-    losses = traj.loc[traj["accepted"] == 1, "outer_loss"].to_numpy()
+    acc = traj[traj["accepted"] == 1]
+    assert len(acc) == 4  # step 0 and three flat steps
+    losses = acc["outer_loss"].to_numpy()
     assert np.all(np.diff(losses) <= 0)  # accepted steps never raise the tuning loss
+    assert np.all(np.isfinite(acc["hypergrad_norm"].to_numpy()[:-1]))
+    assert np.isnan(acc["hypergrad_norm"].iloc[-1]) and acc["cg_steps"].iloc[-1] == 0
+    # killed between the last checkpoint and the end: resumed, it solves the missing
+    # hypergradient, then takes steps from it (three more flat ones end it again)
+    info["status"] = "running"
+    info_path.write_text(json.dumps(info))
+    res = tune(_tune_cfg(tmp_path, *overrides, "resume=true"))
+    acc = [i for i, a in enumerate(res.trajectory["accepted"]) if a]
+    assert [res.trajectory["step"][i] for i in acc] == list(range(7))
+    assert all(np.isfinite(res.trajectory["hypergrad_norm"][i]) for i in acc[4:6])
+    assert res.trajectory["outer_loss"][acc[-1]] <= losses[-1]
 
 
 def test_failed_solve_is_retried_with_ten_times_the_damping_up_to_the_cap():

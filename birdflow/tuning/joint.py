@@ -52,7 +52,7 @@ class Member:
 class JointResult:
     phi: np.ndarray
     loss: float
-    grad: np.ndarray
+    grad: np.ndarray  # dL/dφ at phi; NaN when the stop rule ended the loop (not computed)
     ended: str
     stopped: str = ""
     trajectory: list[dict] = field(default_factory=list)
@@ -165,16 +165,20 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
                                         rejected)
         if t is None:
             return result(why if why.startswith("conv") else f"{why} in outer step {step}")
+        why = stop.after(loss, t.loss, t.s, step)
+        if why:  # the loop ends here: no hypergradients (the last step's were never used)
+            phi, loss, g, fits = t.x, t.loss, np.full(tmap.size, np.nan), t.fit[0]
+            _keep(members, tmap, phi, fits)
+            record(step, t.index, phi, loss, t.fit[1], True, fits)
+            log.info("joint step %d: L %.6g, φ %s", step, loss, np.round(phi, 3).tolist())
+            return result(why)
         trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, t.x, t.fit[0], ts)
         if msg:
             return result("", f"outer step {step}: {msg}")
         B, radius = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss, new_loss,
                                          d_set.max_radius)
-        old, phi, g, loss, fits = loss, t.x, g_new, new_loss, trial_fits
+        phi, g, loss, fits = t.x, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
         record(step, t.index, phi, loss, losses, True, fits)
         log.info("joint step %d: L %.6g, φ %s", step, loss, np.round(phi, 3).tolist())
-        why = stop.after(old, loss, t.s, step)
-        if why:
-            return result(why)
     return result(f"stopped after tune.steps = {ts.steps} accepted outer steps")

@@ -35,7 +35,7 @@ refit at a new θ starts from the chain with the previous fit's marginals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import jax
@@ -101,6 +101,12 @@ class KernelForm:
 
     def loss(self, y: dict, theta, state):
         return self.value(y, theta, state)[0]
+
+    @property
+    def first_order(self) -> KernelForm:
+        """This problem for gradients alone (:attr:`Inner.first_order`)."""
+        first = self.inner.first_order
+        return self if first is self.inner else replace(self, inner=first)
 
     def diagonal(self, y: dict, theta) -> dict:
         """The mass diagonal of ``g``: ``Σ_i M_t(i,j)(1 − P_t(i,j)) / ent_weight²``."""

@@ -102,9 +102,11 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
     mask = inner.mask
     hessian = curvature.make_hvp(inner.loss, hvp_mode, fd_step)
 
+    first = inner.first_order  # gradients alone: no per-plan inversions (W2)
+
     @jax.jit
     def value_grad(params, theta, state):
-        (value, (_, new_state)), g = jax.value_and_grad(inner.value, has_aux=True)(
+        (value, (_, new_state)), g = jax.value_and_grad(first.value, has_aux=True)(
             params, theta, state)
         g = curvature.project_gauge(g, mask)
         return value, g, curvature.scaled_norm(g, params, theta, inner), new_state

@@ -3,17 +3,18 @@
 Every evaluated θ is one row of ``trajectory.csv``: accepted steps (``accepted`` 1) and the
 trials the step rule (:mod:`descent`) rejected, with the inner fit's stationarity, the linear
 solve's accuracy signals (CG residual, the hypergradient's change over the last CG steps,
-``damping_share``) and the time. An outer step is never taken from a fit that is not
-stationary: the fit is retried with 3x the Newton iterations, and a trial whose fit still
-stops short counts as rejected. A checkpoint after every accepted step makes a killed tune
-resume where it stopped.
+``damping_share``) and the time. The step at which the stop rule ends the tune has no
+hypergradient (it would go unused: NaN in those columns). An outer step is never taken from a
+fit that is not stationary: the fit is retried with 3x the Newton iterations, and a trial whose
+fit still stops short counts as rejected. A checkpoint after every accepted step makes a killed
+tune resume where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +133,17 @@ def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
     return res, h
 
 
+@dataclass
+class _Unsolved:
+    """An accepted step's stand-in for its hypergradient when the tune ends there: the loss,
+    the last solve's v and damping, and a NaN gradient (a resumed tune solves it first)."""
+
+    outer_loss: float
+    v: dict
+    damping: float
+    grad: np.ndarray = field(default_factory=lambda: np.full(len(THETA_NAMES), np.nan))
+
+
 def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) -> dict:
     val_ll, min_cor = parts.monitors
     logits = parts.logits(res.params, theta)
@@ -194,6 +206,13 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
     stop = descent.Stop(d_set, parts.loss_se)
     for step in range(start, ts.steps + 1):
         theta, loss = np.asarray(state["theta"], float), float(state["loss"])
+        if not np.all(np.isfinite(np.asarray(state["grad"]))):  # resumed after the tune ended
+            res, h = _accurate_hypergradient(  # there (killed before it finished): solve now
+                parts, ts, parts.fit(state["params"], theta, state["loss_state"]), theta,
+                state["v"], float(state["damping"]))
+            if not h.ok:
+                return fail(step - 1, h.message, theta)
+            keep(theta, res, h)
         g = np.where(free, np.asarray(state["grad"], float), 0.0)
         if np.linalg.norm(descent.projected(g, theta, free, lo, hi)) <= d_set.gtol:
             return "", f"converged: projected hypergradient below {d_set.gtol:g}"
@@ -220,6 +239,12 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
             return "", (f"{why} from θ = {theta.round(4).tolist()}" if why.startswith("conv")
                         else f"{why} in outer step {step}")
         progress(step, t.index, t.loss, t.x, True)
+        why = stop.after(loss, t.loss, t.s, step)
+        if why:  # the tune ends here: no hypergradient (the last step's was never used)
+            keep(t.x, t.fit, _Unsolved(t.loss, state["v"], float(state["damping"])))
+            log_row(_row(step, t.index, t.x, t.fit, t.loss, parts, True, radius=t.radius))
+            save_checkpoint(tune_dir, step + 1, state, traj)
+            return "", why
         res, h = _accurate_hypergradient(parts, ts, t.fit, t.x, state["v"], float(state["damping"]))
         if not h.ok:
             return fail(step, h.message, t.x)
@@ -230,7 +255,4 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         keep(t.x, res, h)
         log_row(_row(step, t.index, t.x, res, h.outer_loss, parts, True, h, t.radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
-        why = stop.after(loss, h.outer_loss, t.s, step)
-        if why:
-            return "", why
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
