@@ -166,19 +166,20 @@ def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> J
         if t is None:
             return result(why if why.startswith("conv") else f"{why} in outer step {step}")
         why = stop.after(loss, t.loss, t.s, step)
-        if why:  # the loop ends here: no hypergradients (the last step's were never used)
-            phi, loss, g, fits = t.x, t.loss, np.full(tmap.size, np.nan), t.fit[0]
-            _keep(members, tmap, phi, fits)
-            record(step, t.index, phi, loss, t.fit[1], True, fits)
-            log.info("joint step %d: L %.6g, φ %s", step, loss, np.round(phi, 3).tolist())
-            return result(why)
-        trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, t.x, t.fit[0], ts)
-        if msg:
-            return result("", f"outer step {step}: {msg}")
-        B, radius = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss, new_loss,
-                                         d_set.max_radius)
+        if why:  # the step the loop ends on solves no hypergradients
+            trial_fits, losses = t.fit
+            g_new, new_loss = np.full(tmap.size, np.nan), t.loss
+        else:
+            trial_fits, g_new, new_loss, losses, msg = hypergradient(members, tmap, t.x,
+                                                                     t.fit[0], ts)
+            if msg:
+                return result("", f"outer step {step}: {msg}")
+            B, radius = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss, new_loss,
+                                             d_set.max_radius)
         phi, g, loss, fits = t.x, g_new, new_loss, trial_fits
         _keep(members, tmap, phi, fits)
         record(step, t.index, phi, loss, losses, True, fits)
         log.info("joint step %d: L %.6g, φ %s", step, loss, np.round(phi, 3).tolist())
+        if why:
+            return result(why)
     return result(f"stopped after tune.steps = {ts.steps} accepted outer steps")

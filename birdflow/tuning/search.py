@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from birdflow.runs import write_history_csv
 from birdflow.training.checkpoint import save_checkpoint
 from birdflow.tuning import descent
+from birdflow.tuning.hypergrad import Hypergradient
 from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.tunedir import TRAJECTORY_CSV
 
@@ -133,15 +134,12 @@ def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
     return res, h
 
 
-@dataclass
-class _Unsolved:
-    """An accepted step's stand-in for its hypergradient when the tune ends there: the loss,
-    the last solve's v and damping, and a NaN gradient (a resumed tune solves it first)."""
-
-    outer_loss: float
-    v: dict
-    damping: float
-    grad: np.ndarray = field(default_factory=lambda: np.full(len(THETA_NAMES), np.nan))
+def _unsolved(outer_loss: float, state: dict) -> Hypergradient:
+    """The hypergradient of the step the tune ends on, not solved (it would go unused): a NaN
+    gradient, the last solve's v and damping kept for a resumed tune, which solves it first."""
+    return Hypergradient(np.full(len(THETA_NAMES), np.nan), outer_loss, state["v"], 0, np.nan,
+                         False, "not solved: the stop rule ended the tune here",
+                         float(state["damping"]))
 
 
 def _row(step, trial, theta, res, loss, parts, accepted, h=None, radius=np.nan) -> dict:
@@ -203,16 +201,17 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         log_row(_row(0, 0, theta, res, h.outer_loss, parts, True, h, float(state["radius"])))
         save_checkpoint(tune_dir, 1, state, traj)
         start = 1
+    if not np.all(np.isfinite(np.asarray(state["grad"]))):  # resumed at the step the tune
+        theta = np.asarray(state["theta"], float)  # ended on (killed before it finished)
+        res, h = _accurate_hypergradient(
+            parts, ts, parts.fit(state["params"], theta, state["loss_state"]), theta,
+            state["v"], float(state["damping"]))
+        if not h.ok:
+            return fail(start - 1, h.message, theta)
+        keep(theta, res, h)
     stop = descent.Stop(d_set, parts.loss_se)
     for step in range(start, ts.steps + 1):
         theta, loss = np.asarray(state["theta"], float), float(state["loss"])
-        if not np.all(np.isfinite(np.asarray(state["grad"]))):  # resumed after the tune ended
-            res, h = _accurate_hypergradient(  # there (killed before it finished): solve now
-                parts, ts, parts.fit(state["params"], theta, state["loss_state"]), theta,
-                state["v"], float(state["damping"]))
-            if not h.ok:
-                return fail(step - 1, h.message, theta)
-            keep(theta, res, h)
         g = np.where(free, np.asarray(state["grad"], float), 0.0)
         if np.linalg.norm(descent.projected(g, theta, free, lo, hi)) <= d_set.gtol:
             return "", f"converged: projected hypergradient below {d_set.gtol:g}"
@@ -240,19 +239,21 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
                         else f"{why} in outer step {step}")
         progress(step, t.index, t.loss, t.x, True)
         why = stop.after(loss, t.loss, t.s, step)
-        if why:  # the tune ends here: no hypergradient (the last step's was never used)
-            keep(t.x, t.fit, _Unsolved(t.loss, state["v"], float(state["damping"])))
-            log_row(_row(step, t.index, t.x, t.fit, t.loss, parts, True, radius=t.radius))
-            save_checkpoint(tune_dir, step + 1, state, traj)
-            return "", why
-        res, h = _accurate_hypergradient(parts, ts, t.fit, t.x, state["v"], float(state["damping"]))
-        if not h.ok:
-            return fail(step, h.message, t.x)
-        g_new = np.where(free, h.grad, 0.0)
-        B_new, radius_new = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss,
-                                                 h.outer_loss, d_set.max_radius)
-        state["B"], state["radius"] = jnp.asarray(B_new), jnp.asarray(radius_new)
+        if why:  # the step the tune ends on solves no hypergradient
+            res, h = t.fit, _unsolved(t.loss, state)
+        else:
+            res, h = _accurate_hypergradient(parts, ts, t.fit, t.x, state["v"],
+                                             float(state["damping"]))
+            if not h.ok:
+                return fail(step, h.message, t.x)
+            g_new = np.where(free, h.grad, 0.0)
+            B_new, radius_new = descent.after_accept(B, t.radius, g, g_new, t.d, t.s, loss,
+                                                     h.outer_loss, d_set.max_radius)
+            state["B"], state["radius"] = jnp.asarray(B_new), jnp.asarray(radius_new)
         keep(t.x, res, h)
-        log_row(_row(step, t.index, t.x, res, h.outer_loss, parts, True, h, t.radius))
+        log_row(_row(step, t.index, t.x, res, h.outer_loss, parts, True, None if why else h,
+                     t.radius))
         save_checkpoint(tune_dir, step + 1, state, traj)
+        if why:
+            return "", why
     return "", f"stopped after tune.steps = {ts.steps} accepted outer steps"
