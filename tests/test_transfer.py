@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -36,6 +37,12 @@ def test_transfer_table_and_a_stopped_run_finishes_only_what_it_lacks(tmp_path):
         assert table[col].notna().all(), col
     assert (table["own_steps"] == 1).all() and (table["pooled_steps"] == 1).all()
     assert (tmp_path / "loo" / "transfer.png").stat().st_size > 0
+    # each joint tune starts where the others' own tunes ended: the pooled one at their mean θ
+    free = ["log_dist_weight", "log_ent_weight", "dist_pow"]
+    own = {s: pd.read_csv(tmp_path / "loo" / f"own_{s}.csv").query("accepted == 1").iloc[-1][free]
+           for s in table["species"]}
+    start = pd.read_csv(tmp_path / "loo" / "pooled_without_zoo_resident.csv").iloc[0][free]
+    assert np.allclose(start, (own["zoo_longhaul"] + own["zoo_shorthop"]) / 2)
 
     # a run stopped before the last species' trait fold: drop what that fold wrote
     table.loc[2, ["gain_traits", "theta_traits", "traits_steps", "traits_s"]] = None

@@ -130,6 +130,30 @@ def test_trait_map_pullback_is_the_chain_rule():
                                 "A_log_dist_weight_x0"]
 
 
+def test_fitted_start_reproduces_the_species_theta():
+    """A joint tune's start from the species' own θ: a trait map recovers θ̄ and A exactly when
+    the θ are affine in the traits (ridge 0), shrinks A with a ridge, clips A to its bound;
+    a pooled map starts at their mean. Frozen components are ignored."""
+    from birdflow.tuning import traits
+
+    theta0 = np.array([-4.0, -5.0, 0.4, 0.0])
+    free = np.array([True, True, True, False])
+    lo, hi = np.array([-12.0, -14.0, 0.05, -8.0]), np.array([3.0, 2.0, 2.0, 4.0])
+    x = traits.standardize(np.array([[0.0, 3.0], [1.0, 4.0], [2.0, 8.0], [5.0, 1.0]]), range(4))
+    mean, A = np.array([-3.0, -4.5, 0.6]), np.array([[0.2, -0.1], [0.0, 0.3], [-0.05, 0.1]])
+    thetas = np.array([np.r_[mean + A @ xs, 7.0] for xs in x])
+    exact = traits.ThetaMap(theta0, free, lo, hi, x).fitted_start(thetas)
+    assert np.allclose(exact, np.r_[mean, A.ravel()])
+    assert np.allclose([traits.ThetaMap(theta0, free, lo, hi, x).theta(exact, s) for s in
+                        range(4)], np.c_[thetas[:, :3], np.zeros(4)])
+    shrunk = traits.ThetaMap(theta0, free, lo, hi, x, ridge=1.0).fitted_start(thetas)
+    assert np.allclose(shrunk[:3], mean) and np.linalg.norm(shrunk[3:]) < np.linalg.norm(A)
+    bound = traits.ThetaMap(theta0, free, lo, hi, x, slope_bound=0.15).fitted_start(thetas)
+    assert np.max(np.abs(bound[3:])) == 0.15
+    pooled = traits.pooled(theta0, free, lo, hi, 4).fitted_start(thetas)
+    assert np.allclose(pooled, thetas[:, :3].mean(0))
+
+
 def test_joint_tune_of_one_species_is_birdflow_tune(tmp_path):
     """With one species and the pooled map the joint loop takes ``birdflow tune``'s steps
     (:func:`birdflow.tuning.search.run`, default settings): the same accepted θ and losses."""

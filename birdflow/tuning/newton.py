@@ -36,6 +36,13 @@ from birdflow.tuning import curvature
 
 log = logging.getLogger("birdflow.tuning.newton")
 STALL = 40  # Newton iterations without a 10 % smaller gradient: at round-off, stop (not converged)
+# Slow progress: when the gradient has not halved in ESCALATE Newton iterations, the CG cap of
+# the fit's remaining directions doubles (at most MAX_ESCALATIONS times). Truncated directions
+# make Newton linear; in a flat, badly preconditioned valley (zoo_leapfrog's two populations
+# meeting the same winter marginals) it stalled at cg_max_steps 200 and needed directions of
+# 300-2,000 CG steps. A fit that converges fast never reaches a longer cap.
+ESCALATE = 10
+MAX_ESCALATIONS = 3
 # A direction of clearly negative curvature is taken at least this long (mass-scaled 2-norm; about the
 # RMS logit change it makes, weighted by mass) before backtracking: near a saddle the Newton
 # part is tiny, and an escape as short as it slid ~1e-9 per iteration for 30 iterations.
@@ -112,10 +119,10 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         return value, g, curvature.scaled_norm(g, params, theta, inner), new_state
 
     @jax.jit
-    def direction(params, theta, state, g, damping, rtol):
+    def direction(params, theta, state, g, damping, rtol, cap):
         op = curvature.operator(hessian, params, theta, state, inner, damping)
         b = -op.ravel(g)
-        res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, settings.cg_max_steps,
+        res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, cap,
                             scaled=settings.cg_norm == "scaled")
         # a direction of negative curvature p: add it, pointing downhill and as long (in the
         # mass-scaled metric) as the Newton part (or as the preconditioned gradient when CG
@@ -148,15 +155,18 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         value, g, gnorm, state = jax.device_get(value_grad(params, theta, state))
         damping, steps, hvps = settings.damping, 0, 0
         best, stalled = gnorm, 0
+        cap, ref, slow = settings.cg_max_steps, gnorm, 0  # slow: iterations since |g| halved
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
             if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs (< 0.5
                 rtol = max(rtol, 0.5 * gtol / gnorm)  # here: the loop runs while gnorm > gtol)
-            p, k, slope = direction(params, theta, state, g, damping, rtol)
+            if slow >= ESCALATE:
+                cap, ref, slow = min(2 * cap, settings.cg_max_steps * 2 ** MAX_ESCALATIONS), gnorm, 0
+            p, k, slope = direction(params, theta, state, g, damping, rtol, cap)
             hvps += int(k) + 1
             slope = float(slope)
-            log.debug("newton %d: L %.10g |g|_D %.3g, CG %d, slope %.3g, damping %.1e",
-                      steps, value, gnorm, int(k), slope, damping)
+            log.debug("newton %d: L %.10g |g|_D %.3g, CG %d of %d, slope %.3g, damping %.1e",
+                      steps, value, gnorm, int(k), cap, slope, damping)
             if not slope < 0:  # not a descent direction (round-off at the floor): stop
                 break
             t, accepted, out = 1.0, None, None
@@ -183,6 +193,7 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
             value, g, gnorm, state = (out if out is not None
                                       else jax.device_get(value_grad(params, theta, state)))
             best, stalled = (gnorm, 0) if gnorm < 0.9 * best else (best, stalled + 1)
+            ref, slow = (gnorm, 0) if gnorm < 0.5 * ref else (ref, slow + 1)
         value, gnorm = float(value), float(gnorm)
         ok = bool(np.isfinite(value) and gnorm <= gtol)
         return FitResult(params, state, steps, gnorm, value, ok, hvps)

@@ -94,6 +94,20 @@ class ThetaMap:
         """φ at θ0 with A = 0."""
         return np.concatenate([self.theta0[self.free], np.zeros(self.k * self.d)])
 
+    def fitted_start(self, thetas) -> np.ndarray:
+        """φ whose map best reproduces given θ of the map's species (``thetas``: species × 4,
+        e.g. each species' own tuned θ): ``θ̄`` their mean on the free components, ``A`` the
+        ridge least-squares slopes on the standardized traits (``ridge`` as the map's),
+        clipped to ``slope_bound``. For a pooled map, the mean θ. A joint tune started here
+        begins where the species' own tunes ended instead of at θ0."""
+        t = np.asarray(thetas, float)[:, self.free]
+        mean = t.mean(0)
+        if self.d == 0:
+            return mean
+        x = self.x
+        A = np.linalg.solve(x.T @ x + self.ridge * np.eye(self.d), x.T @ (t - mean)).T
+        return np.concatenate([mean, np.clip(A, -self.slope_bound, self.slope_bound).ravel()])
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) of φ: θ's bounds for θ̄, ±``slope_bound`` for A."""
         s = np.full(self.k * self.d, self.slope_bound)

@@ -103,9 +103,9 @@ def gain(s: Species, theta, ts: TuneSettings, fit=None) -> float:
 
 
 def _tune(members: list[Species], tmap: traits.ThetaMap, ts: TuneSettings, label: str,
-          out_dir: Path) -> joint.JointResult:
+          out_dir: Path, phi0=None) -> joint.JointResult:
     t0 = time.perf_counter()
-    res = joint.run([_member(m) for m in members], tmap, ts)
+    res = joint.run([_member(m) for m in members], tmap, ts, phi0)
     pd.DataFrame(res.trajectory).to_csv(out_dir / f"{label}.csv", index=False)
     log.info("%s: %s (%d rows, %.0f s)", label, res.stopped or res.ended, len(res.trajectory),
              time.perf_counter() - t0)
@@ -165,6 +165,7 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
             theta_own=_theta_text(res.phi), own_steps=len(accepted) - 1,
             own_ended=res.stopped or res.ended, own_s=round(time.perf_counter() - t, 1))
         write()
+    own = [_own_theta(s, base, out_dir) for s in species]
     for k, s in enumerate(species):  # species by species: a stopped run leaves whole rows
         for model in ("pooled", "traits"):
             if done.get((s.name, model)):
@@ -177,7 +178,11 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
                  else np.zeros((len(species), 0)))
             tmap = traits.ThetaMap(base.theta0, base.free, base.lo, base.hi, x[rest],
                                    tr.ridge if model == "traits" else 0.0, tr.slope_bound)
-            res = _tune(others, tmap, ts_joint, f"{model}_without_{s.name}", out_dir)
+            # start where the others' own tunes ended (their mean θ; for the trait model, the
+            # slopes that best reproduce them): fewer steps than from θ0, learned from them only
+            tuned = [own[j] for j in rest]
+            phi0 = None if any(t is None for t in tuned) else tmap.fitted_start(np.stack(tuned))
+            res = _tune(others, tmap, ts_joint, f"{model}_without_{s.name}", out_dir, phi0)
             theta = tmap.theta_at(res.phi, x[k])
             rows[s.name].update({f"gain_{model}": gain(s, theta, ts),
                                  f"theta_{model}": _theta_text(theta[base.free]),
@@ -186,6 +191,21 @@ def leave_one_out(species: list[Species], ts: TuneSettings, tr: TransferSettings
             write()
     log.info("leave-one-out over %s: %.0f s", names, time.perf_counter() - t0)
     return write()
+
+
+def _own_theta(s: Species, base, out_dir: Path) -> np.ndarray | None:
+    """(4,) θ at the last accepted step of species s's own tune (``own_<s>.csv``), or None."""
+    path = out_dir / f"own_{s.name}.csv"
+    if not path.exists():
+        return None
+    rows = pd.read_csv(path)
+    rows = rows[rows["accepted"] == 1]
+    if rows.empty:
+        return None
+    theta = np.array(base.theta0, float)
+    theta[base.free] = rows.iloc[-1][traits.pooled(base.theta0, base.free, base.lo, base.hi,
+                                                   1).names()].to_numpy(float)
+    return theta
 
 
 def _finished(table_csv: Path, rows: dict) -> dict:
