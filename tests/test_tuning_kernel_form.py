@@ -138,3 +138,52 @@ def test_sparse_layout_bridge_and_fit(ew):
         k = newton.make_newton(space, newton.NewtonSettings(gtol=1e-8, max_steps=200))(
             y0, theta, {})
         assert k.converged, k.grad_norm
+
+
+@pytest.mark.slow  # ~1 min: a dense operator and three fits
+def test_block_preconditioner_has_the_hessians_week_blocks_and_speeds_cg():
+    """Probed with as many colours as weeks, :func:`curvature.block_inverse` inverts exactly the
+    operator's week blocks (checked against the dense operator). On this 10-week problem CG to
+    1e-8 needs fewer steps with them than with the mass diagonal (58 against 68; at
+    zoo_leapfrog's fit, 90 cells a week, 61 against 3,899), and a Newton fit with
+    ``precond=block`` (8 colours: weeks t ± 8 leak into week t's block) reaches the same
+    stationary point as one with the diagonal."""
+    import jax
+    import jax.numpy as jnp
+
+    from birdflow.tuning import curvature, newton
+
+    with jax.enable_x64(True):
+        prob, space, _, theta, y0 = _setup(n_weeks=10)
+        fit = newton.make_newton(space, newton.NewtonSettings(gtol=1e-10, precond="mass"))
+        k = fit(y0, theta, {})
+        assert k.converged
+        hessian = curvature.make_hvp(space.loss, "linearize")
+        op = curvature.operator(hessian, k.params, theta, {}, space, 1e-10)
+        T, n = k.params["G"].shape
+        A = np.asarray(jax.vmap(op.matvec)(jnp.eye(T * n + n)))  # symmetric: rows = columns
+        exact = curvature.block_inverse(op, k.params, "G", colors=T)
+        for t in range(T):
+            real = np.asarray(space.mask["G"][t]) > 0  # the week's real slots
+            block = A[t * n:(t + 1) * n, t * n:(t + 1) * n][np.ix_(real, real)]
+            # on the week's gauge subspace (zero mean over its real slots) the probed inverse
+            # inverts the dense block: B (B⁻¹ x) = x for every zero-mean x
+            x = np.random.default_rng(t).normal(size=int(real.sum()))
+            x -= x.mean()
+            y = np.asarray(exact[t])[np.ix_(real, real)] @ x
+            y -= y.mean()
+            np.testing.assert_allclose(block @ y, x, rtol=1e-6, atol=1e-9 * np.abs(x).max())
+
+        b = op.ravel(jax.tree_util.tree_map(lambda a: jnp.sin(jnp.arange(a.size) * 0.7).reshape(
+            a.shape), k.params))
+        steps = {}
+        for name, o in (("mass", op), ("exact", curvature.with_blocks(op, exact))):
+            r = curvature.pcg(o, b, jnp.zeros_like(b), 1e-8, 5000)
+            assert float(r.residual) <= 1e-8 and not bool(r.negative), name
+            steps[name] = int(r.steps)
+        print("CG steps to 1e-8:", steps)
+        assert steps["exact"] < steps["mass"], steps
+
+        blocked = newton.make_newton(space, newton.NewtonSettings(gtol=1e-10, precond="block"))(
+            y0, theta, {})
+        assert blocked.converged and abs(blocked.loss - k.loss) < 1e-10, (blocked.loss, k.loss)

@@ -141,6 +141,55 @@ def operator(hessian, params, theta, state, space, damping, precondition=True) -
     return Operator(matvec, precond, d * flat_mask, ravel, unravel)
 
 
+def block_inverse(op: Operator, params: dict, key: str = "G", colors: int = 8,
+                  floor: float = 1e-8) -> jax.Array:
+    """(T, n, n): the inverse of each week's diagonal block of A on ``params[key]`` (T, n: one
+    row of potentials per week), for :func:`with_blocks` (traceable).
+
+    The mass diagonal misses the within-week coupling of a week's potentials: a block of cells
+    whose potentials shift together changes the marginals little (at zoo_leapfrog's converged
+    first fit, CG to 1e-4 needed 3,899 steps with the mass diagonal, 178 with these blocks at
+    8 colours, 61 with the exact blocks). The blocks are probed with ``colors × n`` products:
+    the unit vector of cell j in every week t ≡ r (mod ``colors``) at once, so week t's block
+    picks up the coupling to weeks t ± colors, ± 2·colors, … (small: it passes through
+    ``colors`` transitions). Each block is symmetrised and inverted through its eigenvalues'
+    absolute values floored at ``floor`` × the largest (positive definite where A is
+    indefinite; the gauge's and the padding's zero eigenvalues are removed by the projection
+    that follows every preconditioning).
+    """
+    T, n = params[key].shape
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    week = jnp.arange(T)
+
+    def column(j, r):
+        unit = jnp.zeros((T, n), params[key].dtype).at[:, j].set((week % colors == r) * 1.0)
+        return op.unravel(op.matvec(op.ravel({**zeros, key: unit})))[key]  # (T, n)
+
+    blocks = jnp.zeros((T, n, n), params[key].dtype)
+    for r in range(colors):
+        cols = jax.lax.map(lambda j, r=r: column(j, r), jnp.arange(n), batch_size=8)  # (j, T, i)
+        blocks = jnp.where((week % colors == r)[:, None, None],
+                           jnp.transpose(cols, (1, 2, 0)), blocks)
+    blocks = 0.5 * (blocks + jnp.swapaxes(blocks, 1, 2))
+    w, U = jnp.linalg.eigh(blocks)
+    w = jnp.maximum(jnp.abs(w), floor * jnp.max(jnp.abs(w), axis=1, keepdims=True))
+    w = jnp.maximum(w, jnp.finfo(w.dtype).tiny)
+    return jnp.einsum("tik,tk,tjk->tij", U, 1.0 / w, U)
+
+
+def with_blocks(op: Operator, inverse: jax.Array, key: str = "G") -> Operator:
+    """``op`` preconditioned on ``key`` by :func:`block_inverse`'s blocks (possibly built at an
+    earlier point: a preconditioner need not be exact); other leaves keep the diagonal."""
+    diagonal = op.precond
+
+    def precond(x):
+        tree = op.unravel(diagonal(x))
+        tree[key] = jnp.einsum("tij,tj->ti", inverse, op.unravel(x)[key])
+        return op.ravel(tree)
+
+    return op._replace(precond=precond)
+
+
 class CGResult(NamedTuple):
     x: jax.Array
     steps: jax.Array

@@ -36,11 +36,13 @@ from birdflow.tuning import curvature
 
 log = logging.getLogger("birdflow.tuning.newton")
 STALL = 40  # Newton iterations without a 10 % smaller gradient: at round-off, stop (not converged)
-# Slow progress: when the gradient has not halved in ESCALATE Newton iterations, the CG cap of
-# the fit's remaining directions doubles (at most MAX_ESCALATIONS times). Truncated directions
-# make Newton linear; in a flat, badly preconditioned valley (zoo_leapfrog's two populations
-# meeting the same winter marginals) it stalled at cg_max_steps 200 and needed directions of
-# 300-2,000 CG steps. A fit that converges fast never reaches a longer cap.
+# Slow progress: when the gradient has not halved in ESCALATE Newton iterations, CG's
+# preconditioner becomes each week's block (precond "auto", the kernel form) and after that,
+# at each such stretch, the CG cap of the fit's remaining directions doubles (at most
+# MAX_ESCALATIONS times). Truncated directions make Newton linear; in a flat, badly
+# preconditioned valley (zoo_leapfrog's two populations meeting the same winter marginals) it
+# stalled at cg_max_steps 200 with the mass diagonal and needed directions of 300-2,000 CG
+# steps. A fit that converges fast never reaches either.
 ESCALATE = 10
 MAX_ESCALATIONS = 3
 # A direction of clearly negative curvature is taken at least this long (mass-scaled 2-norm; about the
@@ -68,6 +70,14 @@ class NewtonSettings:
             of ``gtol``), to at most what reaching gtol/2 needs; "plain": the 2-norm.
         form: where the fit runs: "kernel" (:mod:`birdflow.tuning.kernel_form`, one potential
             per cell and week) or "logits" (every transition logit).
+        precond: CG's preconditioner: "mass" (the mass diagonal), "block" (each week's
+            block of potentials, probed with ``block_colors × n`` products at the start of a
+            fit and every ``block_every`` Newton iterations: :func:`curvature.block_inverse`;
+            the kernel form only) or "auto": the mass diagonal until the gradient first fails
+            to halve in ``ESCALATE`` iterations, the blocks from then on (kernel form; the
+            logits keep the diagonal). A fit that converges fast never pays for the probes.
+        block_colors: weeks probed at once by "block" (week t's block picks up weeks
+            t ± block_colors).
         resolution: the relative change of L_in its evaluation resolves (float64 round-off;
             more for W2, whose value comes from Sinkhorn solves to a threshold). A step that
             promises less, ``|∇Lᵀp| < resolution |L_in|``, is judged by the gradient: taken
@@ -85,6 +95,9 @@ class NewtonSettings:
     form: str = "kernel"
     resolution: float = 1e-12
     cg_norm: str = "scaled"
+    precond: str = "auto"
+    block_colors: int = 8
+    block_every: int = 10
 
 
 @dataclass
@@ -119,8 +132,10 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         return value, g, curvature.scaled_norm(g, params, theta, inner), new_state
 
     @jax.jit
-    def direction(params, theta, state, g, damping, rtol, cap):
+    def direction(params, theta, state, g, damping, rtol, cap, blocks):
         op = curvature.operator(hessian, params, theta, state, inner, damping)
+        if blocks is not None:
+            op = curvature.with_blocks(op, blocks)
         b = -op.ravel(g)
         res = curvature.pcg(op, b, jnp.zeros_like(b), rtol, cap,
                             scaled=settings.cg_norm == "scaled")
@@ -144,6 +159,11 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         x = jnp.where(jnp.vdot(gf, x) < 0, x, op.precond(b))  # never uphill: steepest descent
         return op.unravel(x), res.steps, jnp.vdot(gf, x)
 
+    @jax.jit
+    def block_inverse(params, theta, state, damping):
+        op = curvature.operator(hessian, params, theta, state, inner, damping)
+        return curvature.block_inverse(op, params, "G", settings.block_colors)
+
     loss = jax.jit(inner.loss)
     step_to = jax.jit(lambda p, d, t: jax.tree_util.tree_map(lambda a, b: a + t * b, p, d))
 
@@ -156,13 +176,20 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         damping, steps, hvps = settings.damping, 0, 0
         best, stalled = gnorm, 0
         cap, ref, slow = settings.cg_max_steps, gnorm, 0  # slow: iterations since |g| halved
+        use_blocks, blocks, built = settings.precond == "block", None, 0
+        can_block = settings.precond == "auto" and "G" in params  # the kernel form's potentials
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
             if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs (< 0.5
                 rtol = max(rtol, 0.5 * gtol / gnorm)  # here: the loop runs while gnorm > gtol)
-            if slow >= ESCALATE:
+            if slow >= ESCALATE and can_block and not use_blocks:  # slow: the blocks first
+                use_blocks, ref, slow = True, gnorm, 0
+            elif slow >= ESCALATE:  # then longer directions
                 cap, ref, slow = min(2 * cap, settings.cg_max_steps * 2 ** MAX_ESCALATIONS), gnorm, 0
-            p, k, slope = direction(params, theta, state, g, damping, rtol, cap)
+            if use_blocks and (blocks is None or steps - built >= settings.block_every):
+                blocks, built = block_inverse(params, theta, state, damping), steps
+                hvps += settings.block_colors * int(blocks.shape[-1])
+            p, k, slope = direction(params, theta, state, g, damping, rtol, cap, blocks)
             hvps += int(k) + 1
             slope = float(slope)
             log.debug("newton %d: L %.10g |g|_D %.3g, CG %d of %d, slope %.3g, damping %.1e",

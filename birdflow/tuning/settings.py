@@ -74,6 +74,13 @@ def tune_settings(m: Mapping | None, location: str) -> TuneSettings:
         raise ConfigError(f"tune.inner.form: {inner['form']!r}; choose kernel or logits")
     if inner.get("cg_norm", "scaled") not in ("scaled", "plain"):
         raise ConfigError(f"tune.inner.cg_norm: {inner['cg_norm']!r}; choose scaled or plain")
+    if inner.get("precond", "auto") not in ("auto", "mass", "block"):
+        raise ConfigError(f"tune.inner.precond: {inner['precond']!r}; choose auto, mass or block")
+    if inner.get("precond") == "block" and inner.get("form", "kernel") != "kernel":
+        raise ConfigError("tune.inner.precond=block needs tune.inner.form=kernel (its blocks are "
+                          "a week's potentials); use precond=mass for the logits")
+    if int(inner.get("block_colors", 8)) < 1:
+        raise ConfigError(f"tune.inner.block_colors: {inner['block_colors']!r}; at least 1")
     if "solver" in inner:
         raise ConfigError("tune.inner.solver: inner fits are Newton-CG now; remove the key")
     for key in ("atol",):
