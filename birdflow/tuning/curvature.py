@@ -210,9 +210,10 @@ def pcg(op: Operator, b: jax.Array, x0: jax.Array, rtol, max_steps: int,
     mass-scaled norm a Newton fit's stationarity is judged in); or, given ``watch`` (n, m)
     and ``wtol > 0``, when the quantity of interest ``Wᵀx`` changed by at most ``wtol``
     (relative) over the last ``every`` steps — CG minimises the A-norm error, and on an
-    ill-conditioned A the directions that keep the residual large can carry nothing of ``Wᵀx``. Also stops (``negative``) at the first
-    search direction p with ``pᵀAp <= 0``: ``x`` is then the last iterate before it (zero if it
-    is the first), as truncated Newton needs. Traceable.
+    ill-conditioned A the directions that keep the residual large can carry nothing of
+    ``Wᵀx``. Also stops (``negative``) at the first search direction p with ``pᵀAp <= 0``:
+    ``x`` is then the last iterate before it (zero if it is the first), as truncated Newton
+    needs. Traceable.
     """
     tiny = jnp.finfo(b.dtype).tiny
     bnorm = jnp.maximum(jnp.linalg.norm(b), tiny)

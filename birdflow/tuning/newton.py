@@ -78,6 +78,8 @@ class NewtonSettings:
             logits keep the diagonal). A fit that converges fast never pays for the probes.
         block_colors: weeks probed at once by "block" (week t's block picks up weeks
             t ± block_colors).
+        block_every: Newton iterations between two probes of the blocks (a stale block is
+            still a preconditioner; each probe costs ``block_colors × n`` products).
         resolution: the relative change of L_in its evaluation resolves (float64 round-off;
             more for W2, whose value comes from Sinkhorn solves to a threshold). A step that
             promises less, ``|∇Lᵀp| < resolution |L_in|``, is judged by the gradient: taken
@@ -185,7 +187,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
             if slow >= ESCALATE and can_block and not use_blocks:  # slow: the blocks first
                 use_blocks, ref, slow = True, gnorm, 0
             elif slow >= ESCALATE:  # then longer directions
-                cap, ref, slow = min(2 * cap, settings.cg_max_steps * 2 ** MAX_ESCALATIONS), gnorm, 0
+                cap = min(2 * cap, settings.cg_max_steps * 2 ** MAX_ESCALATIONS)
+                ref, slow = gnorm, 0
             if use_blocks and (blocks is None or steps - built >= settings.block_every):
                 blocks, built = block_inverse(params, theta, state, damping), steps
                 hvps += settings.block_colors * int(blocks.shape[-1])

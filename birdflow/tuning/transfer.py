@@ -30,6 +30,7 @@ import pandas as pd
 
 from birdflow.io import write_text_atomic
 from birdflow.tuning import joint, problem, traits
+from birdflow.tuning.inner import THETA_NAMES
 from birdflow.tuning.settings import TuneSettings
 
 log = logging.getLogger("birdflow.tuning.transfer")
@@ -203,8 +204,8 @@ def _own_theta(s: Species, base, out_dir: Path) -> np.ndarray | None:
     if rows.empty:
         return None
     theta = np.array(base.theta0, float)
-    theta[base.free] = rows.iloc[-1][traits.pooled(base.theta0, base.free, base.lo, base.hi,
-                                                   1).names()].to_numpy(float)
+    free = [n for n, f in zip(THETA_NAMES, base.free, strict=True) if f]  # the own tune's φ
+    theta[base.free] = rows.iloc[-1][free].to_numpy(float)
     return theta
 
 
