@@ -119,6 +119,18 @@ def test_same_seed_same_tracks_new_seed_different(truth):
     assert (gps.groupby("bird_id")["date"].diff().dropna().dt.days.between(1, 13)).all()
 
 
+def test_gps_birds_only_summarise_without_empty_means(truth):
+    import warnings
+
+    s = BandingSettings(n_birds=4, population=400, band_years=1, max_years=1, gps_share=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice" from the absent banded birds
+        fixes, summary = simulate_tracks(truth, s, 2022)
+    assert summary["banded_birds"] == 0 and summary["gps_birds"] == 4
+    assert summary["band_seasons"] == summary["recovery_seasons"] == summary["gap_days"] == {}
+    assert (fixes["kind"] == "gps").all()
+
+
 def test_files_share_the_scene_and_load_tracks_reads_the_intervals(tmp_path, capsys):
     small = ["species.synthetic.size=0.6", "species.synthetic.n_tracks=5", f"data.root={tmp_path}"]
     node = {"n_birds": 60, "population": 600, "band_years": 1, "max_years": 2, "gps_share": 0.05}

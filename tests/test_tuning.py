@@ -499,13 +499,14 @@ def test_failed_solve_is_retried_with_ten_times_the_damping_up_to_the_cap():
 
     calls = []
 
-    def implicit(params, theta, state, v0, damping):  # a solve that needs damping >= 1e-2
-        calls.append((damping, v0))
-        ok = damping >= 1e-2 * (1 - 1e-9)
+    def implicit(params, theta, state, v0, damping, blocks=None):  # needs damping >= 1e-2
+        calls.append((damping, v0, blocks))
+        ok = damping >= 1e-2 * (1 - 1e-9) or blocks == "blocks that work"
         return Hypergradient(np.ones(4), 1.0, {"v": damping}, 7, 1e-9 if ok else 0.5, ok,
                              "" if ok else "the linear solve (CG) did not converge", damping)
 
-    res = SimpleNamespace(params={}, state={})
+    implicit.blocks = lambda params, theta, state: None  # the logits: no potentials to block
+    res = SimpleNamespace(params={}, state={}, blocks=None)
     parts = Parts(fit=None, implicit=implicit, outer=None, monitors=())
     h = _hypergradient(parts, res, np.zeros(4), {"v": "warm"}, 1e-4, 1e-2)
     assert h.ok and h.damping == pytest.approx(1e-2)
@@ -514,6 +515,18 @@ def test_failed_solve_is_retried_with_ten_times_the_damping_up_to_the_cap():
     calls.clear()
     h = _hypergradient(parts, res, np.zeros(4), {"v": None}, 1e-4, 1e-3)  # the cap stops it
     assert not h.ok and h.damping == pytest.approx(1e-3) and len(calls) == 2
+
+    # the kernel form: a failed solve is first solved again with the week blocks, at the same
+    # damping and from the same start; the blocks stay on the fit for its later solves
+    calls.clear()
+    implicit.blocks = lambda params, theta, state: "blocks that work"
+    h = _hypergradient(parts, res, np.zeros(4), {"v": "warm"}, 1e-4, 1e-2)
+    assert h.ok and h.damping == pytest.approx(1e-4) and res.blocks == "blocks that work"
+    assert [(c[0], c[2]) for c in calls] == [(1e-4, None), (1e-4, "blocks that work")]
+    assert calls[1][1] == {"v": "warm"}
+    calls.clear()  # a fit that built blocks hands them to the first solve
+    h = _hypergradient(parts, res, np.zeros(4), None, 1e-4, 1e-2)
+    assert h.ok and [c[2] for c in calls] == ["blocks that work"]
 
 
 @pytest.mark.slow

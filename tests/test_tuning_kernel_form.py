@@ -104,6 +104,17 @@ def test_kernel_hypergradient_equals_the_logits_one_at_the_same_point():
         np.testing.assert_allclose(hk.grad[:3], hl.grad[:3], rtol=1e-5)
         assert hk.cg_steps < hl.cg_steps
 
+        # the same system preconditioned by each week's block (probed here; a fit hands its
+        # own over): the same hypergradient; the logits have no potentials to block
+        implicit = hypergrad.make_implicit(space, outer, settings, block_colors=2)
+        blocks = implicit.blocks(k.params, theta, {})
+        hb = implicit(k.params, theta, {}, blocks=blocks)
+        assert hb.ok and hb.blocks and not hk.blocks, hb.message
+        print(f"blocks {hb.grad[:3]} (CG {hb.cg_steps})")
+        np.testing.assert_allclose(hb.grad[:3], hk.grad[:3], rtol=1e-7)
+        assert hypergrad.make_implicit(prob, outer, settings).blocks(
+            space.logits(k.params, theta), theta, {}) is None
+
 
 def test_warm_start_keeps_the_fits_marginals():
     import jax
@@ -187,3 +198,14 @@ def test_block_preconditioner_has_the_hessians_week_blocks_and_speeds_cg():
         blocked = newton.make_newton(space, newton.NewtonSettings(gtol=1e-10, precond="block"))(
             y0, theta, {})
         assert blocked.converged and abs(blocked.loss - k.loss) < 1e-10, (blocked.loss, k.loss)
+        assert k.blocks is None and blocked.blocks.shape == (T, n, n)  # for the hypergradient
+
+        # a refit at a nearby θ handed those blocks (precond auto) uses them from its first
+        # iteration and reaches the refit with the mass diagonal
+        near = theta.at[2].add(0.05)
+        auto = newton.make_newton(space, newton.NewtonSettings(gtol=1e-10))
+        warm = space.warm(k.params, theta, near)
+        handed, plain = auto(warm, near, {}, blocks=blocked.blocks), auto(warm, near, {})
+        assert handed.converged and plain.converged and plain.blocks is None
+        assert handed.blocks is not None and abs(handed.loss - plain.loss) < 1e-10
+        print("refit HVPs with the blocks handed over:", handed.hvps, "mass:", plain.hvps)

@@ -118,6 +118,8 @@ def summarise(fixes: pd.DataFrame, pop: Population, mu: np.ndarray, noise: np.nd
 
     def shares(kind):
         w = fixes.loc[fixes["kind"] == kind, "week"].to_numpy() - 1
+        if not len(w):  # GPS-like birds only (gps_share 1)
+            return {}
         return {name: round(float(np.mean(season[w] == k)), 3) for k, name in enumerate(SEASONS)}
 
     return {
@@ -190,9 +192,10 @@ def describe_banding(tracks: Path, ds) -> None:
         print(f"band -> recovery gap (days): min {g['min']:g}, quartiles {g['q25']:g} / "
               f"{g['median']:g} / {g['q75']:g}, max {g['max']:g}; {f['gap_over_a_year']:.0%} "
               "over a year")
-    print("seasons (breeding / migration / nonbreeding): banding " + " / ".join(
-        f"{v:.0%}" for v in f["band_seasons"].values()) + ", recovery " + " / ".join(
-        f"{v:.0%}" for v in f["recovery_seasons"].values()))
+    if f["band_seasons"]:
+        print("seasons (breeding / migration / nonbreeding): banding " + " / ".join(
+            f"{v:.0%}" for v in f["band_seasons"].values()) + ", recovery " + " / ".join(
+            f"{v:.0%}" for v in f["recovery_seasons"].values()))
     print(f"scored on the cyclic year: lag median {ok['lag'].median():g} weeks, "
           f"{(ok['wrapped_years'] > 0).mean():.0%} of the intervals leave out whole years "
           f"(up to {ok['wrapped_years'].max()})")

@@ -48,7 +48,9 @@ class SolveSettings:
         hvp: "linearize" or "jvp" (forward-over-reverse, exact; see
             :func:`curvature.make_hvp`) or "fd" (centred differences of the gradient).
         fd_step: the finite-difference step (hvp "fd").
-        precondition: CG preconditioned by the mass diagonal.
+        precondition: CG preconditioned by the mass diagonal (in the kernel form, by each
+            week's block of potentials where the inner fit used them, or after a solve with
+            the diagonal failed; :func:`curvature.block_inverse`).
         accept_residual: a solve that hit max_steps still counts at this relative residual.
         max_damping: a failed solve is retried with 10x the damping up to this (0: never).
         min_damping: a solve with too large a damping share is redone at 100x less damping,
@@ -90,19 +92,22 @@ class Hypergradient:
     change: float = float("inf")  # relative change of the hypergradient over the last 10 CG steps
     negative: bool = False  # CG met negative curvature: the fit is not at a minimum
     fit_change: float = 0.0  # |vᵀ∇_w L_in|: L_out's first-order change from finishing the fit
+    blocks: bool = False  # CG was preconditioned by the week blocks, not the mass diagonal
 
     def fit_too_loose(self, max_fit_change: float) -> bool:
         """Finishing the fit would move L_out by more than ``max_fit_change·max(1, |L_out|)``."""
         return self.fit_change > max_fit_change * max(1.0, abs(self.outer_loss))
 
 
-def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
+def make_implicit(inner: Inner, outer_loss, settings: SolveSettings, block_colors: int = 8):
     """``implicit(params, theta, state, v0=None, damping=None) -> Hypergradient``.
 
     ``outer_loss(logits) -> scalar`` is the tuning loss of the chain's logits. ``inner`` is
     where the fit runs (:class:`Inner`, or :class:`birdflow.tuning.kernel_form.KernelForm`,
     whose logits also depend on θ directly: that partial derivative is added). ``damping``
-    (default ``settings.damping``) is traced, so changing it does not recompile.
+    (default ``settings.damping``) is traced, so changing it does not recompile. ``blocks``:
+    each week's block inverse (``implicit.blocks``, probed with ``block_colors`` weeks at once,
+    or a Newton fit's :attr:`FitResult.blocks`) preconditions CG instead of the mass diagonal.
     """
     hessian = curvature.make_hvp(inner.loss, settings.hvp, settings.fd_step)
     grad_w = jax.grad(inner.loss)
@@ -117,10 +122,12 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
         return jnp.stack([(g(theta + e) - g(theta - e)) / (2 * settings.fd_step) for e in eye],
                          axis=1)
 
-    def run(params, theta, state, v0, damping):
+    def run(params, theta, state, v0, damping, blocks=None):
         value, (g_out, g_theta) = jax.value_and_grad(outer, argnums=(0, 1))(params, theta)
         op = curvature.operator(hessian, params, theta, state, inner, damping,
                                 settings.precondition)
+        if blocks is not None:
+            op = curvature.with_blocks(op, blocks)
         J = cross(op, params, theta, state)
         b = op.ravel(g_out)
         sol = curvature.pcg(op, b, op.ravel(v0), settings.rtol, settings.max_steps,
@@ -136,12 +143,18 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
 
     run = jax.jit(run)
 
-    def implicit(params, theta, state, v0=None, damping=None) -> Hypergradient:
+    @jax.jit
+    def probe(params, theta, state, damping):
+        op = curvature.operator(hessian, params, theta, state, inner, damping,
+                                settings.precondition)
+        return curvature.block_inverse(op, params, "G", block_colors)
+
+    def implicit(params, theta, state, v0=None, damping=None, blocks=None) -> Hypergradient:
         if v0 is None:
             v0 = jax.tree_util.tree_map(jnp.zeros_like, params)
         damping = settings.damping if damping is None else float(damping)
         out = run(params, jnp.asarray(theta), state, v0,
-                  jnp.asarray(damping, jnp.asarray(theta).dtype))
+                  jnp.asarray(damping, jnp.asarray(theta).dtype), blocks)
         hyper, value, v, steps, residual, ok, share, negative, change, fit_change = out
         hyper, value, steps, residual, ok, share, negative, change, fit_change = jax.device_get(
             (hyper, value, steps, residual, ok, share, negative, change, fit_change))
@@ -160,9 +173,20 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings):
                    "tightly")
         return Hypergradient(np.asarray(hyper, float), float(value), v, int(steps),
                              float(residual), bool(ok), msg, damping, float(share), float(change),
-                             bool(negative), float(fit_change))
+                             bool(negative), float(fit_change), blocks is not None)
 
-    implicit.jitted = run  # (params, theta, state, v0, damping) -> ...; for the benchmark
+    def blocks(params, theta, state, damping=None):
+        """The week blocks' inverse at ``params`` (:func:`curvature.block_inverse`, probed
+        with ``block_colors × n`` products) for ``implicit(..., blocks=)``; None where the
+        fit runs in the logits (no potentials)."""
+        if "G" not in params:
+            return None
+        damping = settings.damping if damping is None else float(damping)
+        return probe(params, jnp.asarray(theta), state,
+                     jnp.asarray(damping, jnp.asarray(theta).dtype))
+
+    implicit.jitted = run  # (params, theta, state, v0, damping, blocks) -> ...; the benchmark
+    implicit.blocks = blocks
     return implicit
 
 

@@ -111,6 +111,7 @@ class FitResult:
     loss: float
     converged: bool
     hvps: int = 0  # Hessian-vector products (CG steps) spent
+    blocks: Any = None  # the week blocks' inverse CG used last (precond block/auto), or None
 
 
 def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
@@ -169,8 +170,12 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
     loss = jax.jit(inner.loss)
     step_to = jax.jit(lambda p, d, t: jax.tree_util.tree_map(lambda a, b: a + t * b, p, d))
 
-    def fit(params, theta, state, max_steps: int | None = None,
-            gtol: float | None = None) -> FitResult:
+    def fit(params, theta, state, max_steps: int | None = None, gtol: float | None = None,
+            blocks=None) -> FitResult:
+        """``blocks``: a week-block inverse from a nearby fit (its :attr:`FitResult.blocks`):
+        with ``precond`` auto or block, CG uses it from the first iteration (a fit that needed
+        the blocks at the previous θ needs them here too) and re-probes after ``block_every``
+        iterations."""
         max_steps = settings.max_steps if max_steps is None else int(max_steps)
         gtol = settings.gtol if gtol is None else float(gtol)
         theta = jnp.asarray(theta)
@@ -178,8 +183,10 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         damping, steps, hvps = settings.damping, 0, 0
         best, stalled = gnorm, 0
         cap, ref, slow = settings.cg_max_steps, gnorm, 0  # slow: iterations since |g| halved
-        use_blocks, blocks, built = settings.precond == "block", None, 0
         can_block = settings.precond == "auto" and "G" in params  # the kernel form's potentials
+        if settings.precond == "mass":
+            blocks = None
+        use_blocks, built = settings.precond == "block" or blocks is not None, 0
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
             if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs (< 0.5
@@ -226,6 +233,6 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
             ref, slow = (gnorm, 0) if gnorm < 0.5 * ref else (ref, slow + 1)
         value, gnorm = float(value), float(gnorm)
         ok = bool(np.isfinite(value) and gnorm <= gtol)
-        return FitResult(params, state, steps, gnorm, value, ok, hvps)
+        return FitResult(params, state, steps, gnorm, value, ok, hvps, blocks)
 
     return fit

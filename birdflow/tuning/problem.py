@@ -159,7 +159,8 @@ def build(cfg: DictConfig, ts: TuneSettings, loss_cfg, ds, split: BirdSplit,
         space.logits(params, jnp.asarray(theta0, dtype)), index, batch, k_lag))
     parts = search.Parts(
         fit=newton.make_newton(space, ts.inner, ts.solve.hvp, ts.solve.fd_step),
-        implicit=hypergrad.make_implicit(space, outer_loss, ts.solve), outer=jax.jit(outer_loss),
+        implicit=hypergrad.make_implicit(space, outer_loss, ts.solve, ts.inner.block_colors),
+        outer=jax.jit(outer_loss),
         monitors=(val_ll, min_cor), space=space, loss_se=loss_se,
         unrolled=(hypergrad.make_unrolled(space, outer_loss, ts.unroll_steps, ts.unroll_lr)
                   if ts.hypergradient == "unrolled" else None))

@@ -52,25 +52,44 @@ class Parts:
         return params if self.space is None else self.space.warm(params, theta_from, theta_to)
 
 
-def _stationary_fit(parts: Parts, params, theta, state, max_steps: int):
-    res = parts.fit(params, theta, state, max_steps)
+def _continued(res, more):
+    """``more``, a fit continued from ``res``, with ``res``'s step and HVP counts added and its
+    week blocks kept when ``more`` built none (a block from nearby is still a preconditioner)."""
+    more.steps += res.steps
+    more.hvps += res.hvps
+    if more.blocks is None:
+        more.blocks = res.blocks
+    return more
+
+
+def _stationary_fit(parts: Parts, params, theta, state, max_steps: int, blocks=None):
+    """The fit at θ from ``params``, retried once with 3x the Newton iterations; ``blocks``: the
+    week blocks of the fit it starts from (:attr:`FitResult.blocks`), or None."""
+    res = parts.fit(params, theta, state, max_steps, blocks=blocks)
     if not res.converged and np.isfinite(res.loss):
         log.info("inner fit at |grad| %.2g after %d Newton steps; retrying with %d more",
                  res.grad_norm, res.steps, 3 * max_steps)
-        more = parts.fit(res.params, theta, res.state, 3 * max_steps)
-        more.steps += res.steps
-        more.hvps += res.hvps
-        res = more
+        res = _continued(res, parts.fit(res.params, theta, res.state, 3 * max_steps,
+                                        blocks=res.blocks))
     return res
 
 
 def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: float):
-    """The hypergradient; a failed (finite) solve is retried with 10x the damping up to the cap."""
-    h = parts.implicit(res.params, theta, res.state, v, damping)
+    """The hypergradient, its CG preconditioned by the fit's week blocks where the fit built
+    them. A failed (finite) solve with the mass diagonal is solved again with the blocks,
+    probed here (the kernel form; they are kept on ``res`` for its later solves); one that
+    still fails is retried with 10x the damping up to the cap."""
+    h = parts.implicit(res.params, theta, res.state, v, damping, blocks=res.blocks)
+    if not h.ok and not h.negative and res.blocks is None and np.all(np.isfinite(h.grad)):
+        res.blocks = parts.implicit.blocks(res.params, theta, res.state)
+        if res.blocks is not None:
+            log.info("%s; solving again with each week's block as CG's preconditioner",
+                     h.message.split(";")[0])
+            h = parts.implicit(res.params, theta, res.state, v, damping, blocks=res.blocks)
     while not h.ok and np.all(np.isfinite(h.grad)) and damping * 10 <= max_damping * (1 + 1e-9):
         log.warning("%s; retrying with tune.solve.damping %.0e", h.message, damping * 10)
         damping *= 10
-        h = parts.implicit(res.params, theta, res.state, None, damping)
+        h = parts.implicit(res.params, theta, res.state, None, damping, blocks=res.blocks)
     if h.ok and parts.unrolled is not None:
         h.grad = np.asarray(parts.unrolled(res.params, theta, res.state), float)
     return h
@@ -79,10 +98,8 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
 def _refine(parts: Parts, ts, res, theta, gtol: float):
     """The fit ``res`` continued to ``gtol`` (3x the refit's Newton iterations); its step and
     HVP counts include those of ``res``."""
-    more = parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol)
-    more.steps += res.steps
-    more.hvps += res.hvps
-    return more
+    return _continued(res, parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol,
+                                     blocks=res.blocks))
 
 
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
@@ -175,7 +192,10 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         write_history_csv(tune_dir, traj)
         (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
 
+    carry = {"blocks": None}  # the last accepted fit's week blocks (not checkpointed)
+
     def keep(theta, res, h):
+        carry["blocks"] = res.blocks
         state.update(theta=jnp.asarray(theta), params=res.params, loss_state=res.state, v=h.v,
                      loss=jnp.asarray(h.outer_loss), grad=jnp.asarray(h.grad),
                      damping=jnp.asarray(h.damping))
@@ -219,7 +239,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
 
         def evaluate(trial, new, theta=theta):
             res = _stationary_fit(parts, parts.warm(state["params"], theta, new), new,
-                                  state["loss_state"], ts.inner.max_steps)
+                                  state["loss_state"], ts.inner.max_steps, carry["blocks"])
             return (float(parts.outer(parts.logits(res.params, new))) if res.converged
                     else np.nan), res
 
