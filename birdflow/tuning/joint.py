@@ -46,7 +46,6 @@ class Member:
     n_intervals: int
     v: object = None
     damping: float | None = None
-    blocks: object = None  # the current fit's week blocks (FitResult.blocks), or None
 
 
 @dataclass
@@ -71,7 +70,7 @@ def fit_all(members, tmap: ThetaMap, phi, ts: TuneSettings, max_steps: int):
     for s, m in enumerate(members):
         theta = tmap.theta(phi, s)
         res = search._stationary_fit(m.parts, m.parts.warm(m.params, m.theta, theta), theta,
-                                     m.state, max_steps, m.blocks)
+                                     m.state, max_steps)
         if not res.converged:
             log.info("%s: inner fit at |grad| %.2g, not stationary", m.name, res.grad_norm)
             return None
@@ -107,7 +106,7 @@ def hypergradient(members, tmap: ThetaMap, phi, fits, ts: TuneSettings):
 
 def _keep(members, tmap, phi, fits):
     for s, (m, f) in enumerate(zip(members, fits, strict=True)):
-        m.params, m.state, m.theta, m.blocks = f.params, f.state, tmap.theta(phi, s), f.blocks
+        m.params, m.state, m.theta = f.params, f.state, tmap.theta(phi, s)
 
 
 def run(members: list[Member], tmap: ThetaMap, ts: TuneSettings, phi0=None) -> JointResult:

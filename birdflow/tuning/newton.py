@@ -172,10 +172,11 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
 
     def fit(params, theta, state, max_steps: int | None = None, gtol: float | None = None,
             blocks=None) -> FitResult:
-        """``blocks``: a week-block inverse from a nearby fit (its :attr:`FitResult.blocks`):
-        with ``precond`` auto or block, CG uses it from the first iteration (a fit that needed
-        the blocks at the previous θ needs them here too) and re-probes after ``block_every``
-        iterations."""
+        """``blocks``: a week-block inverse to start from (a :attr:`FitResult.blocks`): with
+        ``precond`` auto or block, CG uses it from the first iteration and re-probes after
+        ``block_every`` iterations. The tune does not hand blocks from one θ to the next: in a
+        non-convex W2 region they stalled a refit that the mass diagonal converged
+        (``docs/concepts/tuning.md``)."""
         max_steps = settings.max_steps if max_steps is None else int(max_steps)
         gtol = settings.gtol if gtol is None else float(gtol)
         theta = jnp.asarray(theta)

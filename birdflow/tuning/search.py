@@ -53,8 +53,8 @@ class Parts:
 
 
 def _continued(res, more):
-    """``more``, a fit continued from ``res``, with ``res``'s step and HVP counts added and its
-    week blocks kept when ``more`` built none (a block from nearby is still a preconditioner)."""
+    """``more``, a fit continued from ``res`` at the same θ, with ``res``'s step and HVP counts
+    added and its week blocks kept for the hypergradient when ``more`` built none."""
     more.steps += res.steps
     more.hvps += res.hvps
     if more.blocks is None:
@@ -62,15 +62,17 @@ def _continued(res, more):
     return more
 
 
-def _stationary_fit(parts: Parts, params, theta, state, max_steps: int, blocks=None):
-    """The fit at θ from ``params``, retried once with 3x the Newton iterations; ``blocks``: the
-    week blocks of the fit it starts from (:attr:`FitResult.blocks`), or None."""
-    res = parts.fit(params, theta, state, max_steps, blocks=blocks)
+def _stationary_fit(parts: Parts, params, theta, state, max_steps: int):
+    """The fit at θ from ``params``, retried once with 3x the Newton iterations. Each fit
+    chooses its own preconditioner (``tune.inner.precond``): a fit started with the blocks of
+    the previous θ's fit was 1.5x faster on zoo_leapfrog (L2) but stalled a W2 refit in a
+    non-convex region, where the blocks' inverted |eigenvalues| amplify the directions of
+    negative curvature (``docs/concepts/tuning.md``)."""
+    res = parts.fit(params, theta, state, max_steps)
     if not res.converged and np.isfinite(res.loss):
         log.info("inner fit at |grad| %.2g after %d Newton steps; retrying with %d more",
                  res.grad_norm, res.steps, 3 * max_steps)
-        res = _continued(res, parts.fit(res.params, theta, res.state, 3 * max_steps,
-                                        blocks=res.blocks))
+        res = _continued(res, parts.fit(res.params, theta, res.state, 3 * max_steps))
     return res
 
 
@@ -98,8 +100,7 @@ def _hypergradient(parts: Parts, res, theta, v, damping: float, max_damping: flo
 def _refine(parts: Parts, ts, res, theta, gtol: float):
     """The fit ``res`` continued to ``gtol`` (3x the refit's Newton iterations); its step and
     HVP counts include those of ``res``."""
-    return _continued(res, parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol,
-                                     blocks=res.blocks))
+    return _continued(res, parts.fit(res.params, theta, res.state, 3 * ts.inner.max_steps, gtol))
 
 
 def _accurate_hypergradient(parts: Parts, ts, res, theta, v, damping: float):
@@ -192,10 +193,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
         write_history_csv(tune_dir, traj)
         (tune_dir / "loss_history.csv").replace(tune_dir / TRAJECTORY_CSV)
 
-    carry = {"blocks": None}  # the last accepted fit's week blocks (not checkpointed)
-
     def keep(theta, res, h):
-        carry["blocks"] = res.blocks
         state.update(theta=jnp.asarray(theta), params=res.params, loss_state=res.state, v=h.v,
                      loss=jnp.asarray(h.outer_loss), grad=jnp.asarray(h.grad),
                      damping=jnp.asarray(h.damping))
@@ -239,7 +237,7 @@ def run(ts, parts: Parts, state: dict, traj: dict, start: int, free, lo, hi, tun
 
         def evaluate(trial, new, theta=theta):
             res = _stationary_fit(parts, parts.warm(state["params"], theta, new), new,
-                                  state["loss_state"], ts.inner.max_steps, carry["blocks"])
+                                  state["loss_state"], ts.inner.max_steps)
             return (float(parts.outer(parts.logits(res.params, new))) if res.converged
                     else np.nan), res
 

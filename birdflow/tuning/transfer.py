@@ -88,7 +88,7 @@ def setup(cfgs: dict, precision: str = "float64") -> tuple[list[Species], TuneSe
 def _member(sp_: Species) -> joint.Member:
     f = sp_.first
     return joint.Member(sp_.name, sp_.sp.parts, f.params, f.state, sp_.sp.theta0,
-                        sp_.sp.n_tuning, blocks=f.blocks)
+                        sp_.sp.n_tuning)
 
 
 def gain(s: Species, theta, ts: TuneSettings, fit=None) -> float:
@@ -96,7 +96,7 @@ def gain(s: Species, theta, ts: TuneSettings, fit=None) -> float:
     steps from its first fit, warm; or the given ``fit``)."""
     p, theta = s.sp.parts, np.asarray(theta, float)
     res = fit or p.fit(p.warm(s.first.params, s.sp.theta0, theta), theta, s.first.state,
-                       ts.first_max_steps, blocks=s.first.blocks)
+                       ts.first_max_steps)
     if not res.converged:
         log.warning("%s: the scoring fit at θ %s stopped at |grad| %.2g", s.name,
                     np.round(theta, 3).tolist(), res.grad_norm)
