@@ -199,13 +199,3 @@ def test_block_preconditioner_has_the_hessians_week_blocks_and_speeds_cg():
             y0, theta, {})
         assert blocked.converged and abs(blocked.loss - k.loss) < 1e-10, (blocked.loss, k.loss)
         assert k.blocks is None and blocked.blocks.shape == (T, n, n)  # for the hypergradient
-
-        # a refit at a nearby θ handed those blocks (precond auto) uses them from its first
-        # iteration and reaches the refit with the mass diagonal
-        near = theta.at[2].add(0.05)
-        auto = newton.make_newton(space, newton.NewtonSettings(gtol=1e-10))
-        warm = space.warm(k.params, theta, near)
-        handed, plain = auto(warm, near, {}, blocks=blocked.blocks), auto(warm, near, {})
-        assert handed.converged and plain.converged and plain.blocks is None
-        assert handed.blocks is not None and abs(handed.loss - plain.loss) < 1e-10
-        print("refit HVPs with the blocks handed over:", handed.hvps, "mass:", plain.hvps)

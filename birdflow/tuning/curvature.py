@@ -177,6 +177,14 @@ def block_inverse(op: Operator, params: dict, key: str = "G", colors: int = 8,
     return jnp.einsum("tik,tk,tjk->tij", U, 1.0 / w, U)
 
 
+def probe_blocks(hessian, params, theta, state, space, damping, colors: int = 8) -> jax.Array:
+    """:func:`block_inverse` of the damped Hessian at ``params`` on the kernel form's
+    potentials ``G`` (traceable; ``hessian`` as :func:`make_hvp` returns it): what a Newton fit
+    and the hypergradient's solve both probe."""
+    op = operator(hessian, params, theta, state, space, damping)
+    return block_inverse(op, params, "G", colors)
+
+
 def with_blocks(op: Operator, inverse: jax.Array, key: str = "G") -> Operator:
     """``op`` preconditioned on ``key`` by :func:`block_inverse`'s blocks (possibly built at an
     earlier point: a preconditioner need not be exact); other leaves keep the diagonal."""

@@ -145,9 +145,8 @@ def make_implicit(inner: Inner, outer_loss, settings: SolveSettings, block_color
 
     @jax.jit
     def probe(params, theta, state, damping):
-        op = curvature.operator(hessian, params, theta, state, inner, damping,
-                                settings.precondition)
-        return curvature.block_inverse(op, params, "G", block_colors)
+        return curvature.probe_blocks(hessian, params, theta, state, inner, damping,
+                                      block_colors)
 
     def implicit(params, theta, state, v0=None, damping=None, blocks=None) -> Hypergradient:
         if v0 is None:

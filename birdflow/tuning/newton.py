@@ -164,19 +164,14 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
 
     @jax.jit
     def block_inverse(params, theta, state, damping):
-        op = curvature.operator(hessian, params, theta, state, inner, damping)
-        return curvature.block_inverse(op, params, "G", settings.block_colors)
+        return curvature.probe_blocks(hessian, params, theta, state, inner, damping,
+                                      settings.block_colors)
 
     loss = jax.jit(inner.loss)
     step_to = jax.jit(lambda p, d, t: jax.tree_util.tree_map(lambda a, b: a + t * b, p, d))
 
-    def fit(params, theta, state, max_steps: int | None = None, gtol: float | None = None,
-            blocks=None) -> FitResult:
-        """``blocks``: a week-block inverse to start from (a :attr:`FitResult.blocks`): with
-        ``precond`` auto or block, CG uses it from the first iteration and re-probes after
-        ``block_every`` iterations. The tune does not hand blocks from one θ to the next: in a
-        non-convex W2 region they stalled a refit that the mass diagonal converged
-        (``docs/concepts/tuning.md``)."""
+    def fit(params, theta, state, max_steps: int | None = None,
+            gtol: float | None = None) -> FitResult:
         max_steps = settings.max_steps if max_steps is None else int(max_steps)
         gtol = settings.gtol if gtol is None else float(gtol)
         theta = jnp.asarray(theta)
@@ -184,10 +179,8 @@ def make_newton(inner, settings: NewtonSettings, hvp_mode: str = "linearize",
         damping, steps, hvps = settings.damping, 0, 0
         best, stalled = gnorm, 0
         cap, ref, slow = settings.cg_max_steps, gnorm, 0  # slow: iterations since |g| halved
+        use_blocks, blocks, built = settings.precond == "block", None, 0
         can_block = settings.precond == "auto" and "G" in params  # the kernel form's potentials
-        if settings.precond == "mass":
-            blocks = None
-        use_blocks, built = settings.precond == "block" or blocks is not None, 0
         while gnorm > gtol and steps < max_steps and np.isfinite(value) and stalled < STALL:
             rtol = min(0.5, float(np.sqrt(gnorm)))
             if settings.cg_norm == "scaled":  # no tighter than reaching gtol/2 needs (< 0.5
